@@ -1,0 +1,6 @@
+//! The `sealfs` command: `sealfs up` starts a local cluster of real processes, `sealfs status`
+//! shows what a manager knows. The cluster launcher is a library so the cluster tests use the
+//! very code the README's first command runs.
+
+pub mod cluster;
+pub mod status;

@@ -1,0 +1,126 @@
+//! `sealfs`: `up` starts a local cluster (manager, storage nodes, FUSE mount) under one folder
+//! and stops it on Ctrl-C; `status` prints what the manager knows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sealfs_cli::cluster::{ClusterSpec, LocalCluster};
+
+/// sealfs: a distributed file system.
+#[derive(Parser, Debug)]
+#[command(name = "sealfs", version)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a local cluster: manager, storage nodes and a FUSE mount, all state under one folder.
+    /// Ctrl-C stops it all and unmounts.
+    Up {
+        /// Folder for all state and logs.
+        #[arg(long, env = "SEALFS_DIR", default_value = "sealfs-data")]
+        dir: PathBuf,
+        /// Where to mount the cluster (default: DIR/mnt).
+        #[arg(long, env = "SEALFS_MOUNT")]
+        mount: Option<PathBuf>,
+        /// Storage nodes to start.
+        #[arg(long, env = "SEALFS_NODES", default_value_t = 3)]
+        nodes: usize,
+        /// Manager address.
+        #[arg(long, env = "SEALFS_MANAGER", default_value = "127.0.0.1:7100")]
+        manager: String,
+        /// NFS port of the gateway (the gateway is not part of this build yet).
+        #[arg(long, env = "SEALFS_NFS_PORT")]
+        nfs_port: Option<u16>,
+        /// Portmapper port of the gateway (the gateway is not part of this build yet).
+        #[arg(long, env = "SEALFS_PORTMAP_PORT")]
+        portmap_port: Option<u16>,
+    },
+    /// Show the nodes, their state and partitions.
+    Status {
+        /// Manager address.
+        #[arg(long, env = "SEALFS_MANAGER", default_value = "127.0.0.1:7100")]
+        manager: String,
+    },
+}
+
+fn main() {
+    sealfs_proto::process::exit_on_error(real_main());
+}
+
+fn real_main() -> anyhow::Result<()> {
+    sealfs_proto::process::init_logging();
+    match Args::parse().cmd {
+        Cmd::Status { manager } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let s = rt.block_on(sealfs_cli::status::fetch(&manager))?;
+            print!("{}", sealfs_cli::status::render(&s));
+            Ok(())
+        }
+        Cmd::Up {
+            dir,
+            mount,
+            nodes,
+            manager,
+            nfs_port,
+            portmap_port,
+        } => {
+            if nfs_port.is_some() || portmap_port.is_some() {
+                eprintln!("note: the NFS gateway is not part of this build yet; --nfs-port/--portmap-port are ignored");
+            }
+            up(dir, mount, nodes, manager)
+        }
+    }
+}
+
+fn up(dir: PathBuf, mount: Option<PathBuf>, nodes: usize, manager: String) -> anyhow::Result<()> {
+    if nodes == 0 {
+        anyhow::bail!("--nodes must be at least 1");
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let mount = mount.unwrap_or_else(|| dir.join("mnt"));
+    let mut spec = ClusterSpec::new(&dir);
+    spec.nodes = nodes;
+    spec.manager_listen = manager;
+    spec.mount = Some(mount.clone());
+    println!(
+        "starting sealfs: manager, {nodes} storage node(s), FUSE mount; state and logs under {}",
+        dir.display()
+    );
+    let mut cluster = LocalCluster::start(spec)?;
+    println!();
+    println!("  mounted at     {}", mount.display());
+    println!("  manager        {}", cluster.manager_addr);
+    println!("  state          {}", dir.display());
+    println!("  logs           {}", dir.join("logs").display());
+    println!("  status         sealfs status --manager {}", cluster.manager_addr);
+    println!();
+    println!("Ctrl-C stops the cluster and unmounts.");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut reported = false;
+        loop {
+            tokio::select! {
+                _ = sealfs_proto::process::shutdown_signal() => break,
+                _ = tick.tick() => {
+                    if let Err(name) = cluster.check_running() {
+                        if !reported {
+                            eprintln!("warning: {name} has stopped; see {}", cluster.log_path(&name).display());
+                            reported = true;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    println!("stopping: unmounting, then nodes, then the manager");
+    cluster.stop_all();
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,855 @@
+//! `SealClient`: file-system operations over the cluster. Frontends call these and nothing else;
+//! permission and POSIX rules are enforced by the node that owns the inode, from the credentials
+//! each call carries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::try_join_all;
+use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeUpdate};
+use sealfs_core::config::{ClientConfig, INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE};
+use sealfs_core::{Credentials, FsError, FsResult, InodeId, PartitionId};
+use sealfs_proto::{attr_to_pb, ctx, pb, required_attr, time_to_pb};
+
+use crate::router::Router;
+
+/// Where a file's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Data is stored in the inode record.
+    pub inline: bool,
+    /// Chunk size of the file's data.
+    pub chunk_size: u32,
+}
+
+/// An inode's attributes and data layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub attr: FileAttr,
+    pub layout: Layout,
+    /// Directories: the parent directory (0 when unknown).
+    pub parent: InodeId,
+}
+
+/// How a write is done.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteMode {
+    /// Durable before the call returns; otherwise chunk writes are added to the caller's
+    /// `DirtyChunks` for a later [`SealClient::commit`].
+    pub stable: bool,
+    /// Check write permission on every call (stateless callers such as NFS); FUSE checked it at
+    /// open.
+    pub check_perm: bool,
+    /// The file's data layout, when the caller knows it: saves a round trip per write.
+    pub known: Option<Layout>,
+}
+
+/// One directory entry of a listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Resume a listing after this entry with this cookie (stable across concurrent changes).
+    pub cookie: u64,
+    /// Filled by readdir-plus.
+    pub attr: Option<FileAttr>,
+}
+
+/// Cluster capacity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub inodes: u64,
+}
+
+/// Chunks written without being made durable yet, per partition, with the write verifier each
+/// node gave: a commit that sees another verifier knows the node restarted and may have lost them.
+#[derive(Debug, Default, Clone)]
+pub struct DirtyChunks {
+    parts: HashMap<PartitionId, (u64, Vec<(InodeId, u64)>)>,
+    size_dirty: bool,
+    lost: bool,
+}
+
+impl DirtyChunks {
+    /// Nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty() && !self.size_dirty
+    }
+
+    fn add(&mut self, p: PartitionId, verifier: u64, ino: InodeId, index: u64) {
+        let e = self.parts.entry(p).or_insert((verifier, Vec::new()));
+        if e.0 != verifier {
+            // The node restarted between two unstable writes: the earlier one may be gone.
+            self.lost = true;
+        }
+        if !e.1.contains(&(ino, index)) {
+            e.1.push((ino, index));
+        }
+    }
+
+    /// Merge another set into this one.
+    pub fn merge(&mut self, other: DirtyChunks) {
+        for (p, (v, chunks)) in other.parts {
+            for (ino, idx) in chunks {
+                self.add(p, v, ino, idx);
+            }
+        }
+        self.size_dirty |= other.size_dirty;
+        self.lost |= other.lost;
+    }
+}
+
+fn layout_of(a: &pb::Attr) -> Layout {
+    Layout {
+        inline: a.inline,
+        chunk_size: a.chunk_size.max(1),
+    }
+}
+
+fn entry_of(a: Option<&pb::Attr>) -> FsResult<Entry> {
+    let attr = required_attr(a)?;
+    let a = a.expect("checked by required_attr");
+    Ok(Entry {
+        attr,
+        layout: layout_of(a),
+        parent: a.parent,
+    })
+}
+
+fn tu(t: Option<TimeUpdate>) -> Option<pb::TimeUpdate> {
+    t.map(|t| match t {
+        TimeUpdate::Now => pb::TimeUpdate { now: true, time: None },
+        TimeUpdate::Set(ts) => pb::TimeUpdate {
+            now: false,
+            time: Some(time_to_pb(ts)),
+        },
+    })
+}
+
+/// The cluster as a file system.
+#[derive(Clone)]
+pub struct SealClient {
+    router: Arc<Router>,
+}
+
+impl SealClient {
+    /// Connect to the cluster whose manager the config names, waiting up to `wait` for it.
+    pub async fn connect(config: ClientConfig, wait: Duration) -> FsResult<SealClient> {
+        Ok(SealClient {
+            router: Router::connect(config, wait).await?,
+        })
+    }
+
+    /// A client over an existing router (storage nodes share theirs).
+    pub fn from_router(router: Arc<Router>) -> SealClient {
+        SealClient { router }
+    }
+
+    /// The router underneath.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The cluster id (for NFS file handles).
+    pub fn cluster_id(&self) -> u64 {
+        self.router.map().cluster_id
+    }
+
+    fn ino_part(&self, ino: InodeId) -> PartitionId {
+        self.router.map().inode_partition(ino)
+    }
+
+    /// Look `name` up in `parent`.
+    pub async fn lookup(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Entry> {
+        let name = Bytes::copy_from_slice(name);
+        let r = self
+            .router
+            .call(self.ino_part(parent), |mut c, epoch| {
+                let req = pb::LookupRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    parent,
+                    name: name.clone(),
+                };
+                async move { c.lookup(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// Attributes of an inode.
+    pub async fn getattr(&self, cred: &Credentials, ino: InodeId) -> FsResult<Entry> {
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::InoRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                };
+                async move { c.get_attr(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// Change attributes (mode, owner, size, times); the node applies the POSIX rules.
+    pub async fn setattr(&self, cred: &Credentials, ino: InodeId, s: &SetAttr) -> FsResult<Entry> {
+        if s.size.is_some_and(|sz| sz > MAX_FILE_SIZE) {
+            return Err(FsError::FileTooBig);
+        }
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::SetAttrRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    perm: s.perm,
+                    uid: s.uid,
+                    gid: s.gid,
+                    size: s.size,
+                    atime: tu(s.atime),
+                    mtime: tu(s.mtime),
+                    via_open_handle: s.via_open_handle,
+                };
+                async move { c.set_attr(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// Create a non-directory (regular file, fifo, socket, device) in `parent`. With
+    /// `exclusive` false an existing file is opened instead (checked against `open_flags`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        cred: &Credentials,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u64,
+        exclusive: bool,
+        open_flags: i32,
+    ) -> FsResult<Entry> {
+        self.create_inner(
+            cred,
+            parent,
+            name,
+            kind,
+            perm,
+            rdev,
+            Bytes::new(),
+            exclusive,
+            open_flags,
+        )
+        .await
+    }
+
+    /// Create a symbolic link.
+    pub async fn symlink(&self, cred: &Credentials, parent: InodeId, name: &[u8], target: &[u8]) -> FsResult<Entry> {
+        self.create_inner(
+            cred,
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            0,
+            Bytes::copy_from_slice(target),
+            true,
+            0,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_inner(
+        &self,
+        cred: &Credentials,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u64,
+        target: Bytes,
+        exclusive: bool,
+        open_flags: i32,
+    ) -> FsResult<Entry> {
+        let name = Bytes::copy_from_slice(name);
+        let r = self
+            .router
+            .call(self.ino_part(parent), |mut c, epoch| {
+                let req = pb::CreateRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    parent,
+                    name: name.clone(),
+                    kind: kind as u32,
+                    perm,
+                    rdev,
+                    symlink_target: target.clone(),
+                    exclusive,
+                    open_flags,
+                };
+                async move { c.create(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// Create a directory.
+    pub async fn mkdir(&self, cred: &Credentials, parent: InodeId, name: &[u8], perm: u32) -> FsResult<Entry> {
+        let name = Bytes::copy_from_slice(name);
+        let r = self
+            .router
+            .call(self.ino_part(parent), |mut c, epoch| {
+                let req = pb::MkdirRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    parent,
+                    name: name.clone(),
+                    perm,
+                };
+                async move { c.mkdir(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// Remove a non-directory entry.
+    pub async fn unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        let name = Bytes::copy_from_slice(name);
+        self.router
+            .call(self.ino_part(parent), |mut c, epoch| {
+                let req = pb::NameRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    parent,
+                    name: name.clone(),
+                };
+                async move { c.unlink(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Remove an empty directory.
+    pub async fn rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        let name = Bytes::copy_from_slice(name);
+        self.router
+            .call(self.ino_part(parent), |mut c, epoch| {
+                let req = pb::NameRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    parent,
+                    name: name.clone(),
+                };
+                async move { c.rmdir(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Rename, with RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2) flags.
+    pub async fn rename(
+        &self,
+        cred: &Credentials,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let name = Bytes::copy_from_slice(name);
+        let new_name = Bytes::copy_from_slice(new_name);
+        self.router
+            .call(self.ino_part(parent), |mut c, epoch| {
+                let req = pb::RenameRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    parent,
+                    name: name.clone(),
+                    new_parent,
+                    new_name: new_name.clone(),
+                    flags,
+                };
+                async move { c.rename(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Add a hard link to `ino` as `new_name` in `new_parent`.
+    pub async fn link(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: &[u8],
+    ) -> FsResult<Entry> {
+        let new_name = Bytes::copy_from_slice(new_name);
+        let r = self
+            .router
+            .call(self.ino_part(new_parent), |mut c, epoch| {
+                let req = pb::LinkRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    new_parent,
+                    new_name: new_name.clone(),
+                };
+                async move { c.link(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// One page of a directory listing after `cookie` (0: from the start).
+    pub async fn readdir(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        cookie: u64,
+        max_entries: u32,
+        plus: bool,
+    ) -> FsResult<(Vec<DirEntry>, bool)> {
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::ReadDirRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    cookie,
+                    max_entries,
+                    plus,
+                };
+                async move { c.read_dir(req).await }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(r.entries.len());
+        for e in r.entries {
+            let kind = u8::try_from(e.kind)
+                .ok()
+                .and_then(FileKind::from_u8)
+                .ok_or_else(|| FsError::Io("bad entry kind".into()))?;
+            let attr = match e.attr.as_ref() {
+                Some(a) => Some(sealfs_proto::attr_from_pb(a)?),
+                None => None,
+            };
+            out.push(DirEntry {
+                name: e.name.to_vec(),
+                ino: e.ino,
+                kind,
+                cookie: e.cookie,
+                attr,
+            });
+        }
+        if plus {
+            // Inodes on other nodes (subdirectories, moved files) are fetched in parallel.
+            let missing: Vec<usize> = (0..out.len()).filter(|i| out[*i].attr.is_none()).collect();
+            let root = Credentials::root();
+            let fetched = try_join_all(missing.iter().map(|i| {
+                let ino = out[*i].ino;
+                let root = &root;
+                async move {
+                    match self.getattr(root, ino).await {
+                        Ok(e) => Ok(Some(e.attr)),
+                        Err(FsError::NotFound) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            }))
+            .await?;
+            for (i, a) in missing.into_iter().zip(fetched) {
+                out[i].attr = a;
+            }
+            out.retain(|e| e.attr.is_some());
+        }
+        Ok((out, r.eof))
+    }
+
+    /// The target of a symbolic link.
+    pub async fn readlink(&self, cred: &Credentials, ino: InodeId) -> FsResult<Vec<u8>> {
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::InoRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                };
+                async move { c.read_link(req).await }
+            })
+            .await?;
+        Ok(r.target.to_vec())
+    }
+
+    /// Check that `cred` may open `ino` with `flags` (and truncate it for O_TRUNC); returns
+    /// fresh attributes (close-to-open consistency).
+    pub async fn open(&self, cred: &Credentials, ino: InodeId, flags: i32) -> FsResult<Entry> {
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::OpenRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    flags,
+                };
+                async move { c.open(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// access(2): check `mask` (R_OK 4, W_OK 2, X_OK 1) for `cred`.
+    pub async fn access(&self, cred: &Credentials, ino: InodeId, mask: u32) -> FsResult<()> {
+        self.router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::AccessRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    mask,
+                };
+                async move { c.access(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Read up to `size` bytes at `offset` (short at end of file).
+    pub async fn read(&self, cred: &Credentials, ino: InodeId, offset: u64, size: u32) -> FsResult<Bytes> {
+        let size = size.min(MAX_IO_SIZE as u32);
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::ReadRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    offset,
+                    size,
+                };
+                async move { c.read(req).await }
+            })
+            .await?;
+        let a = r
+            .attr
+            .as_ref()
+            .ok_or_else(|| FsError::Io("read reply without attributes".into()))?;
+        if a.inline {
+            return Ok(r.data);
+        }
+        let end = (offset + u64::from(size)).min(a.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        self.read_chunks(ino, offset, end, a.chunk_size.max(1)).await
+    }
+
+    async fn read_chunks(&self, ino: InodeId, offset: u64, end: u64, chunk_size: u32) -> FsResult<Bytes> {
+        let cs = u64::from(chunk_size);
+        let mut pieces = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / cs;
+            let in_off = pos % cs;
+            let len = (cs - in_off).min(end - pos);
+            pieces.push((index, in_off as u32, len as u32));
+            pos += len;
+        }
+        let map = self.router.map();
+        let parts = try_join_all(pieces.iter().map(|&(index, off, len)| {
+            let p = map.chunk_partition(ino, index);
+            async move {
+                let r = self
+                    .router
+                    .call(p, |mut c, epoch| {
+                        let req = pb::ReadChunkRequest {
+                            ctx: Some(ctx(epoch, &Credentials::root())),
+                            chunk: Some(pb::ChunkId { ino, index }),
+                            offset: off,
+                            size: len,
+                        };
+                        async move { c.read_chunk(req).await }
+                    })
+                    .await?;
+                Ok::<_, FsError>((r.data, len))
+            }
+        }))
+        .await?;
+        if parts.len() == 1 && parts[0].0.len() == parts[0].1 as usize {
+            return Ok(parts.into_iter().next().expect("one").0);
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (data, len) in parts {
+            let n = data.len().min(len as usize);
+            out.extend_from_slice(&data[..n]);
+            // A short chunk is a hole: zeros up to the file size.
+            out.resize(out.len() + (len as usize - n), 0);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Write `data` at `offset`. Small files are written inline and durably in one round trip.
+    /// Chunk data is written `stable` (durable before the reply) or not; unstable writes are
+    /// added to `dirty` for a later [`SealClient::commit`].
+    pub async fn write(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        offset: u64,
+        data: Bytes,
+        mode: WriteMode,
+        dirty: &mut DirtyChunks,
+    ) -> FsResult<Entry> {
+        let WriteMode {
+            stable,
+            check_perm,
+            known,
+        } = mode;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        if data.len() > MAX_IO_SIZE {
+            return Err(FsError::Invalid(format!(
+                "write of {} bytes exceeds {MAX_IO_SIZE}",
+                data.len()
+            )));
+        }
+        let part = self.ino_part(ino);
+        let mut chunk_size = known.map(|l| l.chunk_size).unwrap_or(0);
+        if known.is_none_or(|l| l.inline) {
+            let r = self
+                .router
+                .call(part, |mut c, epoch| {
+                    let req = pb::WriteRequest {
+                        ctx: Some(ctx(epoch, cred)),
+                        ino,
+                        offset,
+                        data: if end <= INLINE_MAX { data.clone() } else { Bytes::new() },
+                        check_perm,
+                        length: data.len() as u64,
+                    };
+                    async move { c.write(req).await }
+                })
+                .await?;
+            if r.written {
+                return entry_of(r.attr.as_ref());
+            }
+            chunk_size = r.attr.as_ref().map(|a| a.chunk_size).unwrap_or(0);
+        } else if check_perm {
+            self.access(cred, ino, sealfs_core::perm::W_OK).await?;
+        }
+        if chunk_size == 0 {
+            return Err(FsError::Io("file has no chunk size".into()));
+        }
+        let cs = u64::from(chunk_size);
+        let map = self.router.map();
+        let mut pieces = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / cs;
+            let in_off = pos % cs;
+            let len = (cs - in_off).min(end - pos);
+            let start = (pos - offset) as usize;
+            pieces.push((index, in_off as u32, data.slice(start..start + len as usize)));
+            pos += len;
+        }
+        let results = try_join_all(pieces.into_iter().map(|(index, off, piece)| {
+            let p = map.chunk_partition(ino, index);
+            async move {
+                let r = self
+                    .router
+                    .call(p, |mut c, epoch| {
+                        let req = pb::WriteChunkRequest {
+                            ctx: Some(ctx(epoch, &Credentials::root())),
+                            chunk: Some(pb::ChunkId { ino, index }),
+                            offset: off,
+                            data: piece.clone(),
+                            stable,
+                            chunk_size,
+                        };
+                        async move { c.write_chunk(req).await }
+                    })
+                    .await?;
+                Ok::<_, FsError>((p, index, r.verifier))
+            }
+        }))
+        .await?;
+        if !stable {
+            for (p, index, v) in results {
+                dirty.add(p, v, ino, index);
+            }
+            dirty.size_dirty = true;
+        }
+        let r = self
+            .router
+            .call(part, |mut c, epoch| {
+                let req = pb::ExtendRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    end,
+                    sync: stable,
+                };
+                async move { c.extend_size(req).await }
+            })
+            .await?;
+        entry_of(r.attr.as_ref())
+    }
+
+    /// Make unstable writes durable: fsync the chunks on every node that took them and the
+    /// inode's size. Fails with EIO when a node restarted in between (its copy may be lost).
+    pub async fn commit(&self, ino: InodeId, dirty: DirtyChunks) -> FsResult<()> {
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        if dirty.lost {
+            return Err(FsError::Io(
+                "a node restarted between writes; unstable writes may be lost".into(),
+            ));
+        }
+        try_join_all(dirty.parts.into_iter().map(|(p, (verifier, chunks))| async move {
+            let chunks: Vec<pb::ChunkId> = chunks
+                .into_iter()
+                .map(|(ino, index)| pb::ChunkId { ino, index })
+                .collect();
+            let r = self
+                .router
+                .call(p, |mut c, epoch| {
+                    let req = pb::CommitRequest {
+                        ctx: Some(ctx(epoch, &Credentials::root())),
+                        chunks: chunks.clone(),
+                    };
+                    async move { c.commit(req).await }
+                })
+                .await?;
+            if r.verifier != verifier {
+                return Err(FsError::Io(format!(
+                    "partition {p}: node restarted before commit; unstable writes may be lost"
+                )));
+            }
+            Ok(())
+        }))
+        .await?;
+        if dirty.size_dirty {
+            self.sync_inode(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Make the inode record durable (its size and times after unstable writes).
+    pub async fn sync_inode(&self, ino: InodeId) -> FsResult<()> {
+        self.router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::InoRequest {
+                    ctx: Some(ctx(epoch, &Credentials::root())),
+                    ino,
+                };
+                async move { c.sync_inode(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Read an extended attribute.
+    pub async fn getxattr(&self, cred: &Credentials, ino: InodeId, name: &[u8]) -> FsResult<Vec<u8>> {
+        let name = Bytes::copy_from_slice(name);
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::XattrRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    name: name.clone(),
+                    value: Bytes::new(),
+                    flags: 0,
+                };
+                async move { c.get_xattr(req).await }
+            })
+            .await?;
+        Ok(r.value.to_vec())
+    }
+
+    /// Set an extended attribute (flags: XATTR_CREATE 1, XATTR_REPLACE 2).
+    pub async fn setxattr(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let name = Bytes::copy_from_slice(name);
+        let value = Bytes::copy_from_slice(value);
+        self.router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::XattrRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    name: name.clone(),
+                    value: value.clone(),
+                    flags,
+                };
+                async move { c.set_xattr(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Names of an inode's extended attributes.
+    pub async fn listxattr(&self, cred: &Credentials, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
+        let r = self
+            .router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::InoRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                };
+                async move { c.list_xattr(req).await }
+            })
+            .await?;
+        Ok(r.names.into_iter().map(|n| n.to_vec()).collect())
+    }
+
+    /// Remove an extended attribute.
+    pub async fn removexattr(&self, cred: &Credentials, ino: InodeId, name: &[u8]) -> FsResult<()> {
+        let name = Bytes::copy_from_slice(name);
+        self.router
+            .call(self.ino_part(ino), |mut c, epoch| {
+                let req = pb::XattrRequest {
+                    ctx: Some(ctx(epoch, cred)),
+                    ino,
+                    name: name.clone(),
+                    value: Bytes::new(),
+                    flags: 0,
+                };
+                async move { c.remove_xattr(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Capacity of the whole cluster: the sum over nodes that serve partitions.
+    pub async fn statfs(&self) -> FsResult<StatFs> {
+        let map = self.router.map();
+        let mut ids: Vec<_> = map.assignment.iter().filter_map(|r| r.first().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut total = StatFs::default();
+        for id in ids {
+            let Some(node) = map.node(id) else { continue };
+            if node.state != sealfs_core::NodeState::Up {
+                continue;
+            }
+            let mut c = self.router.node_client(&node.addr)?;
+            if let Ok(r) = c.stat_fs(ctx(map.epoch, &Credentials::root())).await {
+                let r = r.into_inner();
+                total.total_bytes += r.total_bytes;
+                total.free_bytes += r.free_bytes;
+                total.inodes += r.inodes;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Wire form of attributes, for frontends that forward them.
+    pub fn attr_to_wire(e: &Entry) -> pb::Attr {
+        attr_to_pb(&e.attr, e.layout.inline, e.layout.chunk_size)
+    }
+}

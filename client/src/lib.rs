@@ -1,0 +1,9 @@
+//! sealfs-client: `SealClient`, the one client library every frontend (FUSE, NFS gateway) and
+//! the storage nodes themselves use to reach the cluster: a cached cluster map, pooled gRPC
+//! channels, routing by partition, and retry on a stale epoch or a node that went away.
+
+mod fs;
+mod router;
+
+pub use fs::{DirEntry, DirtyChunks, Entry, Layout, SealClient, StatFs, WriteMode};
+pub use router::Router;

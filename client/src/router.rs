@@ -1,0 +1,215 @@
+//! Routing: which node serves a partition, how to reach it, and when to retry.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use sealfs_core::config::{ClientConfig, MAX_MESSAGE_SIZE};
+use sealfs_core::placement::{ClusterMap, NodeState};
+use sealfs_core::{FsError, FsResult, PartitionId};
+use sealfs_proto::pb::manager_client::ManagerClient;
+use sealfs_proto::pb::node_client::NodeClient;
+use sealfs_proto::{error_from_status, map_from_pb, pb};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, warn};
+
+/// Routes requests to the node serving a partition, with a cached cluster map.
+pub struct Router {
+    config: ClientConfig,
+    map: RwLock<Arc<ClusterMap>>,
+    conns: DashMap<String, NodeClient<Channel>>,
+    manager: ManagerClient<Channel>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+fn endpoint(addr: &str, timeout: Duration) -> FsResult<Endpoint> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| FsError::Invalid(format!("bad address {addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20)))
+}
+
+impl Router {
+    /// Connect to the manager and fetch the map, waiting (up to `wait`) for the cluster to have
+    /// its partitions assigned.
+    pub async fn connect(config: ClientConfig, wait: Duration) -> FsResult<Arc<Router>> {
+        config.validate().map_err(|e| FsError::Invalid(e.to_string()))?;
+        let timeout = Duration::from_millis(config.rpc_timeout_ms);
+        let chan = endpoint(&config.manager, timeout)?.connect_lazy();
+        let manager = ManagerClient::new(chan)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let router = Arc::new(Router {
+            config,
+            map: RwLock::new(Arc::new(ClusterMap::new(0, 1, 1, 1 << 22))),
+            conns: DashMap::new(),
+            manager,
+            refresh: tokio::sync::Mutex::new(()),
+        });
+        let deadline = Instant::now() + wait;
+        loop {
+            match router.fetch_map().await {
+                Ok(m) if m.is_initialized() => {
+                    *router.map.write().expect("map lock") = Arc::new(m);
+                    return Ok(router);
+                }
+                Ok(_) => debug!("cluster map not initialized yet"),
+                Err(e) => debug!("manager not reachable yet: {e}"),
+            }
+            if Instant::now() >= deadline {
+                return Err(FsError::Unavailable(format!(
+                    "no initialized cluster map from manager {} within {:?}",
+                    router.config.manager, wait
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The client settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The cached cluster map.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.read().expect("map lock").clone()
+    }
+
+    /// A manager client (status, map).
+    pub fn manager(&self) -> ManagerClient<Channel> {
+        self.manager.clone()
+    }
+
+    async fn fetch_map(&self) -> FsResult<ClusterMap> {
+        let reply = self
+            .manager
+            .clone()
+            .get_map(pb::GetMapRequest {})
+            .await
+            .map_err(|s| error_from_status(&s))?;
+        map_from_pb(reply.get_ref())
+    }
+
+    /// Fetch the map from the manager unless the cached one is already newer than `seen`.
+    pub async fn refresh_map(&self, seen: u64) {
+        let _guard = self.refresh.lock().await;
+        if self.map().epoch > seen {
+            return;
+        }
+        match self.fetch_map().await {
+            Ok(m) if m.is_initialized() => {
+                let mut cur = self.map.write().expect("map lock");
+                if m.epoch >= cur.epoch {
+                    *cur = Arc::new(m);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!("map refresh failed: {e}"),
+        }
+    }
+
+    /// Install a map that someone else fetched, if it is newer.
+    pub fn install_map(&self, m: ClusterMap) {
+        let mut cur = self.map.write().expect("map lock");
+        if m.epoch > cur.epoch && m.is_initialized() {
+            *cur = Arc::new(m);
+        }
+    }
+
+    /// A client for the node at `addr` (channels are shared and connect lazily).
+    pub fn node_client(&self, addr: &str) -> FsResult<NodeClient<Channel>> {
+        if let Some(c) = self.conns.get(addr) {
+            return Ok(c.clone());
+        }
+        let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
+        let chan = endpoint(addr, timeout)?.connect_lazy();
+        let client = NodeClient::new(chan)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        self.conns.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Call the primary of `partition` with `f(client, epoch)`, retrying while the map is stale
+    /// or the node is unreachable (up to the retry deadline). A node the map marks down fails at
+    /// once with an I/O error, so callers never hang on a dead partition.
+    pub async fn call<T, F, Fut>(&self, partition: PartitionId, f: F) -> FsResult<T>
+    where
+        F: Fn(NodeClient<Channel>, u64) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + Duration::from_millis(self.config.retry_deadline_ms);
+        let mut backoff = Duration::from_millis(20);
+        let mut refreshed_down = false;
+        if !self.map().has_partition(partition) {
+            // Only a forged or corrupt inode id names a partition the cluster does not have.
+            return Err(FsError::Stale);
+        }
+        loop {
+            let map = self.map();
+            let node = map.primary(partition).cloned();
+            let node = match node {
+                Some(n) => n,
+                None => {
+                    if refreshed_down {
+                        return Err(FsError::Unavailable(format!("partition {partition} has no node")));
+                    }
+                    refreshed_down = true;
+                    self.refresh_map(map.epoch).await;
+                    continue;
+                }
+            };
+            if node.state == NodeState::Down {
+                if !refreshed_down {
+                    refreshed_down = true;
+                    self.refresh_map(map.epoch).await;
+                    continue;
+                }
+                return Err(FsError::Unavailable(format!(
+                    "partition {partition}: node {} ({}) is down",
+                    node.id, node.addr
+                )));
+            }
+            let client = self.node_client(&node.addr)?;
+            let err = match f(client, map.epoch).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => error_from_status(&s),
+            };
+            match &err {
+                FsError::WrongEpoch { node: node_epoch, .. } => {
+                    debug!(partition, "wrong epoch, refreshing map");
+                    self.refresh_map(map.epoch).await;
+                    if self.map().epoch <= map.epoch && *node_epoch <= map.epoch {
+                        // The node is behind us: give it a moment to catch up.
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                FsError::Unavailable(_) | FsError::TimedOut(_) => {
+                    if Instant::now() >= deadline {
+                        warn!(partition, node = node.id, "giving up: {err}");
+                        return Err(err);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    self.refresh_map(map.epoch).await;
+                }
+                _ => return Err(err),
+            }
+            if Instant::now() >= deadline + Duration::from_secs(5) {
+                return Err(err);
+            }
+        }
+    }
+}

@@ -1,0 +1,945 @@
+//! The FUSE file system: a thin adapter from fuser's callbacks to `SealClient`. Every callback
+//! copies what it needs, spawns a tokio task and returns, so the threads reading /dev/fuse never
+//! wait on the network; the task sends the reply. POSIX rules and permission checks are the
+//! storage nodes' job; this layer only passes the caller's credentials along.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fuser::{
+    AccessFlags, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use sealfs_client::{DirEntry, DirtyChunks, Entry, SealClient, WriteMode};
+use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
+use sealfs_core::config::{MAX_FILE_SIZE, MAX_IO_SIZE};
+use sealfs_core::{Credentials, FsError, FsResult, InodeId};
+use tokio::runtime::Handle;
+use tracing::{debug, warn};
+
+use crate::state::{hidden_name, DirStream, State, HIDDEN_PREFIX};
+
+/// Entries fetched per directory listing call.
+const DIR_PAGE: u32 = 256;
+/// Block size reported to the kernel (st_blksize): large, so tools use big requests.
+const BLKSIZE: u32 = 1 << 20;
+
+/// The mounted file system.
+pub struct SealFs {
+    client: SealClient,
+    rt: Handle,
+    ttl: Duration,
+    state: Arc<State>,
+}
+
+impl SealFs {
+    /// A file system over `client`, running its work on `rt`.
+    pub fn new(client: SealClient, rt: Handle, ttl: Duration) -> SealFs {
+        SealFs {
+            client,
+            rt,
+            ttl,
+            state: Arc::new(State::default()),
+        }
+    }
+
+    /// Run `f` on the runtime; its result (or error) goes to `reply`.
+    fn spawn<T, F, Fut, R>(&self, reply: R, f: F, ok: impl FnOnce(R, T) + Send + 'static)
+    where
+        F: FnOnce(Ctx) -> Fut + Send + 'static,
+        Fut: Future<Output = FsResult<T>> + Send + 'static,
+        T: Send + 'static,
+        R: ErrorReply + Send + 'static,
+    {
+        let cx = Ctx {
+            client: self.client.clone(),
+            state: self.state.clone(),
+            ttl: self.ttl,
+        };
+        self.rt.spawn(async move {
+            match f(cx).await {
+                Ok(v) => ok(reply, v),
+                Err(e) => {
+                    if matches!(e, FsError::Io(_) | FsError::Unavailable(_) | FsError::TimedOut(_)) {
+                        warn!("request failed: {e}");
+                    } else {
+                        debug!("request failed: {e}");
+                    }
+                    reply.fail(Errno::from_i32(e.to_errno()))
+                }
+            }
+        });
+    }
+}
+
+/// What a spawned request needs.
+#[derive(Clone)]
+struct Ctx {
+    client: SealClient,
+    state: Arc<State>,
+    ttl: Duration,
+}
+
+/// Replies that can carry an error.
+trait ErrorReply {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {$(
+        impl ErrorReply for $t {
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
+        }
+    )*};
+}
+error_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr
+);
+
+/// The caller's credentials. Supplementary groups come from /proc, as libfuse does: the kernel
+/// does not send them, and they decide group permission checks.
+fn creds(req: &Request) -> Credentials {
+    let mut c = Credentials {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups: Vec::new(),
+    };
+    if c.uid != 0 {
+        c.groups = proc_groups(req.pid()).unwrap_or_default();
+    }
+    c
+}
+
+fn proc_groups(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Groups:"))?;
+    Some(
+        line["Groups:".len()..]
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .take(64)
+            .collect(),
+    )
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn fuse_attr(a: &FileAttr) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime.to_system(),
+        mtime: a.mtime.to_system(),
+        ctime: a.ctime.to_system(),
+        crtime: a.ctime.to_system(),
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn time_update(t: Option<TimeOrNow>) -> Option<TimeUpdate> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeUpdate::Now,
+        TimeOrNow::SpecificTime(s) => TimeUpdate::Set(TimeSpec::from_system(s)),
+    })
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl Ctx {
+    fn entry(&self, reply: ReplyEntry, e: Entry) {
+        reply.entry(&self.ttl, &fuse_attr(&e.attr), Generation(e.attr.generation));
+    }
+
+    /// Attributes as this mount's callers must see them: a file unlinked while open here lives
+    /// on under a hidden name, which does not count as a link.
+    fn visible(&self, mut a: FileAttr) -> FileAttr {
+        if a.kind == FileKind::Regular {
+            if let Some(st) = self.state.inode(a.ino) {
+                if st.lock().expect("inode state").hidden.is_some() {
+                    a.nlink = a.nlink.saturating_sub(1);
+                }
+            }
+        }
+        a
+    }
+
+    /// Remember the data version this mount saw, for close-to-open caching.
+    fn saw(&self, a: &FileAttr) {
+        if a.kind == FileKind::Regular {
+            self.state.versions.insert(a.ino, (a.mtime, a.size));
+        }
+    }
+
+    /// Commit the unstable writes of `ino` (fsync, close).
+    async fn commit(&self, ino: InodeId) -> FsResult<()> {
+        let Some(st) = self.state.inode(ino) else { return Ok(()) };
+        let dirty = std::mem::take(&mut st.lock().expect("inode state").dirty);
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        match self.client.commit(ino, dirty.clone()).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_retryable() => {
+                // Nothing was lost yet: keep the set so a later fsync or close tries again.
+                st.lock().expect("inode state").dirty.merge(dirty);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Move an open file out of the way of an unlink: it lives on under a hidden name in the
+    /// same directory until its last handle here is released. Returns false when `name` is not
+    /// a file open in this mount.
+    async fn hide_if_open(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<bool> {
+        if self.state.inodes.is_empty() {
+            return Ok(false);
+        }
+        let e = match self.client.lookup(cred, parent, name).await {
+            Ok(e) => e,
+            Err(FsError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if e.attr.kind == FileKind::Directory || !self.state.is_open(e.attr.ino) {
+            return Ok(false);
+        }
+        let Some(st) = self.state.inode(e.attr.ino) else {
+            return Ok(false);
+        };
+        if e.attr.nlink > 1 {
+            // Other names keep the inode alive: a plain unlink is right.
+            return Ok(false);
+        }
+        let hidden = hidden_name(e.attr.ino);
+        self.client.rename(cred, parent, name, parent, &hidden, 1).await?;
+        st.lock().expect("inode state").hidden = Some((parent, hidden));
+        Ok(true)
+    }
+
+    async fn fill_dir(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+    ) -> FsResult<(Vec<DirEntry>, Option<Entry>)> {
+        let stream = self.state.dirs.get(&fh).map(|d| d.clone()).ok_or(FsError::BadFd)?;
+        let mut s = stream.lock().await;
+        // Cookies grow along a listing: drop what the kernel already has.
+        while s.buf.front().is_some_and(|e| e.cookie <= offset) {
+            let e = s.buf.pop_front().expect("front exists");
+            s.after = e.cookie;
+        }
+        if s.after != offset.max(2) || s.plus != plus || (s.buf.is_empty() && !s.eof) {
+            let from = if offset < 3 { 0 } else { offset };
+            let (entries, eof) = self.client.readdir(cred, ino, from, DIR_PAGE, plus).await?;
+            s.buf = entries
+                .into_iter()
+                .filter(|e| !e.name.starts_with(HIDDEN_PREFIX))
+                .collect();
+            s.eof = eof;
+            s.after = offset.max(2);
+            s.plus = plus;
+        }
+        let dir = if offset < 2 {
+            Some(self.client.getattr(cred, ino).await?)
+        } else {
+            None
+        };
+        Ok((s.buf.iter().cloned().collect(), dir))
+    }
+}
+
+fn generation_of(a: &FileAttr) -> Generation {
+    Generation(a.generation)
+}
+
+impl fuser::Filesystem for SealFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO_SIZE as u32);
+        let _ = config.set_max_readahead(MAX_IO_SIZE as u32);
+        let _ = config.set_max_background(64);
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_ASYNC_READ;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        self.spawn(
+            reply,
+            move |cx| async move { Ok((cx.client.lookup(&cred, parent.0, &name).await?, cx)) },
+            |r, (e, cx)| cx.entry(r, e),
+        );
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let cred = creds(req);
+        self.spawn(
+            reply,
+            move |cx| async move {
+                let e = cx.client.getattr(&cred, ino.0).await?;
+                Ok((cx.visible(e.attr), cx.ttl))
+            },
+            |r, (a, ttl)| r.attr(&ttl, &fuse_attr(&a)),
+        );
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let cred = creds(req);
+        let via_open_handle = fh.is_some_and(|fh| {
+            self.state
+                .files
+                .get(&fh.0)
+                .is_some_and(|h| h.flags & libc::O_ACCMODE != libc::O_RDONLY)
+        });
+        let s = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: time_update(atime),
+            mtime: time_update(mtime),
+            via_open_handle,
+        };
+        self.spawn(
+            reply,
+            move |cx| async move {
+                if s.size.is_some() {
+                    // Unstable writes below the cut must not land after it.
+                    cx.commit(ino.0).await?;
+                }
+                let e = cx.client.setattr(&cred, ino.0, &s).await?;
+                if s.size.is_some() {
+                    if let Some(st) = cx.state.inode(ino.0) {
+                        st.lock().expect("inode state").layout = Some(e.layout);
+                    }
+                    cx.saw(&e.attr);
+                }
+                Ok((cx.visible(e.attr), cx.ttl))
+            },
+            |r, (a, ttl)| r.attr(&ttl, &fuse_attr(&a)),
+        );
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let cred = creds(req);
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.readlink(&cred, ino.0).await },
+            |r, t| r.data(&t),
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        let Some(kind) = FileKind::from_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if kind == FileKind::Directory || kind == FileKind::Symlink {
+            return reply.error(Errno::EINVAL);
+        }
+        self.spawn(
+            reply,
+            move |cx| async move {
+                let e = cx
+                    .client
+                    .create(&cred, parent.0, &name, kind, mode & 0o7777, u64::from(rdev), true, 0)
+                    .await?;
+                Ok((e, cx))
+            },
+            |r, (e, cx)| cx.entry(r, e),
+        );
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        self.spawn(
+            reply,
+            move |cx| async move { Ok((cx.client.mkdir(&cred, parent.0, &name, mode & 0o7777).await?, cx)) },
+            |r, (e, cx)| cx.entry(r, e),
+        );
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        self.spawn(
+            reply,
+            move |cx| async move {
+                if !cx.hide_if_open(&cred, parent.0, &name).await? {
+                    cx.client.unlink(&cred, parent.0, &name).await?;
+                }
+                Ok(())
+            },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.rmdir(&cred, parent.0, &name).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let cred = creds(req);
+        let name = name_bytes(link_name);
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(
+            reply,
+            move |cx| async move { Ok((cx.client.symlink(&cred, parent.0, &name, &target).await?, cx)) },
+            |r, (e, cx)| cx.entry(r, e),
+        );
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        let newname = name_bytes(newname);
+        let flags = flags.bits() & (libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE);
+        self.spawn(
+            reply,
+            move |cx| async move {
+                if flags == 0 {
+                    // The target is about to be unlinked by the rename: keep it alive if open here.
+                    cx.hide_if_open(&cred, newparent.0, &newname).await?;
+                }
+                let wire_flags = u32::from(flags & libc::RENAME_NOREPLACE != 0)
+                    | (u32::from(flags & libc::RENAME_EXCHANGE != 0) << 1);
+                cx.client
+                    .rename(&cred, parent.0, &name, newparent.0, &newname, wire_flags)
+                    .await
+            },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let cred = creds(req);
+        let name = name_bytes(newname);
+        self.spawn(
+            reply,
+            move |cx| async move { Ok((cx.client.link(&cred, ino.0, newparent.0, &name).await?, cx)) },
+            |r, (e, cx)| cx.entry(r, e),
+        );
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let cred = creds(req);
+        let flags = flags.0;
+        self.spawn(
+            reply,
+            move |cx| async move {
+                let e = cx.client.open(&cred, ino.0, flags).await?;
+                // Close-to-open: keep the page cache only if the file is as this mount last saw it.
+                let keep = cx
+                    .state
+                    .versions
+                    .get(&ino.0)
+                    .is_some_and(|v| *v == (e.attr.mtime, e.attr.size));
+                cx.saw(&e.attr);
+                let fh = cx.state.open_file(ino.0, flags, e.layout);
+                Ok((fh, keep))
+            },
+            |r, (fh, keep)| {
+                r.opened(
+                    FileHandle(fh),
+                    if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    },
+                )
+            },
+        );
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let cred = creds(req);
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.read(&cred, ino.0, offset, size).await },
+            |r, d| r.data(&d),
+        );
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let cred = creds(req);
+        let data = Bytes::copy_from_slice(data);
+        self.spawn(
+            reply,
+            move |cx| async move {
+                let len = data.len() as u32;
+                let st = cx.state.inode(ino.0);
+                let known = st.as_ref().and_then(|s| s.lock().expect("inode state").layout);
+                let mut dirty = DirtyChunks::default();
+                let e = cx
+                    .client
+                    .write(
+                        &cred,
+                        ino.0,
+                        offset,
+                        data,
+                        WriteMode {
+                            known,
+                            ..Default::default()
+                        },
+                        &mut dirty,
+                    )
+                    .await?;
+                if let Some(st) = st {
+                    let mut st = st.lock().expect("inode state");
+                    st.layout = Some(e.layout);
+                    st.dirty.merge(dirty);
+                } else if !dirty.is_empty() {
+                    // Not open here (a write the kernel issued after release): make it durable now.
+                    cx.client.commit(ino.0, dirty).await?;
+                }
+                cx.saw(&e.attr);
+                Ok(len)
+            },
+            |r, n| r.written(n),
+        );
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.spawn(reply, move |cx| async move { cx.commit(ino.0).await }, |r, ()| r.ok());
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            reply,
+            move |cx| async move {
+                let Some((ino, hidden)) = cx.state.release_file(fh.0) else {
+                    return Ok(());
+                };
+                if let Some((parent, name)) = hidden {
+                    if let Err(e) = cx.client.unlink(&Credentials::root(), parent, &name).await {
+                        warn!(ino, "cannot remove the hidden name of an unlinked file: {e}");
+                    }
+                }
+                Ok(())
+            },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(
+            reply,
+            move |cx| async move {
+                cx.commit(ino.0).await?;
+                cx.client.sync_inode(ino.0).await
+            },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let cred = creds(req);
+        self.spawn(
+            reply,
+            move |cx| async move {
+                // Opening a directory needs read permission, as open(2) checks.
+                cx.client.open(&cred, ino.0, libc::O_RDONLY | libc::O_DIRECTORY).await?;
+                let fh = cx.state.new_fh();
+                cx.state
+                    .dirs
+                    .insert(fh, Arc::new(tokio::sync::Mutex::new(DirStream::default())));
+                Ok(fh)
+            },
+            |r, fh| r.opened(FileHandle(fh), FopenFlags::empty()),
+        );
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        let cred = creds(req);
+        self.spawn(
+            reply,
+            move |cx| async move { cx.fill_dir(&cred, ino.0, fh.0, offset, false).await },
+            move |mut r, (entries, dir)| {
+                if offset < 1 && r.add(ino, 1, FileType::Directory, ".") {
+                    return r.ok();
+                }
+                if offset < 2 {
+                    let up = dir
+                        .map(|d| if d.parent != 0 { d.parent } else { ino.0 })
+                        .unwrap_or(ino.0);
+                    if r.add(INodeNo(up), 2, FileType::Directory, "..") {
+                        return r.ok();
+                    }
+                }
+                for e in entries {
+                    if r.add(INodeNo(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                r.ok()
+            },
+        );
+    }
+
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        let cred = creds(req);
+        self.spawn(
+            reply,
+            move |cx| async move { Ok((cx.fill_dir(&cred, ino.0, fh.0, offset, true).await?, cx.ttl)) },
+            move |mut r, ((entries, dir), ttl)| {
+                if let Some(d) = &dir {
+                    let a = fuse_attr(&d.attr);
+                    if offset < 1 && r.add(ino, 1, ".", &ttl, &a, generation_of(&d.attr)) {
+                        return r.ok();
+                    }
+                    if offset < 2
+                        && r.add(
+                            INodeNo(if d.parent != 0 { d.parent } else { ino.0 }),
+                            2,
+                            "..",
+                            &Duration::ZERO,
+                            &a,
+                            Generation(0),
+                        )
+                    {
+                        return r.ok();
+                    }
+                }
+                for e in entries {
+                    let Some(a) = &e.attr else { continue };
+                    if r.add(
+                        INodeNo(e.ino),
+                        e.cookie,
+                        OsStr::from_bytes(&e.name),
+                        &ttl,
+                        &fuse_attr(a),
+                        generation_of(a),
+                    ) {
+                        break;
+                    }
+                }
+                r.ok()
+            },
+        );
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.state.dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Directory changes are durable before they are acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.statfs().await },
+            |r, s| {
+                let bsize = 4096u64;
+                // Inodes are not preallocated: report what is used plus what the free space
+                // could hold at one block per file.
+                let free_blocks = s.free_bytes / bsize;
+                r.statfs(
+                    s.total_bytes / bsize,
+                    free_blocks,
+                    free_blocks,
+                    s.inodes + free_blocks,
+                    free_blocks,
+                    bsize as u32,
+                    255,
+                    bsize as u32,
+                )
+            },
+        );
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        let value = value.to_vec();
+        let flags = (flags as u32) & 3;
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.setxattr(&cred, ino.0, &name, &value, flags).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.getxattr(&cred, ino.0, &name).await },
+            move |r, v| xattr_reply(r, size, &v),
+        );
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let cred = creds(req);
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.listxattr(&cred, ino.0).await },
+            move |r, names| {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                xattr_reply(r, size, &buf)
+            },
+        );
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.removexattr(&cred, ino.0, &name).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let cred = creds(req);
+        let mask = mask.bits() as u32;
+        self.spawn(
+            reply,
+            move |cx| async move { cx.client.access(&cred, ino.0, mask).await },
+            |r, ()| r.ok(),
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let cred = creds(req);
+        let name = name_bytes(name);
+        let exclusive = flags & libc::O_EXCL != 0;
+        self.spawn(
+            reply,
+            move |cx| async move {
+                let e = cx
+                    .client
+                    .create(
+                        &cred,
+                        parent.0,
+                        &name,
+                        FileKind::Regular,
+                        mode & 0o7777,
+                        0,
+                        exclusive,
+                        flags,
+                    )
+                    .await?;
+                let mut e = e;
+                if !exclusive && flags & libc::O_TRUNC != 0 && e.attr.size > 0 {
+                    // An existing file opened with O_TRUNC.
+                    let s = SetAttr {
+                        size: Some(0),
+                        via_open_handle: true,
+                        ..Default::default()
+                    };
+                    e = cx.client.setattr(&cred, e.attr.ino, &s).await?;
+                }
+                cx.saw(&e.attr);
+                let fh = cx.state.open_file(e.attr.ino, flags, e.layout);
+                Ok((e, fh, cx.ttl))
+            },
+            |r, (e, fh, ttl)| {
+                r.created(
+                    &ttl,
+                    &fuse_attr(&e.attr),
+                    generation_of(&e.attr),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            },
+        );
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let cred = creds(req);
+        if mode != 0 {
+            // Punching holes, zeroing ranges and keep-size preallocation are not supported.
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        self.spawn(
+            reply,
+            move |cx| async move {
+                let end = offset
+                    .checked_add(length)
+                    .filter(|e| *e <= MAX_FILE_SIZE)
+                    .ok_or(FsError::FileTooBig)?;
+                let cur = cx.client.getattr(&cred, ino.0).await?;
+                if end > cur.attr.size {
+                    let s = SetAttr {
+                        size: Some(end),
+                        via_open_handle: true,
+                        ..Default::default()
+                    };
+                    let e = cx.client.setattr(&cred, ino.0, &s).await?;
+                    if let Some(st) = cx.state.inode(ino.0) {
+                        st.lock().expect("inode state").layout = Some(e.layout);
+                    }
+                    cx.saw(&e.attr);
+                }
+                Ok(())
+            },
+            |r, ()| r.ok(),
+        );
+    }
+}
+
+fn xattr_reply(r: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        r.size(v.len() as u32)
+    } else if v.len() > size as usize {
+        r.error(Errno::from_i32(libc::ERANGE))
+    } else {
+        r.data(v)
+    }
+}

@@ -1,0 +1,142 @@
+//! What the FUSE client remembers between requests: open files (data layout, unstable writes not
+//! yet committed, the data version last seen for close-to-open caching) and directory listings
+//! being read. Nothing here is needed to find an inode: ids are global, so FORGET costs nothing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use sealfs_client::{DirEntry, DirtyChunks, Layout};
+use sealfs_core::attr::TimeSpec;
+use sealfs_core::InodeId;
+
+/// Per-inode state, kept while the inode is open in this mount.
+#[derive(Debug, Default)]
+pub struct OpenInode {
+    /// Open handles of this inode in this mount.
+    pub handles: u32,
+    /// Where its data lives, as last learned.
+    pub layout: Option<Layout>,
+    /// Unstable chunk writes not yet committed (by any handle: writeback may pick any).
+    pub dirty: DirtyChunks,
+    /// Set when the file was unlinked while open: it lives on under this hidden name until the
+    /// last handle is released (as NFS clients do).
+    pub hidden: Option<HiddenName>,
+}
+
+/// Where a file unlinked while open lives on: (directory, name).
+pub type HiddenName = (InodeId, Vec<u8>);
+
+/// An open file handle.
+#[derive(Debug, Clone, Copy)]
+pub struct FileHandleState {
+    pub ino: InodeId,
+    pub flags: i32,
+}
+
+/// A directory listing in progress: entries fetched ahead of what the kernel asked for.
+#[derive(Debug, Default)]
+pub struct DirStream {
+    /// The cookie the buffer continues after.
+    pub after: u64,
+    pub buf: VecDeque<DirEntry>,
+    pub eof: bool,
+    pub plus: bool,
+}
+
+/// All of it.
+#[derive(Default)]
+pub struct State {
+    next_fh: AtomicU64,
+    pub files: DashMap<u64, FileHandleState>,
+    pub dirs: DashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>,
+    pub inodes: DashMap<InodeId, Arc<Mutex<OpenInode>>>,
+    /// (mtime, size) of each file when this mount last opened or changed it: an open that finds
+    /// the same keeps the kernel's page cache, any other change drops it (close-to-open).
+    pub versions: DashMap<InodeId, (TimeSpec, u64)>,
+}
+
+impl State {
+    /// A fresh handle number.
+    pub fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Register an open handle of `ino`.
+    pub fn open_file(&self, ino: InodeId, flags: i32, layout: Layout) -> u64 {
+        let fh = self.new_fh();
+        self.files.insert(fh, FileHandleState { ino, flags });
+        let entry = self.inodes.entry(ino).or_default().clone();
+        let mut st = entry.lock().expect("inode state");
+        st.handles += 1;
+        st.layout = Some(layout);
+        fh
+    }
+
+    /// The state of an inode open here.
+    pub fn inode(&self, ino: InodeId) -> Option<Arc<Mutex<OpenInode>>> {
+        self.inodes.get(&ino).map(|e| e.clone())
+    }
+
+    /// Whether any handle of `ino` is open here.
+    pub fn is_open(&self, ino: InodeId) -> bool {
+        self.inodes
+            .get(&ino)
+            .is_some_and(|e| e.lock().expect("inode state").handles > 0)
+    }
+
+    /// Drop a handle; returns the inode's hidden name when this was its last handle.
+    pub fn release_file(&self, fh: u64) -> Option<(InodeId, Option<HiddenName>)> {
+        let (_, h) = self.files.remove(&fh)?;
+        let mut hidden = None;
+        let mut last = false;
+        if let Some(e) = self.inodes.get(&h.ino) {
+            let mut st = e.lock().expect("inode state");
+            st.handles = st.handles.saturating_sub(1);
+            if st.handles == 0 {
+                last = true;
+                hidden = st.hidden.take();
+            }
+        }
+        if last {
+            self.inodes
+                .remove_if(&h.ino, |_, e| e.lock().expect("inode state").handles == 0);
+        }
+        Some((h.ino, hidden))
+    }
+}
+
+/// Names the client gives files unlinked while open; listings leave them out.
+pub const HIDDEN_PREFIX: &[u8] = b".sealfs-hidden-";
+
+/// The hidden name for `ino`.
+pub fn hidden_name(ino: InodeId) -> Vec<u8> {
+    let mut n = HIDDEN_PREFIX.to_vec();
+    n.extend_from_slice(format!("{ino:016x}-{:08x}", rand::random::<u32>()).as_bytes());
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_release_returns_hidden_name() {
+        let s = State::default();
+        let layout = Layout {
+            inline: true,
+            chunk_size: 1 << 20,
+        };
+        let a = s.open_file(7, 0, layout);
+        let b = s.open_file(7, 0, layout);
+        assert!(s.is_open(7));
+        s.inode(7).unwrap().lock().unwrap().hidden = Some((1, b"x".to_vec()));
+        assert_eq!(s.release_file(a), Some((7, None)));
+        assert_eq!(s.release_file(b), Some((7, Some((1, b"x".to_vec())))));
+        assert!(!s.is_open(7));
+        assert!(s.inode(7).is_none());
+        assert_eq!(s.release_file(b), None);
+        assert!(hidden_name(7).starts_with(HIDDEN_PREFIX));
+    }
+}

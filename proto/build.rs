@@ -1,0 +1,7 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/sealfs.proto");
+    tonic_prost_build::configure()
+        .bytes(".sealfs.v1")
+        .compile_protos(&["proto/sealfs.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! Configuration as serde structs with defaults and validation. Every field can come from a TOML
+//! file; the binaries overlay command-line flags and environment variables on top.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest file sealfs accepts (writes past it get EFBIG): 16 TiB.
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+/// Largest payload of one read or write RPC.
+pub const MAX_IO_SIZE: usize = 4 << 20;
+/// Largest gRPC message any sealfs server decodes; bigger ones are refused before decoding.
+pub const MAX_MESSAGE_SIZE: usize = MAX_IO_SIZE + (64 << 10);
+/// Largest xattr value.
+pub const MAX_XATTR_VALUE: usize = 64 << 10;
+/// Files up to this size are stored inline in their inode record.
+pub const INLINE_MAX: u64 = 4096;
+
+/// A configuration error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("invalid setting {field}: {msg}")]
+    Invalid { field: &'static str, msg: String },
+}
+
+/// Read a TOML config file into `T`; fields it does not name keep their defaults.
+pub fn load_file<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })
+}
+
+/// Manager settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Address the gRPC server listens on.
+    pub listen: String,
+    /// Folder for the manager's persistent state (the cluster map).
+    pub dir: String,
+    /// Partitions of a new cluster: a power of two, at most 65536. Fixed once created.
+    pub partitions: u32,
+    /// Replicas per partition for a new cluster.
+    pub replication: u32,
+    /// Nodes that must register before partitions are first assigned.
+    pub min_nodes: u32,
+    /// A node that has not heartbeated for this long is marked down.
+    pub failure_timeout_ms: u64,
+    /// Chunk size for file data of a new cluster: a power of two, 64 KiB to 64 MiB.
+    pub chunk_size: u32,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            listen: "127.0.0.1:7100".into(),
+            dir: "./sealfs-manager".into(),
+            partitions: 256,
+            replication: 1,
+            min_nodes: 1,
+            failure_timeout_ms: 3000,
+            chunk_size: 4 << 20,
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.partitions.is_power_of_two() || self.partitions > 65536 {
+            return Err(ConfigError::Invalid {
+                field: "partitions",
+                msg: format!("{} is not a power of two up to 65536", self.partitions),
+            });
+        }
+        if self.replication == 0 || self.replication > 7 {
+            return Err(ConfigError::Invalid {
+                field: "replication",
+                msg: "must be 1 to 7".into(),
+            });
+        }
+        if self.min_nodes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "min_nodes",
+                msg: "must be at least 1".into(),
+            });
+        }
+        if !self.chunk_size.is_power_of_two() || !(64 << 10..=64 << 20).contains(&self.chunk_size) {
+            return Err(ConfigError::Invalid {
+                field: "chunk_size",
+                msg: "must be a power of two from 64 KiB to 64 MiB".into(),
+            });
+        }
+        if self.failure_timeout_ms < 500 {
+            return Err(ConfigError::Invalid {
+                field: "failure_timeout_ms",
+                msg: "must be at least 500".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Storage node settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The manager's address.
+    pub manager: String,
+    /// Address the gRPC server listens on.
+    pub listen: String,
+    /// Address other components use to reach this node (default: the bound listen address).
+    pub advertise: Option<String>,
+    /// Folder for the RocksDB metadata store.
+    pub meta_dir: String,
+    /// Folder for chunk data (may sit on another disk).
+    pub data_dir: String,
+    /// Interval between heartbeats to the manager.
+    pub heartbeat_ms: u64,
+    /// RocksDB block cache, in MiB (bounds the node's memory, not the file count).
+    pub cache_mb: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            manager: "127.0.0.1:7100".into(),
+            listen: "127.0.0.1:7101".into(),
+            advertise: None,
+            meta_dir: "./sealfs-node/meta".into(),
+            data_dir: "./sealfs-node/data".into(),
+            heartbeat_ms: 1000,
+            cache_mb: 64,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.meta_dir.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "meta_dir",
+                msg: "must not be empty".into(),
+            });
+        }
+        if self.data_dir.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "data_dir",
+                msg: "must not be empty".into(),
+            });
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                field: "heartbeat_ms",
+                msg: "must be 1 to 60000".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Client library settings (FUSE client, gateway, and node-to-node calls).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The manager's address.
+    pub manager: String,
+    /// Deadline of one RPC attempt.
+    pub rpc_timeout_ms: u64,
+    /// How long an operation keeps retrying a partition whose node is unreachable before it
+    /// fails with EIO (a node marked down in the map fails at once).
+    pub retry_deadline_ms: u64,
+    /// How long the FUSE kernel may cache attributes and entries.
+    pub attr_ttl_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            manager: "127.0.0.1:7100".into(),
+            rpc_timeout_ms: 10_000,
+            retry_deadline_ms: 5_000,
+            attr_ttl_ms: 1000,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.rpc_timeout_ms < 100 {
+            return Err(ConfigError::Invalid {
+                field: "rpc_timeout_ms",
+                msg: "must be at least 100".into(),
+            });
+        }
+        if self.attr_ttl_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                field: "attr_ttl_ms",
+                msg: "must be at most 60000".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        ManagerConfig::default().validate().unwrap();
+        NodeConfig::default().validate().unwrap();
+        ClientConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = ManagerConfig {
+            partitions: 100,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("partitions"));
+        let c = ManagerConfig {
+            chunk_size: 1000,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("chunk_size"));
+    }
+
+    #[test]
+    fn file_overrides_some_fields() {
+        let c: ManagerConfig = toml::from_str("partitions = 64\n").unwrap();
+        assert_eq!(c.partitions, 64);
+        assert_eq!(c.replication, 1);
+        assert!(toml::from_str::<ManagerConfig>("bogus = 1\n").is_err());
+    }
+}

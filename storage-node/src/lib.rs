@@ -1,0 +1,16 @@
+//! sealfs storage node: serves the partitions the cluster map gives it. Metadata lives in RocksDB
+//! (under --meta-dir), file data in chunk files (under --data-dir). Every mutation is durable
+//! before it is acknowledged.
+
+pub mod chunks;
+pub mod keys;
+pub mod locks;
+pub mod node;
+pub mod ops;
+pub mod records;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tx;
+
+pub use server::run;

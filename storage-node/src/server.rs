@@ -1,0 +1,245 @@
+//! Node start-up and lifetime: check the folders, open the stores, register with the manager,
+//! wait for the cluster map, recover, then serve on the given listener until cancelled.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sealfs_client::Router;
+use sealfs_core::config::{ClientConfig, NodeConfig, MAX_MESSAGE_SIZE};
+use sealfs_proto::pb::{self, manager_client::ManagerClient, node_server::NodeServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::chunks::ChunkStore;
+use crate::locks::Locks;
+use crate::node::Node;
+use crate::service::NodeService;
+use crate::store::MetaStore;
+
+/// Check that `dir` exists, is a folder and is writable, with a message that says which.
+pub fn check_dir(what: &str, dir: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(dir).with_context(|| {
+        format!(
+            "{what} {} does not exist or cannot be read (create it first)",
+            dir.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!("{what} {} is not a folder", dir.display());
+    }
+    let probe = dir.join(".sealfs-write-probe");
+    std::fs::write(&probe, b"probe").with_context(|| format!("{what} {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn stats(node: Option<&Node>, chunks: &ChunkStore, store: &MetaStore) -> pb::NodeStats {
+    let (total, free) = chunks.space();
+    let _ = node;
+    pb::NodeStats {
+        data_total_bytes: total,
+        data_free_bytes: free,
+        meta_total_bytes: 0,
+        meta_free_bytes: 0,
+        inodes: store.estimate_keys(),
+    }
+}
+
+async fn manager_client(addr: &str) -> anyhow::Result<ManagerClient<Channel>> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let chan = Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(ManagerClient::new(chan))
+}
+
+/// Register (retrying until the manager answers or we are cancelled); returns (node id, cluster id).
+async fn register(
+    mgr: &mut ManagerClient<Channel>,
+    node_id: u64,
+    addr: &str,
+    st: pb::NodeStats,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(u64, u64)> {
+    let mut warned = false;
+    loop {
+        let req = pb::RegisterRequest {
+            node_id,
+            addr: addr.to_string(),
+            stats: Some(st),
+        };
+        match mgr.register(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                return Ok((r.node_id, r.cluster_id));
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition || s.code() == tonic::Code::InvalidArgument => {
+                bail!("manager refused registration: {}", s.message())
+            }
+            Err(s) => {
+                if !warned {
+                    warn!("manager not reachable yet ({}); retrying", s.message());
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => bail!("cancelled before registering"),
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+    }
+}
+
+/// Run a storage node on `listener` until `cancel` fires.
+pub async fn run(config: NodeConfig, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
+    let meta_dir = Path::new(&config.meta_dir);
+    let data_dir = Path::new(&config.data_dir);
+    check_dir("meta dir", meta_dir)?;
+    check_dir("data dir", data_dir)?;
+    let store = MetaStore::open(meta_dir, config.cache_mb)?;
+    let chunks = ChunkStore::open(data_dir);
+
+    let addr = match &config.advertise {
+        Some(a) => a.clone(),
+        None => listener.local_addr()?.to_string(),
+    };
+    let stored_id = store.node_u64("node_id")?.unwrap_or(0);
+    let stored_cluster = store.node_u64("cluster_id")?;
+    let mut mgr = manager_client(&config.manager).await?;
+    let (id, cluster_id) = register(&mut mgr, stored_id, &addr, stats(None, &chunks, &store), &cancel).await?;
+    if let Some(c) = stored_cluster {
+        if c != cluster_id {
+            bail!(
+                "meta dir {} belongs to cluster {c:#x}, but manager {} runs cluster {cluster_id:#x}",
+                meta_dir.display(),
+                config.manager
+            );
+        }
+    }
+    // The data folder is marked with its node id, so meta and data folders cannot be mixed up.
+    let marker = data_dir.join("SEALFS_DATA");
+    let expect = format!("sealfs data v1 node {id}\n");
+    match std::fs::read_to_string(&marker) {
+        Ok(s) if s == expect => {}
+        Ok(s) => bail!("data dir {} belongs to another node ({})", data_dir.display(), s.trim()),
+        Err(_) => {
+            std::fs::write(&marker, &expect).with_context(|| format!("cannot write {}", marker.display()))?;
+        }
+    }
+    if stored_id != id || stored_cluster.is_none() {
+        store
+            .put_node_u64s(&[("node_id", id), ("cluster_id", cluster_id)])
+            .await?;
+    }
+    info!(node = id, %addr, "registered with manager {}", config.manager);
+
+    let client_cfg = ClientConfig {
+        manager: config.manager.clone(),
+        ..Default::default()
+    };
+    let router = tokio::select! {
+        r = Router::connect(client_cfg, Duration::from_secs(3600 * 24)) => r?,
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    let node = Arc::new(Node {
+        id,
+        store,
+        chunks,
+        router,
+        locks: Locks::default(),
+        pending: Default::default(),
+        pending_gc: Default::default(),
+        cleanup: Default::default(),
+    });
+    node.ensure_root().await?;
+    node.load_pending_gc();
+    node.recover().await;
+    tokio::spawn(node.clone().cleanup_worker(cancel.clone()));
+    tokio::spawn(heartbeat_loop(
+        node.clone(),
+        mgr,
+        addr.clone(),
+        config.heartbeat_ms,
+        cancel.clone(),
+    ));
+
+    info!(
+        node = id,
+        partitions = node.router.map().primary_partitions(id).len(),
+        "serving on {addr}"
+    );
+    let svc = NodeServer::new(NodeService(node.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(sealfs_proto::process::incoming(listener), cancel.cancelled())
+        .await?;
+    node.store.sync().await.ok();
+    info!(node = id, "stopped");
+    Ok(())
+}
+
+async fn heartbeat_loop(
+    node: Arc<Node>,
+    mut mgr: ManagerClient<Channel>,
+    addr: String,
+    every_ms: u64,
+    cancel: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(every_ms)) => {}
+        }
+        let req = pb::HeartbeatRequest {
+            node_id: node.id,
+            addr: addr.clone(),
+            stats: Some(stats(Some(&node), &node.chunks, &node.store)),
+        };
+        match mgr.heartbeat(req).await {
+            Ok(r) => {
+                if failing {
+                    info!("manager reachable again");
+                    failing = false;
+                }
+                let r = r.into_inner();
+                if r.unknown_node {
+                    let req = pb::RegisterRequest {
+                        node_id: node.id,
+                        addr: addr.clone(),
+                        stats: None,
+                    };
+                    if let Err(e) = mgr.register(req).await {
+                        warn!("re-registration failed: {}", e.message());
+                    }
+                }
+                let map = node.router.map();
+                if r.epoch > map.epoch {
+                    node.router.refresh_map(map.epoch).await;
+                    node.ensure_root().await.ok();
+                }
+            }
+            Err(s) => {
+                if !failing {
+                    warn!("heartbeat failed: {}; serving with the map we have", s.message());
+                    failing = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Helpers for sealfs's cluster tests: an in-process cluster (manager and storage nodes as tasks
+//! in the test's runtime, talking gRPC over loopback TCP) for fast client-library tests, real
+//! multi-process clusters (through `sealfs_cli::cluster`), tree snapshots to compare a file
+//! system before and after a restart, and locating external tools.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sealfs_cli::cluster::{ClusterSpec, LocalCluster};
+use sealfs_client::SealClient;
+use sealfs_core::config::{ClientConfig, ManagerConfig, NodeConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A cluster whose manager and nodes run as tasks of the current runtime.
+pub struct InProcessCluster {
+    pub dir: tempfile::TempDir,
+    pub manager_addr: String,
+    pub cancel: CancellationToken,
+    pub node_cancels: Vec<CancellationToken>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessCluster {
+    /// Start a manager and `nodes` storage nodes with `partitions` partitions.
+    pub async fn start(nodes: usize, partitions: u32) -> InProcessCluster {
+        sealfs_proto::process::init_logging();
+        let dir = tempfile::Builder::new()
+            .prefix("sealfs-inproc")
+            .tempdir()
+            .expect("temp dir");
+        let cancel = CancellationToken::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let manager_addr = listener.local_addr().expect("addr").to_string();
+        let mcfg = ManagerConfig {
+            dir: dir.path().join("manager").to_string_lossy().into_owned(),
+            partitions,
+            min_nodes: nodes as u32,
+            ..Default::default()
+        };
+        let mut tasks = vec![tokio::spawn(sealfs_manager::run(mcfg, listener, cancel.clone()))];
+        let mut node_cancels = Vec::new();
+        for i in 0..nodes {
+            let nd = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(nd.join("meta")).expect("mkdir");
+            std::fs::create_dir_all(nd.join("data")).expect("mkdir");
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let ncfg = NodeConfig {
+                manager: manager_addr.clone(),
+                meta_dir: nd.join("meta").to_string_lossy().into_owned(),
+                data_dir: nd.join("data").to_string_lossy().into_owned(),
+                cache_mb: 8,
+                ..Default::default()
+            };
+            let c = cancel.child_token();
+            node_cancels.push(c.clone());
+            tasks.push(tokio::spawn(sealfs_storage_node::run(ncfg, listener, c)));
+        }
+        InProcessCluster {
+            dir,
+            manager_addr,
+            cancel,
+            node_cancels,
+            tasks,
+        }
+    }
+
+    /// A client of this cluster (waits until the cluster is ready).
+    pub async fn client(&self) -> SealClient {
+        let cfg = ClientConfig {
+            manager: self.manager_addr.clone(),
+            retry_deadline_ms: 3000,
+            ..Default::default()
+        };
+        SealClient::connect(cfg, Duration::from_secs(30))
+            .await
+            .expect("cluster ready")
+    }
+
+    /// Stop everything and report any task that failed.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(10), t).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => panic!("a server failed: {e:#}"),
+                Ok(Err(e)) => panic!("a server panicked: {e}"),
+                Err(_) => panic!("a server did not stop within 10 s of cancellation"),
+            }
+        }
+    }
+}
+
+/// A multi-process cluster in a temporary folder; the cluster stops (and unmounts) before the
+/// folder is removed.
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Start `nodes` storage nodes, a manager and (with `mount`) a FUSE mount at DIR/mnt.
+    pub fn start(nodes: usize, mount: bool) -> TestCluster {
+        Self::start_with(nodes, mount, |_| {})
+    }
+
+    /// Like `start`, with a chance to change the spec first.
+    pub fn start_with(nodes: usize, mount: bool, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("sealfs-test")
+            .tempdir()
+            .expect("temp dir");
+        let mut spec = ClusterSpec::new(dir.path());
+        spec.nodes = nodes;
+        spec.partitions = 64;
+        if mount {
+            spec.mount = Some(dir.path().join("mnt"));
+        }
+        tweak(&mut spec);
+        let cluster = match LocalCluster::start(spec) {
+            Ok(c) => c,
+            Err(e) => {
+                dump_logs(dir.path());
+                panic!("cluster did not start: {e:#}");
+            }
+        };
+        TestCluster { cluster, dir }
+    }
+
+    /// The FUSE mount point.
+    pub fn mnt(&self) -> PathBuf {
+        self.cluster.spec.mount.clone().expect("cluster has a mount")
+    }
+
+    /// Print every log (for a failing test's output).
+    pub fn dump_logs(&self) {
+        dump_logs(self.dir.path());
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.cluster.stop_all();
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
+
+fn dump_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("logs")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        eprintln!("----- {} (last {} lines)", e.path().display(), tail.len());
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+/// Find an external tool on PATH or in ~/.cargo/bin; panic with how to install it if missing.
+pub fn tool(name: &str, install: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: run `{install}` (or .ci/run, which installs every test tool)")
+        })
+}
+
+/// What a file system object looks like, for before/after comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snap {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub size: u64,
+    pub rdev: u64,
+    pub ino: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub atime: (i64, i64),
+    /// Regular files: a hash of the content. Symlinks: the target.
+    pub content: Vec<u8>,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Every object under `root` (relative paths), without following symlinks.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Snap>) {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+    let content = if m.file_type().is_file() {
+        let data = std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        sha(&data)
+    } else if m.file_type().is_symlink() {
+        std::fs::read_link(p)
+            .expect("readlink")
+            .into_os_string()
+            .into_encoded_bytes()
+    } else {
+        Vec::new()
+    };
+    let mut xattrs = BTreeMap::new();
+    if !m.file_type().is_symlink() {
+        for name in xattr_list(p) {
+            xattrs.insert(name.clone(), xattr_get(p, &name));
+        }
+    }
+    let rel = p.strip_prefix(root).expect("under root").to_path_buf();
+    out.insert(
+        rel,
+        Snap {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            nlink: m.nlink(),
+            size: m.size(),
+            rdev: m.rdev(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            atime: (m.atime(), m.atime_nsec()),
+            content,
+            xattrs,
+        },
+    );
+    if m.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(p)
+            .expect("readdir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        for n in names {
+            walk(root, &n, out);
+        }
+    }
+}
+
+/// A content digest (FNV-1a 128-bit folded; enough to tell contents apart in tests).
+pub fn sha(data: &[u8]) -> Vec<u8> {
+    let mut h1: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h2: u64 = 0x8422_2325_cbf2_9ce4;
+    for (i, b) in data.iter().enumerate() {
+        h1 = (h1 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        h2 = (h2 ^ u64::from(*b) ^ (i as u64)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut v = h1.to_le_bytes().to_vec();
+    v.extend_from_slice(&h2.to_le_bytes());
+    v.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    v
+}
+
+/// Names of the xattrs of `p`.
+pub fn xattr_list(p: &Path) -> Vec<String> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    buf.truncate(n as usize);
+    buf.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// The value of xattr `name` of `p`.
+pub fn xattr_get(p: &Path, name: &str) -> Vec<u8> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: buf is valid for buf.len() bytes.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        r >= 0,
+        "getxattr {} {name}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+    buf.truncate(r as usize);
+    buf
+}
+
+/// Set xattr `name` of `p`.
+pub fn xattr_set(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    // SAFETY: pointers are valid for the given lengths.
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a test can regenerate what it wrote.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

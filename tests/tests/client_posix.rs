@@ -1,0 +1,308 @@
+//! POSIX semantics through SealClient against an in-process cluster (manager and nodes as tasks,
+//! real gRPC over loopback, real RocksDB): the paths every frontend shares.
+
+use bytes::Bytes;
+use sealfs_client::{DirtyChunks, SealClient, WriteMode};
+use sealfs_core::attr::{FileKind, SetAttr};
+use sealfs_core::{Credentials, FsError, ROOT_INO};
+use sealfs_tests::{pattern, InProcessCluster};
+
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+
+fn root() -> Credentials {
+    Credentials::root()
+}
+
+async fn write_all(c: &SealClient, ino: u64, off: u64, data: &[u8]) {
+    let mut dirty = DirtyChunks::default();
+    let mut pos = 0;
+    while pos < data.len() {
+        let n = (data.len() - pos).min(1 << 20);
+        c.write(
+            &root(),
+            ino,
+            off + pos as u64,
+            Bytes::copy_from_slice(&data[pos..pos + n]),
+            WriteMode::default(),
+            &mut dirty,
+        )
+        .await
+        .expect("write");
+        pos += n;
+    }
+    c.commit(ino, dirty).await.expect("commit");
+}
+
+async fn read_all(c: &SealClient, ino: u64) -> Vec<u8> {
+    let size = c.getattr(&root(), ino).await.expect("getattr").attr.size;
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let d = c.read(&root(), ino, out.len() as u64, 1 << 20).await.expect("read");
+        assert!(!d.is_empty(), "short read at {}", out.len());
+        out.extend_from_slice(&d);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_grow_from_inline_to_chunked() {
+    let cluster = InProcessCluster::start(3, 16).await;
+    let c = cluster.client().await;
+    for (i, size) in [0usize, 1, 4096, 4097, 10_000, 5 << 20, (9 << 20) + 3]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("f{i}");
+        let e = c
+            .create(&root(), ROOT_INO, name.as_bytes(), FileKind::Regular, 0o644, 0, true, 0)
+            .await
+            .unwrap();
+        let data = pattern(i as u64, size);
+        write_all(&c, e.attr.ino, 0, &data).await;
+        let a = c.getattr(&root(), e.attr.ino).await.unwrap();
+        assert_eq!(a.attr.size, size as u64, "size of a {size}-byte file");
+        assert_eq!(read_all(&c, e.attr.ino).await, data, "content of a {size}-byte file");
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_cuts_and_zero_fills() {
+    let cluster = InProcessCluster::start(2, 16).await;
+    let c = cluster.client().await;
+    let e = c
+        .create(&root(), ROOT_INO, b"t", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let ino = e.attr.ino;
+    let data = pattern(7, 6 << 20);
+    write_all(&c, ino, 0, &data).await;
+    c.setattr(
+        &root(),
+        ino,
+        &SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.setattr(
+        &root(),
+        ino,
+        &SetAttr {
+            size: Some(5 << 20),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let back = read_all(&c, ino).await;
+    assert_eq!(&back[..1000], &data[..1000]);
+    assert!(
+        back[1000..].iter().all(|b| *b == 0),
+        "bytes past a truncation read as zeros"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_spread_and_rename_across_partitions() {
+    let cluster = InProcessCluster::start(3, 16).await;
+    let c = cluster.client().await;
+    let mut dirs = Vec::new();
+    for i in 0..12 {
+        dirs.push(
+            c.mkdir(&root(), ROOT_INO, format!("d{i}").as_bytes(), 0o755)
+                .await
+                .unwrap()
+                .attr
+                .ino,
+        );
+    }
+    let parts: std::collections::HashSet<_> = dirs.iter().map(|d| sealfs_core::ids::ino_partition(*d)).collect();
+    assert!(parts.len() > 3, "new directories spread over partitions: {parts:?}");
+    // A file moves between directories on different partitions, then a directory moves into
+    // another one; nlink of parents follows.
+    let f = c
+        .create(&root(), dirs[0], b"file", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    write_all(&c, f.attr.ino, 0, b"payload").await;
+    c.rename(&root(), dirs[0], b"file", dirs[1], b"moved", 0).await.unwrap();
+    assert_eq!(
+        c.lookup(&root(), dirs[0], b"file").await.unwrap_err(),
+        FsError::NotFound
+    );
+    let m = c.lookup(&root(), dirs[1], b"moved").await.unwrap();
+    assert_eq!(m.attr.ino, f.attr.ino);
+    assert_eq!(read_all(&c, m.attr.ino).await, b"payload");
+    c.rename(&root(), ROOT_INO, b"d2", dirs[3], b"sub", 0).await.unwrap();
+    assert_eq!(c.getattr(&root(), dirs[3]).await.unwrap().attr.nlink, 3);
+    let root_links = c.getattr(&root(), ROOT_INO).await.unwrap().attr.nlink;
+    assert_eq!(root_links, 2 + 11);
+    // A directory cannot move below itself.
+    assert!(matches!(
+        c.rename(&root(), ROOT_INO, b"d3", dirs[2], b"loop", 0).await,
+        Err(FsError::Invalid(_))
+    ));
+    // rmdir of a non-empty directory fails, of an empty one succeeds.
+    assert_eq!(c.rmdir(&root(), ROOT_INO, b"d3").await.unwrap_err(), FsError::NotEmpty);
+    c.rmdir(&root(), dirs[3], b"sub").await.unwrap();
+    c.rmdir(&root(), ROOT_INO, b"d3").await.unwrap();
+    assert_eq!(c.getattr(&root(), dirs[3]).await.unwrap_err(), FsError::NotFound);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_flags_and_hard_links() {
+    let cluster = InProcessCluster::start(2, 16).await;
+    let c = cluster.client().await;
+    let a = c
+        .create(&root(), ROOT_INO, b"a", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let d = c.mkdir(&root(), ROOT_INO, b"d", 0o755).await.unwrap();
+    assert_eq!(
+        c.rename(&root(), ROOT_INO, b"a", ROOT_INO, b"d", RENAME_NOREPLACE)
+            .await
+            .unwrap_err(),
+        FsError::Exists
+    );
+    c.rename(&root(), ROOT_INO, b"a", ROOT_INO, b"d", RENAME_EXCHANGE)
+        .await
+        .unwrap();
+    assert_eq!(c.lookup(&root(), ROOT_INO, b"a").await.unwrap().attr.ino, d.attr.ino);
+    assert_eq!(c.lookup(&root(), ROOT_INO, b"d").await.unwrap().attr.ino, a.attr.ino);
+    // Hard links in two directories; the inode lives until the last name goes.
+    c.link(&root(), a.attr.ino, d.attr.ino, b"l1").await.unwrap();
+    c.link(&root(), a.attr.ino, ROOT_INO, b"l2").await.unwrap();
+    assert_eq!(c.getattr(&root(), a.attr.ino).await.unwrap().attr.nlink, 3);
+    c.unlink(&root(), ROOT_INO, b"d").await.unwrap();
+    c.unlink(&root(), d.attr.ino, b"l1").await.unwrap();
+    assert_eq!(c.getattr(&root(), a.attr.ino).await.unwrap().attr.nlink, 1);
+    c.unlink(&root(), ROOT_INO, b"l2").await.unwrap();
+    assert_eq!(c.getattr(&root(), a.attr.ino).await.unwrap_err(), FsError::NotFound);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_is_complete_and_stable_under_creates() {
+    let cluster = InProcessCluster::start(2, 16).await;
+    let c = cluster.client().await;
+    let d = c.mkdir(&root(), ROOT_INO, b"big", 0o755).await.unwrap().attr.ino;
+    for i in 0..600 {
+        c.create(
+            &root(),
+            d,
+            format!("old{i}").as_bytes(),
+            FileKind::Regular,
+            0o644,
+            0,
+            true,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut cookie = 0;
+    let mut extra = 0;
+    loop {
+        let (page, eof) = c.readdir(&root(), d, cookie, 50, true).await.unwrap();
+        for e in &page {
+            *seen.entry(e.name.clone()).or_insert(0) += 1;
+            assert!(e.attr.is_some(), "readdirplus gives attributes");
+        }
+        // Concurrent creates between pages must not make old entries repeat or vanish.
+        for _ in 0..5 {
+            c.create(
+                &root(),
+                d,
+                format!("new{extra}").as_bytes(),
+                FileKind::Regular,
+                0o644,
+                0,
+                true,
+                0,
+            )
+            .await
+            .unwrap();
+            extra += 1;
+        }
+        if let Some(last) = page.last() {
+            cookie = last.cookie;
+        }
+        if eof {
+            break;
+        }
+    }
+    for i in 0..600 {
+        assert_eq!(
+            seen.get(format!("old{i}").as_bytes()),
+            Some(&1),
+            "old{i} listed exactly once"
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_sizes_are_refused() {
+    let cluster = InProcessCluster::start(1, 16).await;
+    let c = cluster.client().await;
+    let long = vec![b'x'; 256];
+    assert_eq!(
+        c.create(&root(), ROOT_INO, &long, FileKind::Regular, 0o644, 0, true, 0)
+            .await
+            .unwrap_err(),
+        FsError::NameTooLong
+    );
+    assert_eq!(
+        c.mkdir(&root(), ROOT_INO, &long, 0o755).await.unwrap_err(),
+        FsError::NameTooLong
+    );
+    assert_eq!(
+        c.lookup(&root(), ROOT_INO, &long).await.unwrap_err(),
+        FsError::NameTooLong
+    );
+    assert!(c
+        .create(&root(), ROOT_INO, b"a/b", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .is_err());
+    let f = c
+        .create(&root(), ROOT_INO, b"f", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let mut dirty = DirtyChunks::default();
+    let max = sealfs_core::config::MAX_FILE_SIZE;
+    let r = c
+        .write(
+            &root(),
+            f.attr.ino,
+            max,
+            Bytes::from_static(b"x"),
+            WriteMode {
+                stable: true,
+                ..Default::default()
+            },
+            &mut dirty,
+        )
+        .await;
+    assert_eq!(r.unwrap_err(), FsError::FileTooBig);
+    let r = c
+        .setattr(
+            &root(),
+            f.attr.ino,
+            &SetAttr {
+                size: Some(max + 1),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(r.unwrap_err(), FsError::FileTooBig);
+    // A forged inode id (a partition the cluster does not have) is a stale handle, not a panic.
+    assert_eq!(c.getattr(&root(), u64::MAX).await.unwrap_err(), FsError::Stale);
+    cluster.stop().await;
+}
