@@ -286,6 +286,8 @@ impl LocalCluster {
             s(dir.join("meta")),
             "--data-dir".into(),
             s(dir.join("data")),
+            "--addr-file".into(),
+            s(dir.join("addr")),
         ];
         Proc::spawn(&format!("node{i}"), cmd, &self.spec)
     }
@@ -356,6 +358,13 @@ impl LocalCluster {
                 let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
             }
         }
+    }
+
+    /// The address node `i` serves on (as it last started).
+    pub fn node_addr(&self, i: usize) -> Option<String> {
+        std::fs::read_to_string(self.node_dir(i).join("addr"))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// Process id of node `i`, if running.

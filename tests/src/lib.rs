@@ -94,11 +94,15 @@ impl InProcessCluster {
 }
 
 /// A multi-process cluster in a temporary folder; the cluster stops (and unmounts) before the
-/// folder is removed.
+/// folder is removed. Clusters of one test binary run one at a time: each is five or more
+/// processes, and this machine has two cores.
 pub struct TestCluster {
     pub cluster: LocalCluster,
     pub dir: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl TestCluster {
     /// Start `nodes` storage nodes, a manager and (with `mount`) a FUSE mount at DIR/mnt.
@@ -108,6 +112,8 @@ impl TestCluster {
 
     /// Like `start`, with a chance to change the spec first.
     pub fn start_with(nodes: usize, mount: bool, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        // A test that panicked while holding the turn poisons the lock; the next one may go on.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new()
             .prefix("sealfs-test")
             .tempdir()
@@ -126,7 +132,11 @@ impl TestCluster {
                 panic!("cluster did not start: {e:#}");
             }
         };
-        TestCluster { cluster, dir }
+        TestCluster {
+            cluster,
+            dir,
+            _turn: turn,
+        }
     }
 
     /// The FUSE mount point.

@@ -1,0 +1,405 @@
+//! Bad input gets a clear error and loses nothing: unusable folders at start-up, malformed and
+//! oversized RPCs, names and sizes past the limits, and a full data disk.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use sealfs_core::attr::FileKind;
+use sealfs_core::config::MAX_MESSAGE_SIZE;
+use sealfs_core::{Credentials, ROOT_INO};
+use sealfs_proto::pb;
+use sealfs_tests::{pattern, InProcessCluster, TestCluster};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::Status;
+
+fn bin(name: &str) -> PathBuf {
+    sealfs_cli::cluster::default_bin_dir().join(name)
+}
+
+/// Run sealfs-node with these folders; it must exit with an error that names the problem.
+fn node_start_error(meta: &Path, data: &Path, as_nobody: bool) -> String {
+    let mut cmd = Command::new(bin("sealfs-node"));
+    cmd.args(["--manager", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--meta-dir"])
+        .arg(meta)
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_BACKTRACE", "0");
+    if as_nobody {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().expect("run sealfs-node");
+    assert!(
+        !out.status.success(),
+        "sealfs-node started with meta {} data {}",
+        meta.display(),
+        data.display()
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "a panic is not a clear message: {err}");
+    err
+}
+
+#[test]
+fn unusable_folders_are_named_at_start_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = tmp.path().join("ok");
+    fs::create_dir(&ok).unwrap();
+    let missing = tmp.path().join("missing");
+    let err = node_start_error(&missing, &ok, false);
+    assert!(err.contains("meta dir") && err.contains("does not exist"), "{err}");
+    let err = node_start_error(&ok, &missing, false);
+    assert!(err.contains("data dir") && err.contains("does not exist"), "{err}");
+    let file = tmp.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    let err = node_start_error(&ok, &file, false);
+    assert!(err.contains("data dir") && err.contains("is not a folder"), "{err}");
+    // Folders owned by root with mode 0755 are not writable for nobody.
+    let ro_meta = tmp.path().join("ro-meta");
+    let ro_data = tmp.path().join("ro-data");
+    for d in [&ro_meta, &ro_data] {
+        fs::create_dir(d).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let err = node_start_error(&ro_meta, &ro_data, true);
+    assert!(err.contains("meta dir") && err.contains("not writable"), "{err}");
+    // The manager names its folder too.
+    let out = Command::new(bin("sealfs-manager"))
+        .args(["--listen", "127.0.0.1:0", "--dir"])
+        .arg(&ro_meta)
+        .env("RUST_BACKTRACE", "0")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not writable"), "{err}");
+}
+
+/// A codec that sends and receives raw bytes, to put arbitrary bodies on the wire.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+async fn raw_call(addr: &str, method: &'static str, body: Bytes) -> Result<Bytes, Status> {
+    let chan = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(chan).max_encoding_message_size(usize::MAX);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn node_addrs(manager: &str) -> Vec<String> {
+    let map = sealfs_cli::cluster::fetch_map(manager).await.unwrap();
+    map.nodes.iter().map(|n| n.addr.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_rpcs_get_error_replies() {
+    let cluster = InProcessCluster::start(2, 16).await;
+    let client = cluster.client().await;
+    let root = Credentials::root();
+    let keep = client
+        .create(&root, ROOT_INO, b"keep", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let addrs = node_addrs(&cluster.manager_addr).await;
+    let node = addrs[0].clone();
+
+    // Not HTTP/2 at all: the connection is closed, nothing else happens.
+    let mut s = std::net::TcpStream::connect(&node).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&pattern(1, 4096)).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+
+    // A garbage protobuf body is a decode error, answered as such.
+    for method in [
+        "/sealfs.v1.Node/Lookup",
+        "/sealfs.v1.Node/ApplyStep",
+        "/sealfs.v1.Manager/Register",
+    ] {
+        let target = if method.contains("Manager") {
+            cluster.manager_addr.clone()
+        } else {
+            node.clone()
+        };
+        let st = raw_call(&target, method, Bytes::from(pattern(2, 333)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(st.code(), tonic::Code::Internal | tonic::Code::InvalidArgument),
+            "{method}: {st:?}"
+        );
+    }
+    // An oversized message is refused before it is decoded.
+    let big = Bytes::from(vec![0u8; MAX_MESSAGE_SIZE + 1024]);
+    let st = raw_call(&node, "/sealfs.v1.Node/WriteChunk", big).await.unwrap_err();
+    assert!(
+        matches!(st.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange),
+        "{st:?}"
+    );
+
+    // Well-formed messages with values out of range.
+    let ctx = Some(pb::Ctx {
+        epoch: 0,
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+    });
+    let cases: Vec<(&'static str, Bytes)> = vec![
+        (
+            "/sealfs.v1.Node/Lookup",
+            pb::LookupRequest {
+                ctx: ctx.clone(),
+                parent: ROOT_INO,
+                name: vec![b'n'; 1 << 20].into(),
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+        (
+            "/sealfs.v1.Node/Create",
+            pb::CreateRequest {
+                ctx: ctx.clone(),
+                parent: ROOT_INO,
+                name: "k".into(),
+                kind: 99,
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+        (
+            "/sealfs.v1.Node/WriteChunk",
+            pb::WriteChunkRequest {
+                ctx: ctx.clone(),
+                chunk: Some(pb::ChunkId {
+                    ino: keep.attr.ino,
+                    index: 0,
+                }),
+                offset: u32::MAX,
+                data: vec![1u8; 100].into(),
+                stable: true,
+                chunk_size: 4 << 20,
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+        (
+            "/sealfs.v1.Node/WriteChunk",
+            pb::WriteChunkRequest {
+                ctx: ctx.clone(),
+                chunk: None,
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+        (
+            "/sealfs.v1.Node/ApplyStep",
+            pb::StepRequest {
+                ctx: ctx.clone(),
+                intent_id: 1,
+                step_index: 0,
+                step: None,
+                partition: 70000,
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+        (
+            "/sealfs.v1.Node/Write",
+            pb::WriteRequest {
+                ctx: ctx.clone(),
+                ino: keep.attr.ino,
+                offset: u64::MAX - 3,
+                length: 100,
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+        (
+            "/sealfs.v1.Node/GetAttr",
+            pb::InoRequest {
+                ctx: ctx.clone(),
+                ino: (9999u64 << 48) | 5,
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+    ];
+    for (method, body) in cases {
+        // Either node may own the inode: ask both, each must answer with an error.
+        for a in &addrs {
+            let st = raw_call(a, method, body.clone()).await.unwrap_err();
+            assert_ne!(st.code(), tonic::Code::Unknown, "{method} on {a}: {st:?}");
+        }
+    }
+    // A huge read is capped, not an allocation of 4 GiB.
+    let r = pb::ReadChunkRequest {
+        ctx,
+        chunk: Some(pb::ChunkId {
+            ino: keep.attr.ino,
+            index: 0,
+        }),
+        offset: 0,
+        size: u32::MAX,
+    };
+    for a in &addrs {
+        let _ = raw_call(a, "/sealfs.v1.Node/ReadChunk", r.encode_to_vec().into()).await;
+    }
+
+    // Everything still works, nothing was lost.
+    let again = client.lookup(&root, ROOT_INO, b"keep").await.unwrap();
+    assert_eq!(again.attr.ino, keep.attr.ino);
+    client.mkdir(&root, ROOT_INO, b"after", 0o755).await.unwrap();
+    cluster.stop().await;
+}
+
+#[test]
+fn names_and_sizes_past_the_limits_through_fuse() {
+    let c = TestCluster::start(2, true);
+    let mnt = c.mnt();
+    let long = mnt.join("x".repeat(256));
+    let e = fs::write(&long, b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    let e = fs::create_dir(&long).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    fs::write(mnt.join("x".repeat(255)), b"ok").unwrap();
+    // A write past the largest file size is EFBIG, and the file keeps what it had.
+    let p = mnt.join("big");
+    fs::write(&p, b"head").unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    use std::os::unix::fs::FileExt;
+    let e = f.write_at(b"x", sealfs_core::config::MAX_FILE_SIZE).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
+    let e = f.set_len(sealfs_core::config::MAX_FILE_SIZE + 1).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"head");
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mount a tmpfs for the full-disk test (the tests run as root)");
+        Tmpfs(path.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        s.blocks_available() * s.fragment_size()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn fill(path: &Path) -> std::io::Error {
+    let mut f = fs::File::create(path).unwrap();
+    let piece = pattern(5, 1 << 20);
+    loop {
+        if let Err(e) = f.write_all(&piece) {
+            return e;
+        }
+        if let Err(e) = f.sync_all() {
+            return e;
+        }
+    }
+}
+
+#[test]
+fn a_full_data_disk_gives_enospc_and_keeps_serving() {
+    let mut disk = None;
+    let c = TestCluster::start_with(1, true, |spec| {
+        disk = Some(Tmpfs::mount(&spec.dir.join("node0/data"), "24m"));
+    });
+    let disk = disk.unwrap();
+    let mnt = c.mnt();
+    let small = pattern(1, 1000);
+    let big = pattern(2, 3 << 20);
+    fs::write(mnt.join("keep-small"), &small).unwrap();
+    fs::write(mnt.join("keep-big"), &big).unwrap();
+    let e = fill(&mnt.join("filler"));
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "filling the data disk: {e}");
+    // The node keeps serving: what was written before is intact, listings and stats work.
+    assert_eq!(fs::read(mnt.join("keep-small")).unwrap(), small);
+    assert_eq!(fs::read(mnt.join("keep-big")).unwrap(), big);
+    assert!(fs::read_dir(&mnt).unwrap().count() >= 3);
+    // Freeing space lets writes succeed again (chunks of removed files go in the background).
+    fs::remove_file(mnt.join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while disk.free() < 12 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "space of a removed file was not freed within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = pattern(3, 8 << 20);
+    let mut f = fs::File::create(mnt.join("after")).unwrap();
+    f.write_all(&again).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::read(mnt.join("after")).unwrap(), again);
+    assert_eq!(fs::read(mnt.join("keep-big")).unwrap(), big);
+    drop(c);
+    drop(disk);
+}

@@ -1,0 +1,182 @@
+//! POSIX conformance and data integrity on the FUSE mount of a 3-node cluster of separate
+//! processes: pjdfstest (0 failures; skips only as listed in tests/pjdfstest/skipped.txt) and fsx.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use sealfs_tests::{tool, TestCluster};
+
+/// (name, status, reason) of every test pjdfstest reported.
+fn parse_pjdfstest(out: &str) -> Vec<(String, String, String)> {
+    let mut rows = Vec::new();
+    let lines: Vec<&str> = out.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let mut parts = l.split_whitespace();
+        let (Some(name), Some(status), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if !name.contains("::") || !["ok", "FAILED", "skipped"].contains(&status) {
+            continue;
+        }
+        let reason = lines
+            .get(i + 1)
+            .filter(|n| n.starts_with('\t'))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_default();
+        rows.push((name.to_string(), status.to_string(), reason));
+    }
+    rows
+}
+
+fn run_pjdfstest(mnt: &Path, config: &str) -> Vec<(String, String, String)> {
+    let dir = mnt.join(format!("pjd-{}", config.trim_end_matches(".toml")));
+    std::fs::create_dir(&dir).unwrap();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("pjdfstest").join(config);
+    let out = Command::new(tool("pjdfstest", "cargo install pjdfstest"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("-p")
+        .arg(&dir)
+        .env("RUST_BACKTRACE", "0")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run pjdfstest");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = parse_pjdfstest(&text);
+    let failed: Vec<_> = rows.iter().filter(|r| r.1 == "FAILED").collect();
+    assert!(
+        failed.is_empty(),
+        "pjdfstest ({config}) failures:\n{failed:#?}\n\nfull output:\n{text}"
+    );
+    assert!(
+        out.status.success(),
+        "pjdfstest ({config}) exited with {}:\n{text}",
+        out.status
+    );
+    assert!(
+        rows.iter().filter(|r| r.1 == "ok").count() > 300,
+        "pjdfstest ran too few tests:\n{text}"
+    );
+    rows
+}
+
+fn listed_skips() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pjdfstest/skipped.txt")).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, r)| (n.to_string(), r.to_string()))
+        .collect()
+}
+
+#[test]
+fn pjdfstest_passes_on_the_fuse_mount() {
+    let c = TestCluster::start(3, true);
+    let listed = listed_skips();
+    let shared = run_pjdfstest(&c.mnt(), "shared.toml");
+    let extended = run_pjdfstest(&c.mnt(), "extended.toml");
+    let ok_in_extended: std::collections::HashSet<_> =
+        extended.iter().filter(|r| r.1 == "ok").map(|r| r.0.clone()).collect();
+    for (name, status, reason) in &shared {
+        if status == "skipped" && !listed.contains_key(name) {
+            assert!(
+                reason.starts_with("requires features") && ok_in_extended.contains(name),
+                "{name} was skipped ({reason}) but is not listed in tests/pjdfstest/skipped.txt"
+            );
+        }
+    }
+    for (name, status, reason) in &extended {
+        if status == "skipped" {
+            assert!(
+                listed.contains_key(name),
+                "{name} was skipped ({reason}) but is not listed in skipped.txt"
+            );
+        }
+    }
+}
+
+fn run_fsx(file: &Path, ops: u32, seed: u32) {
+    let artifacts = tempfile::tempdir().unwrap();
+    let out = Command::new(tool("fsx", "cargo install fsx"))
+        .args(["-N", &ops.to_string(), "-S", &seed.to_string(), "-P"])
+        .arg(artifacts.path())
+        .arg(file)
+        .output()
+        .expect("run fsx");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("All operations completed A-OK"),
+        "fsx (seed {seed}) failed:\n{text}"
+    );
+}
+
+#[test]
+fn fsx_is_clean_on_the_fuse_mount() {
+    let c = TestCluster::start(3, true);
+    run_fsx(&c.mnt().join("fsx-a"), 20_000, 1);
+    run_fsx(&c.mnt().join("fsx-b"), 10_000, 77);
+}
+
+#[test]
+fn locks_hold_between_processes_of_one_mount() {
+    let c = TestCluster::start(2, true);
+    let f = c.mnt().join("lockfile");
+    std::fs::write(&f, b"x").unwrap();
+    // One process holds an exclusive flock for a while; another cannot take it meanwhile.
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(&f)
+        .args(["-c", "sleep 2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let busy = Command::new("flock")
+        .arg("-n")
+        .arg("-x")
+        .arg(&f)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(!busy.success(), "a second exclusive flock was granted");
+    // The lock goes when its holder (flock and its child, which shares the open file) exits.
+    assert!(holder.wait().unwrap().success());
+    let free = Command::new("flock")
+        .arg("-n")
+        .arg("-x")
+        .arg(&f)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(free.success(), "the lock was not released with its holder");
+    // POSIX record locks: F_SETLK from another process conflicts with a held write lock.
+    let held = std::fs::OpenOptions::new().read(true).write(true).open(&f).unwrap();
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd and a valid flock struct.
+    assert_eq!(unsafe { libc::fcntl(held.as_raw_fd(), libc::F_SETLK, &lock) }, 0);
+    let probe = format!(
+        "import fcntl,sys\nf=open({:?},'r+')\ntry:\n fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n sys.exit(3)\n",
+        f.to_string_lossy()
+    );
+    let st = Command::new("python3").args(["-c", &probe]).status().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(3),
+        "a conflicting POSIX lock was granted to another process"
+    );
+}
