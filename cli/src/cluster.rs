@@ -372,6 +372,11 @@ impl LocalCluster {
         self.nodes.get(i).and_then(|p| p.pid()).map(|p| p.as_raw() as u32)
     }
 
+    /// Whether node `i` is running.
+    pub fn node_running(&mut self, i: usize) -> bool {
+        self.nodes.get_mut(i).is_some_and(|p| p.running())
+    }
+
     /// Send `sig` to node `i` and wait for it to exit (SIGKILL is `kill -9`).
     pub fn stop_node(&mut self, i: usize, sig: Signal) {
         if let Some(p) = self.nodes.get_mut(i) {

@@ -3,6 +3,7 @@
 //! before it is acknowledged.
 
 pub mod chunks;
+pub mod failpoint;
 pub mod keys;
 pub mod locks;
 pub mod node;

@@ -521,6 +521,7 @@ impl Node {
                     match self.send_step(id, i as u32, st.partition, &kind, held.is_some()).await {
                         Ok(r) => {
                             results.push(r);
+                            crate::failpoint::hit(&format!("intent-after-step-{i}"));
                             break;
                         }
                         Err(e) if i < commit_at && (interactive || !e.is_retryable()) => {

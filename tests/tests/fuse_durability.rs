@@ -224,3 +224,98 @@ fn kill_9_of_a_node_loses_no_fsynced_file() {
         failed.load(Ordering::SeqCst)
     );
 }
+
+/// The node whose partition holds `ino`.
+fn node_of(c: &TestCluster, ino: u64) -> usize {
+    let addr = c.cluster.manager_addr.clone();
+    let map = sealfs_cli::cluster::block_on(async move { sealfs_cli::cluster::fetch_map(&addr).await }).unwrap();
+    let owner = map.primary(sealfs_core::ids::ino_partition(ino)).unwrap().addr.clone();
+    (0..c.cluster.spec.nodes)
+        .find(|i| c.cluster.node_addr(*i).as_deref() == Some(owner.as_str()))
+        .unwrap()
+}
+
+fn ino(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap())
+}
+
+#[test]
+fn a_crash_in_the_middle_of_cross_partition_operations_is_recovered() {
+    let points = tempfile::NamedTempFile::new().unwrap();
+    let points_path = points.path().to_path_buf();
+    let mut c = TestCluster::start_with(3, true, |spec| {
+        spec.env.push((
+            "SEALFS_FAILPOINTS_FILE".into(),
+            points_path.to_string_lossy().into_owned(),
+        ));
+    });
+    let mnt = c.mnt();
+    // Two directories on different nodes, neither on the root's node (which must stay up).
+    let root_node = node_of(&c, sealfs_core::ROOT_INO);
+    let mut dirs = Vec::new();
+    for i in 0..64 {
+        let d = mnt.join(format!("d{i}"));
+        fs::create_dir(&d).unwrap();
+        let n = node_of(&c, ino(&d));
+        if n != root_node && dirs.iter().all(|(_, m)| *m != n) {
+            dirs.push((d, n));
+        }
+        if dirs.len() == 2 {
+            break;
+        }
+    }
+    let [(src_dir, src_node), (dst_dir, _)] = <[_; 2]>::try_from(dirs).expect("two directories on two other nodes");
+    fs::write(src_dir.join("file"), b"moved intact").unwrap();
+    let file_ino = ino(&src_dir.join("file"));
+
+    // The source directory's node coordinates the rename and dies right after the first step
+    // (the new entry exists, the old one too).
+    fs::write(&points_path, "intent-after-step-0\n").unwrap();
+    let renamed = std::thread::spawn({
+        let (a, b) = (src_dir.join("file"), dst_dir.join("file"));
+        move || fs::rename(a, b)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.cluster.node_running(src_node) {
+        assert!(Instant::now() < deadline, "the failpoint did not fire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(&points_path, "").unwrap();
+    c.cluster.start_node(src_node).unwrap();
+    c.cluster.wait_nodes_up(Duration::from_secs(60)).unwrap();
+    // The client's own call may report an error (its node died under it); the file system must
+    // end with the rename done exactly once.
+    let _ = renamed.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let old = fs::symlink_metadata(src_dir.join("file"));
+        let new = fs::symlink_metadata(dst_dir.join("file"));
+        match (old, new) {
+            (Err(o), Ok(n)) if o.raw_os_error() == Some(libc::ENOENT) => {
+                assert_eq!(std::os::unix::fs::MetadataExt::ino(&n), file_ino);
+                assert_eq!(std::os::unix::fs::MetadataExt::nlink(&n), 1);
+                break;
+            }
+            state => {
+                assert!(Instant::now() < deadline, "rename not recovered: {state:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    assert_eq!(fs::read(dst_dir.join("file")).unwrap(), b"moved intact");
+    let names: Vec<_> = fs::read_dir(&src_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(names.is_empty(), "the source directory still lists {names:?}");
+    fs::remove_dir(&src_dir).unwrap();
+    let log = fs::read_to_string(c.cluster.log_path(&format!("node{src_node}"))).unwrap();
+    assert!(
+        log.contains("failpoint intent-after-step-0"),
+        "the node did not crash at the failpoint"
+    );
+    assert!(
+        log.contains("replaying intents left by a crash"),
+        "the node did not replay the intent"
+    );
+}
