@@ -6,7 +6,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 pkgs=(clang libclang-dev protobuf-compiler pkg-config fuse3)
-[ $want_test = 1 ] && pkgs+=(attr)
+[ $want_test = 1 ] && pkgs+=(attr libnfs-utils util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -25,6 +25,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ $want_test = 1 ]; then
+  # The real-kernel NFS client harness: qemu, busybox, nfs-common and a Debian kernel (cached).
+  "$(dirname "$0")/../tests/nfsvm/build.sh"
   export PATH="$HOME/.cargo/bin:$PATH"
   command -v pjdfstest >/dev/null 2>&1 || cargo install --locked --quiet pjdfstest
   command -v fsx >/dev/null 2>&1 || cargo install --locked --quiet fsx

@@ -32,6 +32,19 @@ pub struct ClusterSpec {
     pub env: Vec<(String, String)>,
     /// Extra arguments for sealfs-fuse.
     pub fuse_args: Vec<String>,
+    /// NFS gateways to start.
+    pub gateways: Vec<GatewaySpec>,
+}
+
+/// One NFS gateway of a local cluster.
+#[derive(Debug, Clone, Default)]
+pub struct GatewaySpec {
+    /// Address NFS and MOUNT listen on (port 0: any free port).
+    pub nfs_listen: String,
+    /// Address of the portmapper (TCP and UDP); None: no portmapper.
+    pub portmap_listen: Option<String>,
+    /// Extra arguments (export options).
+    pub args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -47,6 +60,7 @@ impl ClusterSpec {
             bin_dir: default_bin_dir(),
             env: Vec::new(),
             fuse_args: Vec::new(),
+            gateways: Vec::new(),
         }
     }
 }
@@ -76,6 +90,7 @@ pub struct LocalCluster {
     manager: Proc,
     nodes: Vec<Proc>,
     fuse: Option<Proc>,
+    gateways: Vec<Proc>,
 }
 
 fn open_log(dir: &Path, name: &str) -> anyhow::Result<File> {
@@ -253,12 +268,18 @@ impl LocalCluster {
             manager,
             nodes: Vec::new(),
             fuse: None,
+            gateways: Vec::new(),
         };
         for i in 0..cluster.spec.nodes {
             let p = cluster.node_proc(i)?;
             cluster.nodes.push(p);
         }
         cluster.wait_nodes_up(Duration::from_secs(60))?;
+        for i in 0..cluster.spec.gateways.len() {
+            let p = cluster.gateway_proc(i)?;
+            cluster.gateways.push(p);
+            cluster.wait_gateway(i)?;
+        }
         if let Some(mp) = cluster.spec.mount.clone() {
             cluster.mount_fuse(&mp)?;
         }
@@ -290,6 +311,90 @@ impl LocalCluster {
             s(dir.join("addr")),
         ];
         Proc::spawn(&format!("node{i}"), cmd, &self.spec)
+    }
+
+    fn gateway_dir(&self, i: usize) -> PathBuf {
+        self.spec.dir.join(format!("gateway{i}"))
+    }
+
+    fn gateway_proc(&self, i: usize) -> anyhow::Result<Proc> {
+        let g = &self.spec.gateways[i];
+        let dir = self.gateway_dir(i);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let addr_file = dir.join("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut cmd = vec![
+            "sealfs-gateway".to_string(),
+            "--manager".into(),
+            self.manager_addr.clone(),
+            "--nfs-listen".into(),
+            g.nfs_listen.clone(),
+            "--portmap-listen".into(),
+            g.portmap_listen.clone().unwrap_or_else(|| "none".into()),
+            "--addr-file".into(),
+            addr_file.to_string_lossy().into_owned(),
+        ];
+        cmd.extend(g.args.iter().cloned());
+        Proc::spawn(&format!("gateway{i}"), cmd, &self.spec)
+    }
+
+    /// Start one more gateway; returns its NFS address. A gateway that cannot start (its ports
+    /// are taken, say) is removed again and its error returned.
+    pub fn add_gateway(&mut self, g: GatewaySpec) -> anyhow::Result<String> {
+        self.spec.gateways.push(g);
+        let i = self.spec.gateways.len() - 1;
+        let p = self.gateway_proc(i)?;
+        self.gateways.push(p);
+        match self.wait_gateway(i) {
+            Ok(addr) => Ok(addr),
+            Err(e) => {
+                self.stop_gateway(i, Signal::SIGTERM);
+                self.gateways.pop();
+                self.spec.gateways.pop();
+                let log = std::fs::read_to_string(self.log_path(&format!("gateway{i}"))).unwrap_or_default();
+                let why = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("error:"))
+                    .unwrap_or("")
+                    .to_string();
+                Err(anyhow::anyhow!("{e}: {why}"))
+            }
+        }
+    }
+
+    /// Wait until gateway `i` listens; its address then is `gateway_addr(i)`.
+    pub fn wait_gateway(&mut self, i: usize) -> anyhow::Result<String> {
+        let path = self.gateway_dir(i).join("addr");
+        let child = self.gateways[i]
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("gateway {i} is not running"))?;
+        wait_for_file(&path, child, "sealfs-gateway", Duration::from_secs(60))
+    }
+
+    /// The address gateway `i` serves NFS on.
+    pub fn gateway_addr(&self, i: usize) -> Option<String> {
+        std::fs::read_to_string(self.gateway_dir(i).join("addr"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Stop gateway `i` with `sig` (SIGKILL is `kill -9`).
+    pub fn stop_gateway(&mut self, i: usize, sig: Signal) {
+        if let Some(p) = self.gateways.get_mut(i) {
+            p.stop(sig, Duration::from_secs(15));
+        }
+    }
+
+    /// Start gateway `i` again, on `nfs_listen` if given (to take over another's address).
+    pub fn start_gateway(&mut self, i: usize, nfs_listen: Option<String>) -> anyhow::Result<String> {
+        if let Some(addr) = nfs_listen {
+            self.spec.gateways[i].nfs_listen = addr;
+        }
+        let p = self.gateway_proc(i)?;
+        self.gateways[i] = p;
+        self.wait_gateway(i)
     }
 
     /// Wait until the map is initialized and every node this cluster runs is up in it.
@@ -393,7 +498,7 @@ impl LocalCluster {
     /// Stop every process in order: FUSE, nodes, manager.
     pub fn stop_all(&mut self) {
         self.unmount_fuse();
-        for p in &mut self.nodes {
+        for p in self.gateways.iter_mut().chain(self.nodes.iter_mut()) {
             p.stop(Signal::SIGTERM, Duration::from_secs(15));
         }
         self.manager.stop(Signal::SIGTERM, Duration::from_secs(15));
@@ -416,6 +521,13 @@ impl LocalCluster {
             }
         }
         self.wait_nodes_up(Duration::from_secs(60))?;
+        for i in 0..self.gateways.len() {
+            if !self.gateways[i].running() {
+                // Back on the address it had, so clients keep their mounts.
+                let addr = self.gateway_addr(i);
+                self.start_gateway(i, addr)?;
+            }
+        }
         if let Some(mp) = spec.mount.clone() {
             if self.fuse.is_none() {
                 self.mount_fuse(&mp)?;
@@ -429,7 +541,12 @@ impl LocalCluster {
         if !self.manager.running() {
             return Err("manager".into());
         }
-        for p in self.nodes.iter_mut().chain(self.fuse.iter_mut()) {
+        for p in self
+            .nodes
+            .iter_mut()
+            .chain(self.gateways.iter_mut())
+            .chain(self.fuse.iter_mut())
+        {
             if !p.running() {
                 return Err(p.name.clone());
             }

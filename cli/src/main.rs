@@ -1,4 +1,4 @@
-//! `sealfs`: `up` starts a local cluster (manager, storage nodes, FUSE mount) under one folder
+//! `sealfs`: `up` starts a local cluster (manager, storage nodes, NFS gateway, FUSE mount) under one folder
 //! and stops it on Ctrl-C; `status` prints what the manager knows.
 
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sealfs_cli::cluster::{ClusterSpec, LocalCluster};
+use sealfs_cli::cluster::{ClusterSpec, GatewaySpec, LocalCluster};
 
 /// sealfs: a distributed file system.
 #[derive(Parser, Debug)]
@@ -33,12 +33,13 @@ enum Cmd {
         /// Manager address.
         #[arg(long, env = "SEALFS_MANAGER", default_value = "127.0.0.1:7100")]
         manager: String,
-        /// NFS port of the gateway (the gateway is not part of this build yet).
-        #[arg(long, env = "SEALFS_NFS_PORT")]
-        nfs_port: Option<u16>,
-        /// Portmapper port of the gateway (the gateway is not part of this build yet).
-        #[arg(long, env = "SEALFS_PORTMAP_PORT")]
-        portmap_port: Option<u16>,
+        /// NFS port of the gateway (0: no gateway).
+        #[arg(long, env = "SEALFS_NFS_PORT", default_value_t = 2049)]
+        nfs_port: u16,
+        /// Portmapper port of the gateway, TCP and UDP (0: no portmapper; clients then need
+        /// `-o port=P,mountport=P`).
+        #[arg(long, env = "SEALFS_PORTMAP_PORT", default_value_t = 111)]
+        portmap_port: u16,
     },
     /// Show the nodes, their state and partitions.
     Status {
@@ -68,16 +69,18 @@ fn real_main() -> anyhow::Result<()> {
             manager,
             nfs_port,
             portmap_port,
-        } => {
-            if nfs_port.is_some() || portmap_port.is_some() {
-                eprintln!("note: the NFS gateway is not part of this build yet; --nfs-port/--portmap-port are ignored");
-            }
-            up(dir, mount, nodes, manager)
-        }
+        } => up(dir, mount, nodes, manager, nfs_port, portmap_port),
     }
 }
 
-fn up(dir: PathBuf, mount: Option<PathBuf>, nodes: usize, manager: String) -> anyhow::Result<()> {
+fn up(
+    dir: PathBuf,
+    mount: Option<PathBuf>,
+    nodes: usize,
+    manager: String,
+    nfs_port: u16,
+    portmap_port: u16,
+) -> anyhow::Result<()> {
     if nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
     }
@@ -89,12 +92,38 @@ fn up(dir: PathBuf, mount: Option<PathBuf>, nodes: usize, manager: String) -> an
     spec.manager_listen = manager;
     spec.mount = Some(mount.clone());
     println!(
-        "starting sealfs: manager, {nodes} storage node(s), FUSE mount; state and logs under {}",
+        "starting sealfs: manager, {nodes} storage node(s), NFS gateway, FUSE mount; state and logs under {}",
         dir.display()
     );
     let mut cluster = LocalCluster::start(spec)?;
+    let nfs = if nfs_port == 0 {
+        None
+    } else {
+        let g = GatewaySpec {
+            nfs_listen: format!("0.0.0.0:{nfs_port}"),
+            portmap_listen: (portmap_port != 0).then(|| format!("0.0.0.0:{portmap_port}")),
+            args: Vec::new(),
+        };
+        match cluster.add_gateway(g) {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                eprintln!("warning: no NFS gateway ({e:#}); pick free ports with --nfs-port/--portmap-port");
+                None
+            }
+        }
+    };
     println!();
     println!("  mounted at     {}", mount.display());
+    match &nfs {
+        Some(addr) if portmap_port != 0 => {
+            println!("  NFS            mount -t nfs -o nolock HOST:/ /mnt   (gateway on {addr})")
+        }
+        Some(addr) => {
+            let port = addr.rsplit(':').next().unwrap_or("2049");
+            println!("  NFS            mount -t nfs -o nolock,port={port},mountport={port},mountproto=tcp HOST:/ /mnt")
+        }
+        None => println!("  NFS            not running"),
+    }
     println!("  manager        {}", cluster.manager_addr);
     println!("  state          {}", dir.display());
     println!("  logs           {}", dir.join("logs").display());
@@ -119,7 +148,7 @@ fn up(dir: PathBuf, mount: Option<PathBuf>, nodes: usize, manager: String) -> an
             }
         }
     });
-    println!("stopping: unmounting, then nodes, then the manager");
+    println!("stopping: unmounting, then the gateway and nodes, then the manager");
     cluster.stop_all();
     println!("stopped");
     Ok(())

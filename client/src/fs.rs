@@ -514,6 +514,19 @@ impl SealClient {
 
     /// Read up to `size` bytes at `offset` (short at end of file).
     pub async fn read(&self, cred: &Credentials, ino: InodeId, offset: u64, size: u32) -> FsResult<Bytes> {
+        Ok(self.read_checked(cred, ino, offset, size, false).await?.0)
+    }
+
+    /// Read, checking read permission first when `check_perm` (stateless callers: NFS), and
+    /// return the file's attributes as of the read too.
+    pub async fn read_checked(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        offset: u64,
+        size: u32,
+        check_perm: bool,
+    ) -> FsResult<(Bytes, FileAttr)> {
         let size = size.min(MAX_IO_SIZE as u32);
         let r = self
             .router
@@ -523,22 +536,21 @@ impl SealClient {
                     ino,
                     offset,
                     size,
+                    check_perm,
                 };
                 async move { c.read(req).await }
             })
             .await?;
-        let a = r
-            .attr
-            .as_ref()
-            .ok_or_else(|| FsError::Io("read reply without attributes".into()))?;
+        let attr = required_attr(r.attr.as_ref())?;
+        let a = r.attr.as_ref().expect("checked by required_attr");
         if a.inline {
-            return Ok(r.data);
+            return Ok((r.data, attr));
         }
         let end = (offset + u64::from(size)).min(a.size);
         if offset >= end {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), attr));
         }
-        self.read_chunks(ino, offset, end, a.chunk_size.max(1)).await
+        Ok((self.read_chunks(ino, offset, end, a.chunk_size.max(1)).await?, attr))
     }
 
     async fn read_chunks(&self, ino: InodeId, offset: u64, end: u64, chunk_size: u32) -> FsResult<Bytes> {
@@ -614,7 +626,8 @@ impl SealClient {
         }
         let part = self.ino_part(ino);
         let mut chunk_size = known.map(|l| l.chunk_size).unwrap_or(0);
-        if known.is_none_or(|l| l.inline) {
+        // A permission check (stateless callers) is made by the inode's node on this same call.
+        if known.is_none_or(|l| l.inline) || check_perm {
             let r = self
                 .router
                 .call(part, |mut c, epoch| {
@@ -633,8 +646,6 @@ impl SealClient {
                 return entry_of(r.attr.as_ref());
             }
             chunk_size = r.attr.as_ref().map(|a| a.chunk_size).unwrap_or(0);
-        } else if check_perm {
-            self.access(cred, ino, sealfs_core::perm::W_OK).await?;
         }
         if chunk_size == 0 {
             return Err(FsError::Io("file has no chunk size".into()));

@@ -212,6 +212,88 @@ impl ClientConfig {
     }
 }
 
+/// NFS gateway settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The manager's address.
+    pub manager: String,
+    /// Address NFSv3 and MOUNT listen on (2049 is what clients expect).
+    pub nfs_listen: String,
+    /// Address the portmapper listens on, TCP and UDP (111 is what mount.nfs asks); empty: none.
+    pub portmap_listen: String,
+    /// The export's path as clients mount it ("/" is the whole cluster; "/a/b" a subtree).
+    pub export: String,
+    /// Refuse every change (NFS3ERR_ROFS).
+    pub read_only: bool,
+    /// Map uid 0 to `anon_uid`/`anon_gid`.
+    pub root_squash: bool,
+    /// Map every user to `anon_uid`/`anon_gid`.
+    pub all_squash: bool,
+    /// The uid squashed callers get.
+    pub anon_uid: u32,
+    /// The gid squashed callers get.
+    pub anon_gid: u32,
+    /// Client networks allowed to mount and call (CIDR, e.g. "10.0.0.0/8", "::1/128"); others are
+    /// refused at MOUNT and on every NFS call.
+    pub allowed_networks: Vec<String>,
+    /// Largest READ and WRITE offered to clients, in bytes (at most 1 MiB).
+    pub max_io: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            manager: "127.0.0.1:7100".into(),
+            nfs_listen: "0.0.0.0:2049".into(),
+            portmap_listen: "0.0.0.0:111".into(),
+            export: "/".into(),
+            read_only: false,
+            root_squash: false,
+            all_squash: false,
+            anon_uid: 65534,
+            anon_gid: 65534,
+            allowed_networks: vec!["0.0.0.0/0".into(), "::/0".into()],
+            max_io: 1 << 20,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The allowed networks, parsed (a bare address is a /32 or /128).
+    pub fn networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.allowed_networks
+            .iter()
+            .map(|n| {
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| ConfigError::Invalid {
+                        field: "allowed_networks",
+                        msg: format!("{n:?} is not a network (CIDR) or address"),
+                    })
+            })
+            .collect()
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.networks()?;
+        if !self.export.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                field: "export",
+                msg: "must start with /".into(),
+            });
+        }
+        if !(4096..=1 << 20).contains(&self.max_io) {
+            return Err(ConfigError::Invalid {
+                field: "max_io",
+                msg: "must be 4096 to 1048576".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +303,23 @@ mod tests {
         ManagerConfig::default().validate().unwrap();
         NodeConfig::default().validate().unwrap();
         ClientConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn gateway_networks() {
+        let c = GatewayConfig {
+            allowed_networks: vec!["10.0.0.0/8".into(), "127.0.0.1".into()],
+            ..Default::default()
+        };
+        let n = c.networks().unwrap();
+        assert!(n[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(n[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        let bad = GatewayConfig {
+            allowed_networks: vec!["10.0.0/8x".into()],
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("allowed_networks"));
+        GatewayConfig::default().validate().unwrap();
     }
 
     #[test]

@@ -60,6 +60,21 @@ pub fn check_access(cred: &Credentials, attr: &FileAttr, mask: u32) -> FsResult<
     }
 }
 
+/// Permission for one READ or WRITE of a stateless protocol (NFS), which checks on every call
+/// rather than at open. As the Linux NFS server does, the owner may read and write their own file
+/// whatever its mode (they may have opened it before a chmod), and reading is allowed with
+/// execute permission (the client reads a program it executes).
+pub fn check_io(cred: &Credentials, attr: &FileAttr, write: bool) -> FsResult<()> {
+    if cred.is_root() || cred.uid == attr.uid {
+        return Ok(());
+    }
+    if write {
+        check_access(cred, attr, W_OK)
+    } else {
+        check_access(cred, attr, R_OK).or_else(|_| check_access(cred, attr, X_OK))
+    }
+}
+
 /// The sticky-directory rule for removing or renaming `victim` out of `dir`.
 pub fn check_sticky(cred: &Credentials, dir: &FileAttr, victim: &FileAttr) -> FsResult<()> {
     if dir.perm & libc::S_ISVTX == 0 || cred.is_root() {
@@ -159,7 +174,6 @@ pub fn apply_setattr(
     }
 
     let new_gid = req.gid.unwrap_or(attr.gid);
-    let owner_changed = req.uid.is_some_and(|u| u != attr.uid) || req.gid.is_some_and(|g| g != attr.gid);
     if let Some(uid) = req.uid {
         attr.uid = uid;
     }
@@ -167,8 +181,7 @@ pub fn apply_setattr(
         attr.gid = gid;
     }
     if (req.uid.is_some() || req.gid.is_some()) && attr.kind != FileKind::Directory {
-        // chown clears setuid, and setgid when it means mandatory-lock-free group exec.
-        let _ = owner_changed;
+        // chown clears setuid, and setgid when it means group execute (not mandatory locking).
         attr.perm &= !libc::S_ISUID;
         if attr.perm & libc::S_IXGRP != 0 {
             attr.perm &= !libc::S_ISGID;
@@ -283,6 +296,19 @@ mod tests {
             check_access(&Credentials::root(), &file(1, 1, 0o600), X_OK),
             Err(FsError::Access)
         );
+    }
+
+    #[test]
+    fn stateless_io_rules() {
+        let f = file(10, 20, 0o000);
+        assert!(check_io(&user(10, 1, &[]), &f, true).is_ok(), "the owner may write");
+        assert_eq!(check_io(&user(11, 1, &[]), &f, false), Err(FsError::Access));
+        let f = file(10, 20, 0o711);
+        assert!(
+            check_io(&user(11, 1, &[]), &f, false).is_ok(),
+            "execute permission allows reads"
+        );
+        assert_eq!(check_io(&user(11, 1, &[]), &f, true), Err(FsError::Access));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec};
-use sealfs_core::config::{INLINE_MAX, MAX_FILE_SIZE, MAX_XATTR_VALUE};
+use sealfs_core::config::{INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE, MAX_XATTR_VALUE};
 use sealfs_core::ids::ino_partition;
 use sealfs_core::name::{validate_name, NAME_MAX, SYMLINK_MAX};
 use sealfs_core::perm::{self, Credentials};
@@ -723,10 +723,14 @@ impl Node {
     }
 
     /// Read inline data (or say where the data is).
-    pub fn op_read(&self, ino: InodeId, offset: u64, size: u32) -> FsResult<pb::ReadReply> {
+    pub fn op_read(&self, cred: &Credentials, req: &pb::ReadRequest) -> FsResult<pb::ReadReply> {
+        let (ino, offset, size) = (req.ino, req.offset, req.size.min(MAX_IO_SIZE as u32));
         let rec = self.store.inode(ino)?;
         if rec.attr.kind == FileKind::Directory {
             return Err(FsError::IsDir);
+        }
+        if req.check_perm {
+            perm::check_io(cred, &rec.attr, false)?;
         }
         let data = if rec.is_inline() {
             let start = (offset.min(rec.data.len() as u64)) as usize;
@@ -753,7 +757,7 @@ impl Node {
             _ => return Err(FsError::Invalid("write to a special file".into())),
         }
         if req.check_perm {
-            perm::check_access(cred, &rec.attr, perm::W_OK)?;
+            perm::check_io(cred, &rec.attr, true)?;
         }
         let len = req.length.max(req.data.len() as u64);
         if !req.data.is_empty() && req.data.len() as u64 != len {

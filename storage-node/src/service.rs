@@ -241,7 +241,7 @@ impl node_server::Node for NodeService {
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
-                self.0.op_read(r.ino, r.offset, r.size.min(MAX_IO_SIZE as u32))
+                self.0.op_read(&creds_from_ctx(r.ctx.as_ref()), &r)
             }
             .await,
         )

@@ -336,3 +336,125 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Lines every guest script starts with: the initramfs's folders are created 0700, so open them
+/// for the unprivileged users some tests act as.
+pub const GUEST_PREAMBLE: &str = "chmod 755 / /tmp /bin /etc /lib /lib64 /sbin 2>/dev/null\n";
+
+/// A real Linux kernel as NFS client: tests/nfsvm (a copy of ../shared/tools/nfsvm) boots it
+/// under qemu, mounts a server of this host and runs a script in the guest.
+pub struct NfsVm {
+    /// Files laid over the guest's root (binaries in bin/, configs in etc/).
+    pub extra: tempfile::TempDir,
+    /// Environment for run.sh (PORT, MOUNT_HELPER, MOUNTOPTS, ON_SIGNAL, ...).
+    pub env: Vec<(String, String)>,
+}
+
+/// What a guest run ended with.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// The guest script's exit code (99: the mount failed, 98: the guest never reported).
+    pub code: i32,
+    /// Everything the guest and run.sh printed.
+    pub output: String,
+}
+
+impl NfsVm {
+    /// A guest that mounts the NFS server on `port` of this host (MOUNT on the same port).
+    pub fn new(port: u16) -> NfsVm {
+        let extra = tempfile::Builder::new()
+            .prefix("nfsvm-extra")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(extra.path().join("bin")).unwrap();
+        std::fs::create_dir_all(extra.path().join("etc")).unwrap();
+        NfsVm {
+            extra,
+            env: vec![("PORT".into(), port.to_string()), ("MEM".into(), "1024".into())],
+        }
+    }
+
+    /// The harness folder.
+    pub fn dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("nfsvm")
+    }
+
+    /// Put host binaries (with their shared libraries) into the guest's /bin.
+    pub fn add_bins(&self, bins: &[&Path]) {
+        let st = std::process::Command::new(Self::dir().join("add-bin.sh"))
+            .arg(self.extra.path())
+            .args(bins)
+            .status()
+            .expect("run add-bin.sh");
+        assert!(st.success(), "add-bin.sh failed for {bins:?}");
+    }
+
+    /// Put a file into the guest at `path` (relative to its root).
+    pub fn add_file(&self, path: &str, contents: &[u8]) {
+        let p = self.extra.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, contents).unwrap();
+    }
+
+    /// Set an environment variable of run.sh.
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Boot, mount, run `script` (busybox sh, the mount point is $1), and report.
+    pub fn run(&self, script: &str) -> GuestRun {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guest.sh");
+        std::fs::write(&path, format!("{GUEST_PREAMBLE}{script}")).unwrap();
+        let out = std::process::Command::new(Self::dir().join("run.sh"))
+            .arg(&path)
+            .env("EXTRA_DIR", self.extra.path())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run nfsvm/run.sh");
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        GuestRun {
+            code: out.status.code().unwrap_or(-1),
+            output,
+        }
+    }
+}
+
+/// (name, status, reason) of every test pjdfstest reported in `out`.
+pub fn parse_pjdfstest(out: &str) -> Vec<(String, String, String)> {
+    let mut rows = Vec::new();
+    let lines: Vec<&str> = out.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let mut parts = l.split_whitespace();
+        let (Some(name), Some(status), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if !name.contains("::") || !["ok", "FAILED", "skipped"].contains(&status) {
+            continue;
+        }
+        let reason = lines
+            .get(i + 1)
+            .filter(|n| n.starts_with('\t'))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_default();
+        rows.push((name.to_string(), status.to_string(), reason));
+    }
+    rows
+}
+
+/// A list file of `name<TAB>reason` lines (comments with #) under tests/pjdfstest.
+pub fn pjdfstest_list(file: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pjdfstest").join(file)).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, r)| (n.to_string(), r.to_string()))
+        .collect()
+}

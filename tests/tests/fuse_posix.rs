@@ -1,33 +1,10 @@
 //! POSIX conformance and data integrity on the FUSE mount of a 3-node cluster of separate
 //! processes: pjdfstest (0 failures; skips only as listed in tests/pjdfstest/skipped.txt) and fsx.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use sealfs_tests::{tool, TestCluster};
-
-/// (name, status, reason) of every test pjdfstest reported.
-fn parse_pjdfstest(out: &str) -> Vec<(String, String, String)> {
-    let mut rows = Vec::new();
-    let lines: Vec<&str> = out.lines().collect();
-    for (i, l) in lines.iter().enumerate() {
-        let mut parts = l.split_whitespace();
-        let (Some(name), Some(status), None) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if !name.contains("::") || !["ok", "FAILED", "skipped"].contains(&status) {
-            continue;
-        }
-        let reason = lines
-            .get(i + 1)
-            .filter(|n| n.starts_with('\t'))
-            .map(|n| n.trim().to_string())
-            .unwrap_or_default();
-        rows.push((name.to_string(), status.to_string(), reason));
-    }
-    rows
-}
+use sealfs_tests::{parse_pjdfstest, pjdfstest_list, tool, TestCluster};
 
 fn run_pjdfstest(mnt: &Path, config: &str) -> Vec<(String, String, String)> {
     let dir = mnt.join(format!("pjd-{}", config.trim_end_matches(".toml")));
@@ -65,19 +42,10 @@ fn run_pjdfstest(mnt: &Path, config: &str) -> Vec<(String, String, String)> {
     rows
 }
 
-fn listed_skips() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pjdfstest/skipped.txt")).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(n, r)| (n.to_string(), r.to_string()))
-        .collect()
-}
-
 #[test]
 fn pjdfstest_passes_on_the_fuse_mount() {
     let c = TestCluster::start(3, true);
-    let listed = listed_skips();
+    let listed = pjdfstest_list("skipped.txt");
     let shared = run_pjdfstest(&c.mnt(), "shared.toml");
     let extended = run_pjdfstest(&c.mnt(), "extended.toml");
     let ok_in_extended: std::collections::HashSet<_> =

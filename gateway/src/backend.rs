@@ -1,0 +1,706 @@
+//! The NFSv3 backend over SealClient: translates handles, credentials and attributes, applies the
+//! export options (read-only, squashing, allowed networks), and maps FsError to nfsstat3. No file
+//! system logic lives here: names, permissions and POSIX rules are the storage nodes' job.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nfsserve::mount::mountstat3;
+use nfsserve::nfs::*;
+use nfsserve::vfs::*;
+use sealfs_client::{DirtyChunks, Entry, SealClient, WriteMode};
+use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
+use sealfs_core::config::{GatewayConfig, MAX_FILE_SIZE};
+use sealfs_core::perm::{self, Credentials};
+use sealfs_core::{FsError, InodeId, ROOT_INO};
+use tracing::warn;
+
+use crate::handle;
+
+/// How FsError reaches an NFS client.
+pub fn nfs_status(e: &FsError) -> nfsstat3 {
+    use nfsstat3::*;
+    match e {
+        FsError::NotFound => NFS3ERR_NOENT,
+        FsError::Exists => NFS3ERR_EXIST,
+        FsError::NotDir => NFS3ERR_NOTDIR,
+        FsError::IsDir => NFS3ERR_ISDIR,
+        FsError::NotEmpty => NFS3ERR_NOTEMPTY,
+        FsError::Access => NFS3ERR_ACCES,
+        FsError::Perm => NFS3ERR_PERM,
+        FsError::NameTooLong => NFS3ERR_NAMETOOLONG,
+        FsError::Invalid(_) | FsError::Range | FsError::TooBig | FsError::Loop => NFS3ERR_INVAL,
+        FsError::FileTooBig => NFS3ERR_FBIG,
+        FsError::NoSpace => NFS3ERR_NOSPC,
+        FsError::ReadOnly => NFS3ERR_ROFS,
+        FsError::TooManyLinks => NFS3ERR_MLINK,
+        FsError::NotSupported | FsError::NoData => NFS3ERR_NOTSUPP,
+        FsError::Stale => NFS3ERR_STALE,
+        FsError::BadFd => NFS3ERR_BADHANDLE,
+        FsError::CrossDevice => NFS3ERR_XDEV,
+        // Transient: the client waits and retries (hard mounts never fail on these).
+        FsError::WrongEpoch { .. } | FsError::Unavailable(_) | FsError::TimedOut(_) | FsError::Busy => NFS3ERR_JUKEBOX,
+        FsError::Io(_) => NFS3ERR_IO,
+    }
+}
+
+fn err(e: FsError) -> nfsstat3 {
+    if matches!(e, FsError::Io(_)) {
+        warn!("NFS call failed: {e}");
+    }
+    nfs_status(&e)
+}
+
+fn nfs_time(t: TimeSpec) -> nfstime3 {
+    nfstime3 {
+        seconds: t.sec.clamp(0, i64::from(u32::MAX)) as u32,
+        nseconds: t.nsec,
+    }
+}
+
+fn time_from(t: nfstime3) -> TimeSpec {
+    TimeSpec {
+        sec: i64::from(t.seconds),
+        nsec: t.nseconds.min(999_999_999),
+    }
+}
+
+fn ftype(k: FileKind) -> ftype3 {
+    match k {
+        FileKind::Regular => ftype3::NF3REG,
+        FileKind::Directory => ftype3::NF3DIR,
+        FileKind::Symlink => ftype3::NF3LNK,
+        FileKind::Fifo => ftype3::NF3FIFO,
+        FileKind::Socket => ftype3::NF3SOCK,
+        FileKind::CharDevice => ftype3::NF3CHR,
+        FileKind::BlockDevice => ftype3::NF3BLK,
+    }
+}
+
+fn set_attr(s: &sattr3) -> SetAttr {
+    SetAttr {
+        perm: match s.mode {
+            set_mode3::mode(m) => Some(m & 0o7777),
+            set_mode3::Void => None,
+        },
+        uid: match s.uid {
+            set_uid3::uid(u) => Some(u),
+            set_uid3::Void => None,
+        },
+        gid: match s.gid {
+            set_gid3::gid(g) => Some(g),
+            set_gid3::Void => None,
+        },
+        size: match s.size {
+            set_size3::size(z) => Some(z),
+            set_size3::Void => None,
+        },
+        atime: match s.atime {
+            set_atime::DONT_CHANGE => None,
+            set_atime::SET_TO_SERVER_TIME => Some(TimeUpdate::Now),
+            set_atime::SET_TO_CLIENT_TIME(t) => Some(TimeUpdate::Set(time_from(t))),
+        },
+        mtime: match s.mtime {
+            set_mtime::DONT_CHANGE => None,
+            set_mtime::SET_TO_SERVER_TIME => Some(TimeUpdate::Now),
+            set_mtime::SET_TO_CLIENT_TIME(t) => Some(TimeUpdate::Set(time_from(t))),
+        },
+        via_open_handle: false,
+    }
+}
+
+fn is_empty(s: &SetAttr) -> bool {
+    s.perm.is_none() && s.uid.is_none() && s.gid.is_none() && s.size.is_none() && s.atime.is_none() && s.mtime.is_none()
+}
+
+fn mode_of(s: &sattr3, default: u32) -> u32 {
+    match s.mode {
+        set_mode3::mode(m) => m & 0o7777,
+        set_mode3::Void => default,
+    }
+}
+
+/// The gateway's NFS backend.
+pub struct Gateway {
+    client: SealClient,
+    config: GatewayConfig,
+    networks: Vec<ipnet::IpNet>,
+    cluster_id: u64,
+}
+
+impl Gateway {
+    /// A backend for `client` with the export options of `config` (already validated).
+    pub fn new(client: SealClient, config: GatewayConfig) -> anyhow::Result<Gateway> {
+        let networks = config.networks()?;
+        let cluster_id = client.cluster_id();
+        Ok(Gateway {
+            client,
+            config,
+            networks,
+            cluster_id,
+        })
+    }
+
+    fn fh(&self, ino: InodeId, generation: u64) -> nfs_fh3 {
+        handle::make(self.cluster_id, ino, generation)
+    }
+
+    fn ino(&self, fh: &nfs_fh3) -> NfsResult<InodeId> {
+        handle::parse(self.cluster_id, fh)
+    }
+
+    /// The credentials a caller acts with, after squashing.
+    fn creds(&self, c: &Caller) -> Credentials {
+        if self.config.all_squash || (self.config.root_squash && c.uid == 0) {
+            return Credentials {
+                uid: self.config.anon_uid,
+                gid: self.config.anon_gid,
+                groups: Vec::new(),
+            };
+        }
+        Credentials {
+            uid: c.uid,
+            gid: c.gid,
+            groups: c.gids.clone(),
+        }
+    }
+
+    fn writable(&self) -> NfsResult<()> {
+        if self.config.read_only {
+            Err(nfsstat3::NFS3ERR_ROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// NFS attributes of an object.
+    pub fn fattr(&self, a: &FileAttr) -> fattr3 {
+        let rdev = a.rdev;
+        fattr3 {
+            ftype: ftype(a.kind),
+            mode: a.perm & 0o7777,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            used: a.blocks * 512,
+            rdev: specdata3 {
+                specdata1: libc::major(rdev as libc::dev_t),
+                specdata2: libc::minor(rdev as libc::dev_t),
+            },
+            fsid: self.cluster_id,
+            fileid: a.ino,
+            atime: nfs_time(a.atime),
+            mtime: nfs_time(a.mtime),
+            ctime: nfs_time(a.ctime),
+        }
+    }
+
+    async fn attr_of(&self, cred: &Credentials, ino: InodeId) -> Option<fattr3> {
+        self.client.getattr(cred, ino).await.ok().map(|e| self.fattr(&e.attr))
+    }
+
+    /// Apply the attributes a create asked for beyond the mode (owner, size, times).
+    async fn apply_rest(&self, cred: &Credentials, e: Entry, s: &sattr3) -> NfsResult<Entry> {
+        let mut rest = set_attr(s);
+        rest.perm = None;
+        if rest.uid == Some(e.attr.uid) {
+            rest.uid = None;
+        }
+        if rest.gid == Some(e.attr.gid) {
+            rest.gid = None;
+        }
+        if is_empty(&rest) {
+            return Ok(e);
+        }
+        self.client.setattr(cred, e.attr.ino, &rest).await.map_err(err)
+    }
+
+    fn created(&self, e: &Entry, dir_after: Option<fattr3>) -> Created {
+        Created {
+            handle: self.fh(e.attr.ino, e.attr.generation),
+            attr: Some(self.fattr(&e.attr)),
+            dir_after,
+        }
+    }
+
+    fn allowed(&self, addr: &SocketAddr) -> bool {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(std::net::IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The root of the export, resolved as `cred`.
+    async fn export_root(&self, cred: &Credentials, path: &[u8]) -> Result<InodeId, FsError> {
+        let mut ino = ROOT_INO;
+        for part in path.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            let e = self.client.lookup(cred, ino, part).await?;
+            if e.attr.kind != FileKind::Directory {
+                return Err(FsError::NotDir);
+            }
+            ino = e.attr.ino;
+        }
+        Ok(ino)
+    }
+
+    fn verifier(&self) -> writeverf3 {
+        // Every write is durable before its reply, so one verifier for the cluster's life is
+        // honest, and clients moving between gateways never resend anything.
+        self.cluster_id.to_be_bytes()
+    }
+}
+
+#[async_trait]
+impl NfsBackend for Gateway {
+    fn client_allowed(&self, addr: &SocketAddr) -> bool {
+        self.allowed(addr)
+    }
+
+    fn exports(&self) -> Vec<Vec<u8>> {
+        vec![self.config.export.as_bytes().to_vec()]
+    }
+
+    async fn mount(&self, caller: &Caller, path: &[u8]) -> Result<nfs_fh3, mountstat3> {
+        let export = self.config.export.trim_end_matches('/').as_bytes();
+        let norm: Vec<u8> = if path.len() > 1 && path.ends_with(b"/") {
+            path[..path.len() - 1].to_vec()
+        } else {
+            path.to_vec()
+        };
+        // The export itself, or a folder below it.
+        let below = if export.is_empty() {
+            norm.starts_with(b"/")
+        } else {
+            norm == export || norm.starts_with(&[export, b"/"].concat())
+        };
+        if !below {
+            return Err(mountstat3::MNT3ERR_NOENT);
+        }
+        let cred = self.creds(caller);
+        match self.export_root(&cred, &norm).await {
+            Ok(ino) => {
+                let e = self
+                    .client
+                    .getattr(&cred, ino)
+                    .await
+                    .map_err(|_| mountstat3::MNT3ERR_IO)?;
+                Ok(self.fh(ino, e.attr.generation))
+            }
+            Err(FsError::NotFound) => Err(mountstat3::MNT3ERR_NOENT),
+            Err(FsError::NotDir) => Err(mountstat3::MNT3ERR_NOTDIR),
+            Err(FsError::Access) | Err(FsError::Perm) => Err(mountstat3::MNT3ERR_ACCES),
+            Err(e) => {
+                warn!("MNT failed: {e}");
+                Err(mountstat3::MNT3ERR_SERVERFAULT)
+            }
+        }
+    }
+
+    async fn getattr(&self, c: &Caller, fh: &nfs_fh3) -> NfsResult<fattr3> {
+        let ino = self.ino(fh)?;
+        let e = self.client.getattr(&self.creds(c), ino).await.map_err(err)?;
+        Ok(self.fattr(&e.attr))
+    }
+
+    async fn setattr(&self, c: &Caller, fh: &nfs_fh3, attr: sattr3, guard: Option<nfstime3>) -> NfsResult<fattr3> {
+        self.writable()?;
+        let ino = self.ino(fh)?;
+        let cred = self.creds(c);
+        if let Some(ctime) = guard {
+            let cur = self.client.getattr(&cred, ino).await.map_err(err)?;
+            let t = nfs_time(cur.attr.ctime);
+            if (t.seconds, t.nseconds) != (ctime.seconds, ctime.nseconds) {
+                return Err(nfsstat3::NFS3ERR_NOT_SYNC);
+            }
+        }
+        let s = set_attr(&attr);
+        if is_empty(&s) {
+            return self.getattr(c, fh).await;
+        }
+        let e = self.client.setattr(&cred, ino, &s).await.map_err(err)?;
+        Ok(self.fattr(&e.attr))
+    }
+
+    async fn lookup(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<(nfs_fh3, fattr3)> {
+        let dir = self.ino(dir)?;
+        let e = self.client.lookup(&self.creds(c), dir, name).await.map_err(err)?;
+        Ok((self.fh(e.attr.ino, e.attr.generation), self.fattr(&e.attr)))
+    }
+
+    async fn access(&self, c: &Caller, fh: &nfs_fh3, mask: u32) -> NfsResult<(u32, fattr3)> {
+        use nfsserve::nfs_handlers::*;
+        let ino = self.ino(fh)?;
+        let cred = self.creds(c);
+        let e = self.client.getattr(&cred, ino).await.map_err(err)?;
+        let a = &e.attr;
+        let can = |bits: u32| perm::check_access(&cred, a, bits).is_ok();
+        let dir = a.kind == FileKind::Directory;
+        let mut granted = 0;
+        if mask & ACCESS3_READ != 0 && can(perm::R_OK) {
+            granted |= ACCESS3_READ;
+        }
+        if mask & ACCESS3_LOOKUP != 0 && dir && can(perm::X_OK) {
+            granted |= ACCESS3_LOOKUP;
+        }
+        if !self.config.read_only {
+            for bit in [ACCESS3_MODIFY, ACCESS3_EXTEND] {
+                if mask & bit != 0 && can(perm::W_OK) {
+                    granted |= bit;
+                }
+            }
+            if mask & ACCESS3_DELETE != 0 && dir && can(perm::W_OK | perm::X_OK) {
+                granted |= ACCESS3_DELETE;
+            }
+        }
+        if mask & ACCESS3_EXECUTE != 0 && !dir && can(perm::X_OK) {
+            granted |= ACCESS3_EXECUTE;
+        }
+        Ok((granted, self.fattr(a)))
+    }
+
+    async fn readlink(&self, c: &Caller, fh: &nfs_fh3) -> NfsResult<Vec<u8>> {
+        let ino = self.ino(fh)?;
+        self.client.readlink(&self.creds(c), ino).await.map_err(err)
+    }
+
+    async fn read(
+        &self,
+        c: &Caller,
+        fh: &nfs_fh3,
+        offset: u64,
+        count: u32,
+    ) -> NfsResult<(Bytes, bool, Option<fattr3>)> {
+        let ino = self.ino(fh)?;
+        let count = count.min(self.config.max_io);
+        let (data, attr) = self
+            .client
+            .read_checked(&self.creds(c), ino, offset, count, true)
+            .await
+            .map_err(err)?;
+        let eof = offset.saturating_add(data.len() as u64) >= attr.size;
+        Ok((data, eof, Some(self.fattr(&attr))))
+    }
+
+    async fn write(
+        &self,
+        c: &Caller,
+        fh: &nfs_fh3,
+        offset: u64,
+        data: Bytes,
+        _stable: stable_how,
+    ) -> NfsResult<Written> {
+        self.writable()?;
+        let ino = self.ino(fh)?;
+        if data.len() > self.config.max_io as usize {
+            return Err(nfsstat3::NFS3ERR_INVAL);
+        }
+        let count = data.len() as u32;
+        let mut dirty = DirtyChunks::default();
+        let mode = WriteMode {
+            stable: true,
+            check_perm: true,
+            known: None,
+        };
+        let e = self
+            .client
+            .write(&self.creds(c), ino, offset, data, mode, &mut dirty)
+            .await
+            .map_err(err)?;
+        Ok(Written {
+            count,
+            committed: stable_how::FILE_SYNC,
+            verifier: self.verifier(),
+            attr: Some(self.fattr(&e.attr)),
+        })
+    }
+
+    async fn create(&self, c: &Caller, dir: &nfs_fh3, name: &[u8], how: CreateHow) -> NfsResult<Created> {
+        self.writable()?;
+        let dir_ino = self.ino(dir)?;
+        let cred = self.creds(c);
+        let e = match how {
+            CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
+                let exclusive = matches!(how, CreateHow::Guarded(_));
+                let e = self
+                    .client
+                    .create(
+                        &cred,
+                        dir_ino,
+                        name,
+                        FileKind::Regular,
+                        mode_of(&s, 0o644),
+                        0,
+                        exclusive,
+                        libc::O_WRONLY,
+                    )
+                    .await
+                    .map_err(err)?;
+                self.apply_rest(&cred, e, &s).await?
+            }
+            CreateHow::Exclusive(verf) => {
+                // The verifier lives in the times until the client sets real ones, so that a
+                // retransmitted exclusive create finds its own file.
+                let (a, m) = (
+                    u32::from_be_bytes(verf[..4].try_into().expect("4")),
+                    u32::from_be_bytes(verf[4..].try_into().expect("4")),
+                );
+                let stamp = |e: &Entry| nfs_time(e.attr.atime).seconds == a && nfs_time(e.attr.mtime).seconds == m;
+                match self
+                    .client
+                    .create(&cred, dir_ino, name, FileKind::Regular, 0o600, 0, true, 0)
+                    .await
+                {
+                    Ok(e) => {
+                        let s = SetAttr {
+                            atime: Some(TimeUpdate::Set(TimeSpec {
+                                sec: i64::from(a),
+                                nsec: 0,
+                            })),
+                            mtime: Some(TimeUpdate::Set(TimeSpec {
+                                sec: i64::from(m),
+                                nsec: 0,
+                            })),
+                            ..Default::default()
+                        };
+                        self.client.setattr(&cred, e.attr.ino, &s).await.map_err(err)?
+                    }
+                    Err(FsError::Exists) => {
+                        let e = self.client.lookup(&cred, dir_ino, name).await.map_err(err)?;
+                        if !stamp(&e) {
+                            return Err(nfsstat3::NFS3ERR_EXIST);
+                        }
+                        e
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+        };
+        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+    }
+
+    async fn mkdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8], attr: sattr3) -> NfsResult<Created> {
+        self.writable()?;
+        let dir_ino = self.ino(dir)?;
+        let cred = self.creds(c);
+        let e = self
+            .client
+            .mkdir(&cred, dir_ino, name, mode_of(&attr, 0o755))
+            .await
+            .map_err(err)?;
+        let e = self.apply_rest(&cred, e, &attr).await?;
+        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+    }
+
+    async fn symlink(&self, c: &Caller, dir: &nfs_fh3, name: &[u8], target: &[u8], attr: sattr3) -> NfsResult<Created> {
+        self.writable()?;
+        let dir_ino = self.ino(dir)?;
+        let cred = self.creds(c);
+        let e = self.client.symlink(&cred, dir_ino, name, target).await.map_err(err)?;
+        let mut rest = attr;
+        rest.mode = set_mode3::Void;
+        let e = self.apply_rest(&cred, e, &rest).await?;
+        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+    }
+
+    async fn mknod(
+        &self,
+        c: &Caller,
+        dir: &nfs_fh3,
+        name: &[u8],
+        what: SpecialFile,
+        attr: sattr3,
+    ) -> NfsResult<Created> {
+        self.writable()?;
+        let dir_ino = self.ino(dir)?;
+        let cred = self.creds(c);
+        let (kind, rdev) = match what {
+            SpecialFile::Char(s) => (FileKind::CharDevice, libc::makedev(s.specdata1, s.specdata2)),
+            SpecialFile::Block(s) => (FileKind::BlockDevice, libc::makedev(s.specdata1, s.specdata2)),
+            SpecialFile::Socket => (FileKind::Socket, 0),
+            SpecialFile::Fifo => (FileKind::Fifo, 0),
+        };
+        let e = self
+            .client
+            .create(&cred, dir_ino, name, kind, mode_of(&attr, 0o644), rdev, true, 0)
+            .await
+            .map_err(err)?;
+        let e = self.apply_rest(&cred, e, &attr).await?;
+        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+    }
+
+    async fn remove(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<Option<fattr3>> {
+        self.writable()?;
+        let dir_ino = self.ino(dir)?;
+        let cred = self.creds(c);
+        self.client.unlink(&cred, dir_ino, name).await.map_err(err)?;
+        Ok(self.attr_of(&cred, dir_ino).await)
+    }
+
+    async fn rmdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<Option<fattr3>> {
+        self.writable()?;
+        let dir_ino = self.ino(dir)?;
+        let cred = self.creds(c);
+        self.client.rmdir(&cred, dir_ino, name).await.map_err(err)?;
+        Ok(self.attr_of(&cred, dir_ino).await)
+    }
+
+    async fn rename(
+        &self,
+        c: &Caller,
+        from_dir: &nfs_fh3,
+        from_name: &[u8],
+        to_dir: &nfs_fh3,
+        to_name: &[u8],
+    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)> {
+        self.writable()?;
+        let (from, to) = (self.ino(from_dir)?, self.ino(to_dir)?);
+        let cred = self.creds(c);
+        self.client
+            .rename(&cred, from, from_name, to, to_name, 0)
+            .await
+            .map_err(err)?;
+        Ok((self.attr_of(&cred, from).await, self.attr_of(&cred, to).await))
+    }
+
+    async fn link(
+        &self,
+        c: &Caller,
+        fh: &nfs_fh3,
+        dir: &nfs_fh3,
+        name: &[u8],
+    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)> {
+        self.writable()?;
+        let (ino, dir_ino) = (self.ino(fh)?, self.ino(dir)?);
+        let cred = self.creds(c);
+        let e = self.client.link(&cred, ino, dir_ino, name).await.map_err(err)?;
+        Ok((Some(self.fattr(&e.attr)), self.attr_of(&cred, dir_ino).await))
+    }
+
+    async fn readdir(
+        &self,
+        c: &Caller,
+        dir: &nfs_fh3,
+        cookie: cookie3,
+        max_entries: u32,
+        plus: bool,
+    ) -> NfsResult<DirPage> {
+        let dir_ino = self.ino(dir)?;
+        let cred = self.creds(c);
+        let d = self.client.getattr(&cred, dir_ino).await.map_err(err)?;
+        if d.attr.kind != FileKind::Directory {
+            return Err(nfsstat3::NFS3ERR_NOTDIR);
+        }
+        let mut entries = Vec::new();
+        // "." and ".." first, at cookies 1 and 2 (the cluster's cookies start at 3).
+        if cookie < 2 {
+            let up = if d.parent != 0 { d.parent } else { dir_ino };
+            let dots: [(&[u8], InodeId, u64); 2] = [(b".", dir_ino, 1), (b"..", up, 2)];
+            for (name, ino, ck) in dots {
+                if ck <= cookie {
+                    continue;
+                }
+                let (attr, handle) = if plus && ino == dir_ino {
+                    (Some(self.fattr(&d.attr)), Some(self.fh(ino, d.attr.generation)))
+                } else {
+                    (None, None)
+                };
+                entries.push(DirEntry {
+                    fileid: ino,
+                    name: name.to_vec(),
+                    cookie: ck,
+                    attr,
+                    handle,
+                });
+            }
+        }
+        let from = if cookie < 3 { 0 } else { cookie };
+        let want = max_entries.saturating_sub(entries.len() as u32).max(1);
+        let (list, eof) = self
+            .client
+            .readdir(&cred, dir_ino, from, want, plus)
+            .await
+            .map_err(err)?;
+        for e in list {
+            let (attr, handle) = match &e.attr {
+                Some(a) if plus => (Some(self.fattr(a)), Some(self.fh(e.ino, a.generation))),
+                _ => (None, None),
+            };
+            entries.push(DirEntry {
+                fileid: e.ino,
+                name: e.name,
+                cookie: e.cookie,
+                attr,
+                handle,
+            });
+        }
+        Ok(DirPage {
+            entries,
+            eof,
+            dir_attr: Some(self.fattr(&d.attr)),
+        })
+    }
+
+    async fn fsstat(&self, c: &Caller, fh: &nfs_fh3) -> NfsResult<(FsStat, Option<fattr3>)> {
+        let ino = self.ino(fh)?;
+        let s = self.client.statfs().await.map_err(err)?;
+        // Inodes are not preallocated: count what the free space could hold at one block each.
+        let free_files = s.free_bytes / 4096;
+        let st = FsStat {
+            total_bytes: s.total_bytes,
+            free_bytes: s.free_bytes,
+            avail_bytes: s.free_bytes,
+            total_files: s.inodes + free_files,
+            free_files,
+            avail_files: free_files,
+        };
+        Ok((st, self.attr_of(&self.creds(c), ino).await))
+    }
+
+    fn limits(&self) -> (u32, u32, u64) {
+        (self.config.max_io, self.config.max_io, MAX_FILE_SIZE)
+    }
+
+    async fn commit(
+        &self,
+        c: &Caller,
+        fh: &nfs_fh3,
+        _offset: u64,
+        _count: u32,
+    ) -> NfsResult<(writeverf3, Option<fattr3>)> {
+        // Writes are durable before their reply: nothing is left to commit.
+        let ino = self.ino(fh)?;
+        Ok((self.verifier(), self.attr_of(&self.creds(c), ino).await))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_nfs_statuses() {
+        assert_eq!(nfs_status(&FsError::NotFound) as u32, 2);
+        assert_eq!(nfs_status(&FsError::NameTooLong) as u32, 63);
+        assert_eq!(nfs_status(&FsError::Unavailable("x".into())) as u32, 10008);
+        assert_eq!(nfs_status(&FsError::Stale) as u32, 70);
+    }
+
+    #[test]
+    fn sattr_becomes_setattr() {
+        let s = sattr3 {
+            mode: set_mode3::mode(0o104755),
+            size: set_size3::size(7),
+            ..Default::default()
+        };
+        let r = set_attr(&s);
+        assert_eq!(r.perm, Some(0o4755));
+        assert_eq!(r.size, Some(7));
+        assert!(r.uid.is_none() && r.atime.is_none());
+    }
+}
