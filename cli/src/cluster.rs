@@ -477,6 +477,37 @@ impl LocalCluster {
         self.nodes.get(i).and_then(|p| p.pid()).map(|p| p.as_raw() as u32)
     }
 
+    /// Start one more storage node; returns its index.
+    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let p = self.node_proc(i)?;
+        self.nodes.push(p);
+        self.spec.nodes = self.nodes.len();
+        Ok(i)
+    }
+
+    /// Send `sig` to node `i` without waiting (SIGSTOP / SIGCONT cut a node off and back).
+    pub fn signal_node(&self, i: usize, sig: Signal) {
+        if let Some(pid) = self.nodes.get(i).and_then(|p| p.pid()) {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// Stop the manager with `sig` and wait for it to exit.
+    pub fn stop_manager(&mut self, sig: Signal) {
+        self.manager.stop(sig, Duration::from_secs(15));
+    }
+
+    /// Start the manager again on the address it had.
+    pub fn start_manager(&mut self) -> anyhow::Result<()> {
+        let spec = self.spec.clone();
+        let listen = self.manager_addr.clone();
+        if let Some(i) = self.manager.cmd.iter().position(|a| a == "--listen") {
+            self.manager.cmd[i + 1] = listen;
+        }
+        self.manager.start(&spec)
+    }
+
     /// Whether node `i` is running.
     pub fn node_running(&mut self, i: usize) -> bool {
         self.nodes.get_mut(i).is_some_and(|p| p.running())

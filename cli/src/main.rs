@@ -41,8 +41,27 @@ enum Cmd {
         #[arg(long, env = "SEALFS_PORTMAP_PORT", default_value_t = 111)]
         portmap_port: u16,
     },
-    /// Show the nodes, their state and partitions.
+    /// Show the nodes, their state and partitions, and the moves in progress.
     Status {
+        /// Manager address.
+        #[arg(long, env = "SEALFS_MANAGER", default_value = "127.0.0.1:7100")]
+        manager: String,
+    },
+    /// Move every partition off a node (to remove it), or stop doing so with --undo.
+    Drain {
+        /// The node's id (see `sealfs status`).
+        node: u64,
+        /// Stop draining: the node takes partitions again.
+        #[arg(long)]
+        undo: bool,
+        /// Manager address.
+        #[arg(long, env = "SEALFS_MANAGER", default_value = "127.0.0.1:7100")]
+        manager: String,
+    },
+    /// Forget a node that holds nothing any more (drain it first).
+    RemoveNode {
+        /// The node's id.
+        node: u64,
         /// Manager address.
         #[arg(long, env = "SEALFS_MANAGER", default_value = "127.0.0.1:7100")]
         manager: String,
@@ -56,6 +75,25 @@ fn main() {
 fn real_main() -> anyhow::Result<()> {
     sealfs_proto::process::init_logging();
     match Args::parse().cmd {
+        Cmd::Drain { node, undo, manager } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(sealfs_cli::status::drain(&manager, node, !undo))?;
+            println!(
+                "node {node}: {}",
+                if undo {
+                    "takes partitions again"
+                } else {
+                    "draining; `sealfs status` shows the moves"
+                }
+            );
+            Ok(())
+        }
+        Cmd::RemoveNode { node, manager } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(sealfs_cli::status::remove_node(&manager, node))?;
+            println!("node {node} removed");
+            Ok(())
+        }
         Cmd::Status { manager } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let s = rt.block_on(sealfs_cli::status::fetch(&manager))?;

@@ -21,15 +21,37 @@ fn bytes(n: u64) -> String {
 
 /// Ask the manager at `addr` for its status.
 pub async fn fetch(addr: &str) -> anyhow::Result<pb::StatusReply> {
+    let mut c = client(addr).await?;
+    Ok(c.status(pb::StatusRequest {}).await?.into_inner())
+}
+
+/// Start or stop draining node `node`.
+pub async fn drain(addr: &str, node: u64, drain: bool) -> anyhow::Result<()> {
+    let mut c = client(addr).await?;
+    c.drain(pb::DrainRequest { node_id: node, drain })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(())
+}
+
+/// Forget node `node` (it must hold nothing).
+pub async fn remove_node(addr: &str, node: u64) -> anyhow::Result<()> {
+    let mut c = client(addr).await?;
+    c.remove_node(pb::RemoveNodeRequest { node_id: node })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(())
+}
+
+async fn client(addr: &str) -> anyhow::Result<pb::manager_client::ManagerClient<tonic::transport::Channel>> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    let mut c = pb::manager_client::ManagerClient::connect(uri)
+    pb::manager_client::ManagerClient::connect(uri)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the manager at {addr}: {e}"))?;
-    Ok(c.status(pb::StatusRequest {}).await?.into_inner())
+        .map_err(|e| anyhow::anyhow!("cannot reach the manager at {addr}: {e}"))
 }
 
 /// Render a status reply for people.
@@ -51,42 +73,68 @@ pub fn render(s: &pb::StatusReply) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>4}  {:<22} {:<5} {:>10} {:>10} {:>12} {:>12} {:>10}",
-        "node", "address", "state", "partitions", "heartbeat", "data used", "data free", "keys"
+        "{:>4}  {:<22} {:<8} {:>8} {:>8} {:>8} {:>10} {:>11} {:>11}",
+        "node", "address", "state", "primary", "copies", "filling", "heartbeat", "data used", "data free"
     );
+    let mut left = 0u64;
     for n in &s.nodes {
         let Some(node) = &n.node else { continue };
-        let st = n.stats.unwrap_or_default();
+        let st = n.stats.clone().unwrap_or_default();
+        left += st
+            .fills
+            .iter()
+            .map(|f| f.bytes_total.saturating_sub(f.bytes_done))
+            .sum::<u64>();
         let hb = if n.last_heartbeat_ms_ago == u64::MAX {
             "never".to_string()
         } else {
             format!("{:.1}s ago", n.last_heartbeat_ms_ago as f64 / 1000.0)
         };
+        let state = match (node.up, node.draining) {
+            (true, false) => "up",
+            (true, true) => "draining",
+            (false, _) => "DOWN",
+        };
         let _ = writeln!(
             out,
-            "{:>4}  {:<22} {:<5} {:>10} {:>10} {:>12} {:>12} {:>10}",
+            "{:>4}  {:<22} {:<8} {:>8} {:>8} {:>8} {:>10} {:>11} {:>11}",
             node.id,
             node.addr,
-            if node.up { "up" } else { "DOWN" },
+            state,
             n.primary_partitions,
+            n.replica_partitions,
+            n.filling_partitions,
             hb,
             bytes(st.data_total_bytes.saturating_sub(st.data_free_bytes)),
             bytes(st.data_free_bytes),
-            st.inodes
         );
     }
-    let down = s
+    let moving = map.assignment.iter().filter(|r| !r.filling.is_empty()).count();
+    let eligible = s
         .nodes
         .iter()
-        .filter(|n| n.node.as_ref().is_some_and(|n| !n.up))
+        .filter(|n| n.node.as_ref().is_some_and(|n| n.up && !n.draining))
         .count();
-    if down > 0 {
+    let want = (map.replication as usize).min(eligible.max(1));
+    let degraded = map.assignment.iter().filter(|r| r.nodes.len() < want).count();
+    let unavailable = map
+        .assignment
+        .iter()
+        .filter(|r| {
+            r.nodes.first().is_none_or(|p| {
+                !s.nodes
+                    .iter()
+                    .any(|n| n.node.as_ref().is_some_and(|n| n.id == *p && n.up))
+            })
+        })
+        .count();
+    if assigned {
         let _ = writeln!(
             out,
-            "{down} node(s) down: their partitions answer with errors until they are back"
+            "partitions: {degraded} with fewer than {want} copies, {unavailable} unavailable; moves in progress: {moving} ({} left to copy)",
+            bytes(left)
         );
     }
-    let _ = writeln!(out, "moves in progress: none");
     out
 }
 
@@ -100,9 +148,19 @@ mod tests {
             map: Some(pb::ClusterMapMsg {
                 cluster_id: 5,
                 epoch: 3,
-                partitions: 256,
-                replication: 1,
+                partitions: 2,
+                replication: 2,
                 chunk_size: 4 << 20,
+                assignment: vec![
+                    pb::ReplicaSet {
+                        nodes: vec![1],
+                        filling: vec![2],
+                    },
+                    pb::ReplicaSet {
+                        nodes: vec![1, 2],
+                        filling: vec![],
+                    },
+                ],
                 ..Default::default()
             }),
             nodes: vec![pb::NodeStatus {
@@ -110,20 +168,32 @@ mod tests {
                     id: 1,
                     addr: "127.0.0.1:7101".into(),
                     up: false,
+                    draining: false,
                 }),
                 stats: Some(pb::NodeStats {
                     data_total_bytes: 10 << 30,
                     data_free_bytes: 4 << 30,
+                    fills: vec![pb::FillProgress {
+                        partition: 0,
+                        target: 2,
+                        bytes_done: 1 << 30,
+                        bytes_total: 3 << 30,
+                    }],
                     ..Default::default()
                 }),
                 primary_partitions: 85,
                 last_heartbeat_ms_ago: 1500,
+                replica_partitions: 85,
+                filling_partitions: 0,
             }],
         };
         let text = render(&s);
         assert!(text.contains("DOWN"), "{text}");
         assert!(text.contains("6.0 GiB"), "{text}");
-        assert!(text.contains("waiting for nodes"), "{text}");
-        assert!(text.contains("1 node(s) down"), "{text}");
+        assert!(text.contains("moves in progress: 1 (2.0 GiB left to copy)"), "{text}");
+        assert!(
+            text.contains("2 unavailable"),
+            "node 1 leads both partitions and is down: {text}"
+        );
     }
 }

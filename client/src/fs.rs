@@ -66,13 +66,22 @@ pub struct StatFs {
     pub inodes: u64,
 }
 
-/// Chunks written without being made durable yet, per partition, with the write verifier each
-/// node gave: a commit that sees another verifier knows the node restarted and may have lost them.
+/// Chunks written without being made durable yet, per partition, with what the partition's
+/// primary answered: its write verifier and map epoch. A commit hands them back, so the node that
+/// commits can tell whether those writes can still be on disk (it took them itself, or it was an
+/// in-sync replica since before they were made); if not, the commit fails instead of claiming
+/// durability for data that may be lost.
 #[derive(Debug, Default, Clone)]
 pub struct DirtyChunks {
-    parts: HashMap<PartitionId, (u64, Vec<(InodeId, u64)>)>,
+    parts: HashMap<PartitionId, DirtyPart>,
     size_dirty: bool,
-    lost: bool,
+}
+
+#[derive(Debug, Clone)]
+struct DirtyPart {
+    verifier: u64,
+    epoch: u64,
+    chunks: Vec<(InodeId, u64)>,
 }
 
 impl DirtyChunks {
@@ -81,26 +90,26 @@ impl DirtyChunks {
         self.parts.is_empty() && !self.size_dirty
     }
 
-    fn add(&mut self, p: PartitionId, verifier: u64, ino: InodeId, index: u64) {
-        let e = self.parts.entry(p).or_insert((verifier, Vec::new()));
-        if e.0 != verifier {
-            // The node restarted between two unstable writes: the earlier one may be gone.
-            self.lost = true;
-        }
-        if !e.1.contains(&(ino, index)) {
-            e.1.push((ino, index));
+    fn add(&mut self, p: PartitionId, verifier: u64, epoch: u64, ino: InodeId, index: u64) {
+        let e = self.parts.entry(p).or_insert(DirtyPart {
+            verifier,
+            epoch,
+            chunks: Vec::new(),
+        });
+        e.epoch = e.epoch.min(epoch);
+        if !e.chunks.contains(&(ino, index)) {
+            e.chunks.push((ino, index));
         }
     }
 
     /// Merge another set into this one.
     pub fn merge(&mut self, other: DirtyChunks) {
-        for (p, (v, chunks)) in other.parts {
-            for (ino, idx) in chunks {
-                self.add(p, v, ino, idx);
+        for (p, d) in other.parts {
+            for (ino, idx) in d.chunks {
+                self.add(p, d.verifier, d.epoch, ino, idx);
             }
         }
         self.size_dirty |= other.size_dirty;
-        self.lost |= other.lost;
     }
 }
 
@@ -679,13 +688,13 @@ impl SealClient {
                         async move { c.write_chunk(req).await }
                     })
                     .await?;
-                Ok::<_, FsError>((p, index, r.verifier))
+                Ok::<_, FsError>((p, index, r.verifier, r.epoch))
             }
         }))
         .await?;
         if !stable {
-            for (p, index, v) in results {
-                dirty.add(p, v, ino, index);
+            for (p, index, v, e) in results {
+                dirty.add(p, v, e, ino, index);
             }
             dirty.size_dirty = true;
         }
@@ -704,38 +713,30 @@ impl SealClient {
         entry_of(r.attr.as_ref())
     }
 
-    /// Make unstable writes durable: fsync the chunks on every node that took them and the
-    /// inode's size. Fails with EIO when a node restarted in between (its copy may be lost).
+    /// Make unstable writes durable: fsync the chunks on every replica that took them, and the
+    /// inode's size. Fails with EIO when the node committing cannot vouch for the writes (it
+    /// restarted since, and was not an in-sync replica before them).
     pub async fn commit(&self, ino: InodeId, dirty: DirtyChunks) -> FsResult<()> {
         if dirty.is_empty() {
             return Ok(());
         }
-        if dirty.lost {
-            return Err(FsError::Io(
-                "a node restarted between writes; unstable writes may be lost".into(),
-            ));
-        }
-        try_join_all(dirty.parts.into_iter().map(|(p, (verifier, chunks))| async move {
-            let chunks: Vec<pb::ChunkId> = chunks
+        try_join_all(dirty.parts.into_iter().map(|(p, d)| async move {
+            let chunks: Vec<pb::ChunkId> = d
+                .chunks
                 .into_iter()
                 .map(|(ino, index)| pb::ChunkId { ino, index })
                 .collect();
-            let r = self
-                .router
+            self.router
                 .call(p, |mut c, epoch| {
                     let req = pb::CommitRequest {
                         ctx: Some(ctx(epoch, &Credentials::root())),
                         chunks: chunks.clone(),
+                        verifier: d.verifier,
+                        epoch: d.epoch,
                     };
                     async move { c.commit(req).await }
                 })
-                .await?;
-            if r.verifier != verifier {
-                return Err(FsError::Io(format!(
-                    "partition {p}: node restarted before commit; unstable writes may be lost"
-                )));
-            }
-            Ok(())
+                .await
         }))
         .await?;
         if dirty.size_dirty {
@@ -839,7 +840,11 @@ impl SealClient {
     /// Capacity of the whole cluster: the sum over nodes that serve partitions.
     pub async fn statfs(&self) -> FsResult<StatFs> {
         let map = self.router.map();
-        let mut ids: Vec<_> = map.assignment.iter().filter_map(|r| r.first().copied()).collect();
+        let mut ids: Vec<_> = map
+            .assignment
+            .iter()
+            .filter_map(|r| r.in_sync.first().copied())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let mut total = StatFs::default();

@@ -52,7 +52,7 @@ pub async fn run(config: ManagerConfig, listener: TcpListener, cancel: Cancellat
             }
         })
     };
-    let svc = ManagerServer::new(ManagerService::new(state.clone()))
+    let svc = ManagerServer::new(ManagerService::new(state.clone(), config.failure_timeout_ms))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tonic::transport::Server::builder()

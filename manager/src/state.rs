@@ -1,6 +1,10 @@
 //! The manager's persistent state: the cluster map and membership, kept in `DIR/cluster.json`
 //! (format version 1), rewritten atomically on every change. Liveness (last heartbeat, reported
 //! stats) is kept in memory only: after a restart every known node gets a fresh grace period.
+//!
+//! Every event (a node registers, comes back, misses heartbeats, is drained, finishes a fill, or
+//! is reported unreachable by a primary) changes the membership, then `placement::reconcile`
+//! recomputes the replica sets; any change bumps the epoch and is written before it is served.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sealfs_core::config::ManagerConfig;
-use sealfs_core::placement::{assign, ClusterMap, NodeInfo, NodeState};
-use sealfs_core::NodeId;
+use sealfs_core::placement::{assign, reconcile, ClusterMap, NodeInfo, NodeState, Replicas};
+use sealfs_core::{NodeId, PartitionId};
 use sealfs_proto::pb;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -25,6 +29,15 @@ struct PersistedNode {
     id: NodeId,
     addr: String,
     up: bool,
+    #[serde(default)]
+    draining: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PersistedReplicas {
+    in_sync: Vec<NodeId>,
+    #[serde(default)]
+    filling: Vec<NodeId>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,7 +50,7 @@ struct Persisted {
     chunk_size: u32,
     next_node_id: NodeId,
     nodes: Vec<PersistedNode>,
-    assignment: Vec<Vec<NodeId>>,
+    assignment: Vec<PersistedReplicas>,
 }
 
 /// What the manager knows of a node beyond the map.
@@ -62,6 +75,17 @@ pub struct State {
 pub struct Registered {
     pub node_id: NodeId,
     pub cluster_id: u64,
+}
+
+/// A request the manager refuses, with why.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("stale: {0}")]
+    Stale(String),
+    #[error(transparent)]
+    Persist(#[from] anyhow::Error),
 }
 
 impl State {
@@ -93,9 +117,17 @@ impl State {
                         id: n.id,
                         addr: n.addr.clone(),
                         state: if n.up { NodeState::Up } else { NodeState::Down },
+                        draining: n.draining,
                     })
                     .collect(),
-                assignment: p.assignment,
+                assignment: p
+                    .assignment
+                    .into_iter()
+                    .map(|r| Replicas {
+                        in_sync: r.in_sync,
+                        filling: r.filling,
+                    })
+                    .collect(),
             };
             if !map.assignment.is_empty() && map.assignment.len() != map.partitions as usize {
                 bail!("{}: assignment does not cover every partition", path.display());
@@ -164,11 +196,19 @@ impl State {
                     id: n.id,
                     addr: n.addr.clone(),
                     up: n.state == NodeState::Up,
+                    draining: n.draining,
                 })
                 .collect(),
-            assignment: m.assignment.clone(),
+            assignment: m
+                .assignment
+                .iter()
+                .map(|r| PersistedReplicas {
+                    in_sync: r.in_sync.clone(),
+                    filling: r.filling.clone(),
+                })
+                .collect(),
         };
-        let text = serde_json::to_vec_pretty(&p)?;
+        let text = serde_json::to_vec(&p)?;
         let tmp = self.path.with_extension("json.tmp");
         let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(&text)
@@ -183,32 +223,46 @@ impl State {
         Ok(())
     }
 
-    fn bump(&mut self) {
-        self.map.epoch += 1;
-    }
-
-    /// Assign partitions once enough nodes are up (the first time only: later joins wait for
-    /// rebalancing, which moves data).
-    fn maybe_initialize(&mut self) {
-        if self.map.is_initialized() {
-            return;
+    /// Recompute placement after a membership change; bump the epoch and persist if anything
+    /// changed (`changed`: the caller changed something itself).
+    fn settle(&mut self, mut changed: bool) -> anyhow::Result<()> {
+        if !self.map.is_initialized() {
+            let up: Vec<NodeId> = self.map.nodes.iter().filter(|n| n.eligible()).map(|n| n.id).collect();
+            if (up.len() as u32) >= self.min_nodes {
+                // The first placement: no data exists yet, so every replica starts in sync.
+                self.map.assignment = assign(&[], self.map.partitions, &up, self.map.replication)
+                    .into_iter()
+                    .map(|s| Replicas {
+                        in_sync: s,
+                        filling: Vec::new(),
+                    })
+                    .collect();
+                info!(
+                    nodes = up.len(),
+                    partitions = self.map.partitions,
+                    "partitions assigned; the cluster is ready"
+                );
+                changed = true;
+            }
+        } else {
+            let next = reconcile(&self.map);
+            if next != self.map.assignment {
+                let promoted = next
+                    .iter()
+                    .zip(&self.map.assignment)
+                    .filter(|(n, o)| n.in_sync.first() != o.in_sync.first())
+                    .count();
+                let filling = next.iter().filter(|r| !r.filling.is_empty()).count();
+                info!(promoted, filling, "replica sets changed");
+                self.map.assignment = next;
+                changed = true;
+            }
         }
-        let up: Vec<NodeId> = self
-            .map
-            .nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Up)
-            .map(|n| n.id)
-            .collect();
-        if (up.len() as u32) < self.min_nodes {
-            return;
+        if changed {
+            self.map.epoch += 1;
+            self.persist()?;
         }
-        self.map.assignment = assign(&[], self.map.partitions, &up, self.map.replication);
-        info!(
-            nodes = up.len(),
-            partitions = self.map.partitions,
-            "partitions assigned; the cluster is ready"
-        );
+        Ok(())
     }
 
     /// A node announces itself. `node_id` 0 asks for a new id.
@@ -218,9 +272,11 @@ impl State {
         addr: &str,
         stats: Option<pb::NodeStats>,
         now: Instant,
-    ) -> anyhow::Result<Registered> {
+    ) -> Result<Registered, Refused> {
         if addr.is_empty() || addr.len() > 256 {
-            bail!("a node must give the address it serves on (at most 256 bytes)");
+            return Err(Refused::Invalid(
+                "a node must give the address it serves on (at most 256 bytes)".into(),
+            ));
         }
         let id = if node_id == 0 {
             let id = self.next_node_id;
@@ -230,13 +286,14 @@ impl State {
             self.next_node_id = self.next_node_id.max(node_id + 1);
             node_id
         };
+        let mut changed = false;
         match self.map.nodes.iter_mut().find(|n| n.id == id) {
             Some(n) => {
                 if n.addr != addr || n.state != NodeState::Up {
                     info!(node = id, addr, "node is back");
                     n.addr = addr.to_string();
                     n.state = NodeState::Up;
-                    self.bump();
+                    changed = true;
                 }
             }
             None => {
@@ -245,9 +302,10 @@ impl State {
                     id,
                     addr: addr.to_string(),
                     state: NodeState::Up,
+                    draining: false,
                 });
                 self.map.nodes.sort_by_key(|n| n.id);
-                self.bump();
+                changed = true;
             }
         }
         let live = self.live.entry(id).or_default();
@@ -255,8 +313,7 @@ impl State {
         if let Some(s) = stats {
             live.stats = s;
         }
-        self.maybe_initialize();
-        self.persist()?;
+        self.settle(changed)?;
         Ok(Registered {
             node_id: id,
             cluster_id: self.map.cluster_id,
@@ -273,18 +330,17 @@ impl State {
         let Some(n) = self.map.nodes.iter_mut().find(|n| n.id == node_id) else {
             return Ok(None);
         };
+        let back = n.state == NodeState::Down;
+        if back {
+            info!(node = node_id, "node is up again");
+            n.state = NodeState::Up;
+        }
         let live = self.live.entry(node_id).or_default();
         live.last_seen = Some(now);
         if let Some(s) = stats {
             live.stats = s;
         }
-        if n.state == NodeState::Down {
-            info!(node = node_id, "node is up again");
-            n.state = NodeState::Up;
-            self.bump();
-            self.maybe_initialize();
-            self.persist()?;
-        }
+        self.settle(back)?;
         Ok(Some(self.map.epoch))
     }
 
@@ -304,11 +360,99 @@ impl State {
                 changed = true;
             }
         }
-        if changed {
-            self.bump();
-            self.persist()?;
+        let before = self.map.epoch;
+        self.settle(changed)?;
+        Ok(self.map.epoch != before)
+    }
+
+    fn check_primary(&self, reporter: NodeId, p: PartitionId) -> Result<(), Refused> {
+        let r = self
+            .map
+            .replicas(p)
+            .ok_or_else(|| Refused::Invalid(format!("no partition {p}")))?;
+        if r.in_sync.first() != Some(&reporter) {
+            return Err(Refused::Stale(format!(
+                "node {reporter} is not the primary of partition {p}"
+            )));
         }
-        Ok(changed)
+        Ok(())
+    }
+
+    /// A primary finished filling `target`: it joins the in-sync set.
+    pub fn fill_done(&mut self, reporter: NodeId, p: PartitionId, target: NodeId) -> Result<(), Refused> {
+        self.check_primary(reporter, p)?;
+        let r = &mut self.map.assignment[p as usize];
+        if !r.filling.contains(&target) {
+            return Err(Refused::Stale(format!(
+                "node {target} is not being filled for partition {p}"
+            )));
+        }
+        r.filling.retain(|n| *n != target);
+        r.in_sync.push(target);
+        info!(partition = p, node = target, "replica filled");
+        self.settle(true)?;
+        Ok(())
+    }
+
+    /// A primary could not forward a change to `failed`: the replica leaves the partition, so the
+    /// change can be acknowledged by the others. It is filled again later. The last in-sync
+    /// replica (the reporter) always stays.
+    pub fn replica_failed(
+        &mut self,
+        reporter: NodeId,
+        p: PartitionId,
+        failed: NodeId,
+        reason: &str,
+    ) -> Result<(), Refused> {
+        self.check_primary(reporter, p)?;
+        if failed == reporter {
+            return Err(Refused::Invalid("a primary cannot report itself".into()));
+        }
+        let r = &mut self.map.assignment[p as usize];
+        let was = r.holds(failed);
+        r.in_sync.retain(|n| *n != failed);
+        r.filling.retain(|n| *n != failed);
+        if was {
+            warn!(partition = p, node = failed, reporter, "replica dropped: {reason}");
+        }
+        // Whether or not it was still there, answer with the current map so the reporter can go on.
+        self.settle(was)?;
+        Ok(())
+    }
+
+    /// Start or stop draining a node.
+    pub fn drain(&mut self, node: NodeId, drain: bool) -> Result<(), Refused> {
+        let n = self
+            .map
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == node)
+            .ok_or_else(|| Refused::Invalid(format!("no node {node}")))?;
+        let changed = n.draining != drain;
+        n.draining = drain;
+        if changed {
+            info!(node, drain, "draining changed");
+        }
+        self.settle(changed)?;
+        Ok(())
+    }
+
+    /// Forget a node that holds nothing.
+    pub fn remove_node(&mut self, node: NodeId) -> Result<(), Refused> {
+        if !self.map.nodes.iter().any(|n| n.id == node) {
+            return Err(Refused::Invalid(format!("no node {node}")));
+        }
+        let held = self.map.held_partitions(node).len();
+        if held > 0 {
+            return Err(Refused::Invalid(format!(
+                "node {node} still holds {held} partitions: drain it first"
+            )));
+        }
+        self.map.nodes.retain(|n| n.id != node);
+        self.live.remove(&node);
+        info!(node, "node removed");
+        self.settle(true)?;
+        Ok(())
     }
 }
 
@@ -316,10 +460,11 @@ impl State {
 mod tests {
     use super::*;
 
-    fn config(min_nodes: u32) -> ManagerConfig {
+    fn config(min_nodes: u32, replication: u32) -> ManagerConfig {
         ManagerConfig {
             partitions: 16,
             min_nodes,
+            replication,
             ..Default::default()
         }
     }
@@ -328,17 +473,22 @@ mod tests {
     fn assigns_once_enough_nodes_registered() {
         let dir = tempfile::tempdir().unwrap();
         let now = Instant::now();
-        let mut s = State::open(dir.path(), &config(2)).unwrap();
+        let mut s = State::open(dir.path(), &config(2, 1)).unwrap();
         let a = s.register(0, "a:1", None, now).unwrap();
         assert!(!s.map.is_initialized());
         let b = s.register(0, "b:1", None, now).unwrap();
         assert_ne!(a.node_id, b.node_id);
         assert_eq!(a.cluster_id, b.cluster_id);
         assert!(s.map.is_initialized());
-        // A third node joins later: it gets no partitions (no data moves without rebalancing).
-        let before = s.map.assignment.clone();
+        assert!(
+            s.map.assignment.iter().all(|r| r.filling.is_empty()),
+            "the first placement needs no fills"
+        );
+        // A third node joins: it is filled with its share, nothing leaves before that.
         s.register(0, "c:1", None, now).unwrap();
-        assert_eq!(s.map.assignment, before);
+        let filling: Vec<_> = s.map.assignment.iter().filter(|r| !r.filling.is_empty()).collect();
+        assert!(!filling.is_empty());
+        assert!(s.map.assignment.iter().all(|r| r.in_sync.len() == 1));
     }
 
     #[test]
@@ -346,11 +496,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = Instant::now();
         let (map, id) = {
-            let mut s = State::open(dir.path(), &config(1)).unwrap();
+            let mut s = State::open(dir.path(), &config(1, 1)).unwrap();
             let r = s.register(0, "a:1", None, now).unwrap();
             (s.map.clone(), r.node_id)
         };
-        let mut s = State::open(dir.path(), &config(1)).unwrap();
+        let mut s = State::open(dir.path(), &config(1, 1)).unwrap();
         assert_eq!(s.map, map);
         // Ids are never handed out twice.
         let r = s.register(0, "b:1", None, now).unwrap();
@@ -358,32 +508,93 @@ mod tests {
     }
 
     #[test]
-    fn missed_heartbeats_mark_down_and_back_up() {
+    fn missed_heartbeats_mark_down_promote_and_refill() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let mut s = State::open(dir.path(), &config(1)).unwrap();
-        let id = s.register(0, "a:1", None, t0).unwrap().node_id;
+        let mut s = State::open(dir.path(), &config(3, 2)).unwrap();
+        let ids: Vec<NodeId> = ["a:1", "b:1", "c:1"]
+            .iter()
+            .map(|a| s.register(0, a, None, t0).unwrap().node_id)
+            .collect();
+        let dead = ids[0];
+        let led: Vec<PartitionId> = s.map.primary_partitions(dead);
         let epoch = s.map.epoch;
+        for id in &ids[1..] {
+            s.heartbeat(*id, None, t0 + Duration::from_secs(3)).unwrap();
+        }
         assert!(!s
             .detect_failures(Duration::from_secs(3), t0 + Duration::from_secs(1))
             .unwrap());
         assert!(s
             .detect_failures(Duration::from_secs(3), t0 + Duration::from_secs(4))
             .unwrap());
-        assert_eq!(s.map.node(id).unwrap().state, NodeState::Down);
+        assert_eq!(s.map.node(dead).unwrap().state, NodeState::Down);
         assert!(s.map.epoch > epoch);
-        assert_eq!(
-            s.heartbeat(id, None, t0 + Duration::from_secs(5)).unwrap(),
-            Some(s.map.epoch)
-        );
-        assert_eq!(s.map.node(id).unwrap().state, NodeState::Up);
+        for p in led {
+            let r = s.map.replicas(p).unwrap();
+            assert_ne!(r.in_sync[0], dead, "partition {p} got a new primary");
+            assert_eq!(r.in_sync.len() + r.filling.len(), 2, "and a new copy is being made");
+        }
+        // The new copies join when their fills are done.
+        for p in 0..16 {
+            let r = s.map.replicas(p).unwrap().clone();
+            for t in r.filling {
+                s.fill_done(r.in_sync[0], p, t).unwrap();
+            }
+        }
+        assert!(s
+            .map
+            .assignment
+            .iter()
+            .all(|r| r.in_sync.len() == 2 && !r.in_sync.contains(&dead)));
         assert_eq!(s.heartbeat(999, None, t0).unwrap(), None);
+    }
+
+    #[test]
+    fn only_the_primary_reports_and_the_last_copy_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = State::open(dir.path(), &config(2, 2)).unwrap();
+        let a = s.register(0, "a:1", None, t0).unwrap().node_id;
+        let b = s.register(0, "b:1", None, t0).unwrap().node_id;
+        let p = s.map.primary_partitions(a)[0];
+        assert!(
+            matches!(s.replica_failed(b, p, a, "x"), Err(Refused::Stale(_))),
+            "a backup cannot drop its primary"
+        );
+        s.replica_failed(a, p, b, "unreachable").unwrap();
+        assert_eq!(s.map.replicas(p).unwrap().in_sync, vec![a]);
+        assert!(matches!(s.replica_failed(a, p, a, "x"), Err(Refused::Invalid(_))));
+    }
+
+    #[test]
+    fn drain_then_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = State::open(dir.path(), &config(3, 2)).unwrap();
+        let ids: Vec<NodeId> = ["a:1", "b:1", "c:1"]
+            .iter()
+            .map(|a| s.register(0, a, None, t0).unwrap().node_id)
+            .collect();
+        assert!(s.remove_node(ids[2]).is_err(), "a node holding data cannot be removed");
+        s.drain(ids[2], true).unwrap();
+        for _ in 0..3 {
+            for p in 0..16 {
+                let r = s.map.replicas(p).unwrap().clone();
+                for t in r.filling {
+                    s.fill_done(r.in_sync[0], p, t).unwrap();
+                }
+            }
+        }
+        assert!(s.map.held_partitions(ids[2]).is_empty());
+        s.remove_node(ids[2]).unwrap();
+        assert!(s.map.node(ids[2]).is_none());
     }
 
     #[test]
     fn bad_state_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STATE_FILE), "{\"version\": 7}").unwrap();
-        assert!(State::open(dir.path(), &config(1)).is_err());
+        assert!(State::open(dir.path(), &config(1, 1)).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! the cluster map.
 
 use sealfs_core::attr::{FileAttr, FileKind, TimeSpec};
-use sealfs_core::placement::{ClusterMap, NodeInfo, NodeState};
+use sealfs_core::placement::{ClusterMap, NodeInfo, NodeState, Replicas};
 use sealfs_core::{Credentials, FsError};
 use tonic::{Code, Status};
 
@@ -195,12 +195,16 @@ pub fn map_to_pb(m: &ClusterMap) -> pb::ClusterMapMsg {
                 id: n.id,
                 addr: n.addr.clone(),
                 up: n.state == NodeState::Up,
+                draining: n.draining,
             })
             .collect(),
         assignment: m
             .assignment
             .iter()
-            .map(|r| pb::ReplicaSet { nodes: r.clone() })
+            .map(|r| pb::ReplicaSet {
+                nodes: r.in_sync.clone(),
+                filling: r.filling.clone(),
+            })
             .collect(),
     }
 }
@@ -226,9 +230,17 @@ pub fn map_from_pb(m: &pb::ClusterMapMsg) -> Result<ClusterMap, FsError> {
                 id: n.id,
                 addr: n.addr.clone(),
                 state: if n.up { NodeState::Up } else { NodeState::Down },
+                draining: n.draining,
             })
             .collect(),
-        assignment: m.assignment.iter().map(|r| r.nodes.clone()).collect(),
+        assignment: m
+            .assignment
+            .iter()
+            .map(|r| Replicas {
+                in_sync: r.nodes.clone(),
+                filling: r.filling.clone(),
+            })
+            .collect(),
     })
 }
 

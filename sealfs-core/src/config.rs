@@ -47,7 +47,7 @@ pub struct ManagerConfig {
     pub dir: String,
     /// Partitions of a new cluster: a power of two, at most 65536. Fixed once created.
     pub partitions: u32,
-    /// Replicas per partition for a new cluster.
+    /// Copies of each partition for a new cluster (fewer while there are fewer nodes).
     pub replication: u32,
     /// Nodes that must register before partitions are first assigned.
     pub min_nodes: u32,
@@ -63,7 +63,7 @@ impl Default for ManagerConfig {
             listen: "127.0.0.1:7100".into(),
             dir: "./sealfs-manager".into(),
             partitions: 256,
-            replication: 1,
+            replication: 3,
             min_nodes: 1,
             failure_timeout_ms: 3000,
             chunk_size: 4 << 20,
@@ -176,7 +176,8 @@ pub struct ClientConfig {
     /// Deadline of one RPC attempt.
     pub rpc_timeout_ms: u64,
     /// How long an operation keeps retrying a partition whose node is unreachable before it
-    /// fails with EIO (a node marked down in the map fails at once).
+    /// fails with EIO: long enough to ride out a failover (a partition with no live copy left
+    /// fails at once).
     pub retry_deadline_ms: u64,
     /// How long the FUSE kernel may cache attributes and entries.
     pub attr_ttl_ms: u64,
@@ -187,7 +188,7 @@ impl Default for ClientConfig {
         ClientConfig {
             manager: "127.0.0.1:7100".into(),
             rpc_timeout_ms: 10_000,
-            retry_deadline_ms: 5_000,
+            retry_deadline_ms: 30_000,
             attr_ttl_ms: 1000,
         }
     }
@@ -340,7 +341,7 @@ mod tests {
     fn file_overrides_some_fields() {
         let c: ManagerConfig = toml::from_str("partitions = 64\n").unwrap();
         assert_eq!(c.partitions, 64);
-        assert_eq!(c.replication, 1);
+        assert_eq!(c.replication, 3);
         assert!(toml::from_str::<ManagerConfig>("bogus = 1\n").is_err());
     }
 }

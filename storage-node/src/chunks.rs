@@ -165,6 +165,50 @@ impl ChunkStore {
         .await
     }
 
+    /// Remove every chunk of partition `p` (a replica that no longer holds it, or one being
+    /// filled from scratch).
+    pub async fn delete_partition(&self, p: PartitionId) -> FsResult<()> {
+        let dir = self.dir(p);
+        let root = self.root.clone();
+        blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => sync_dir(&root),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(e, "remove partition folder")),
+        })
+        .await
+    }
+
+    /// Every chunk of partition `p`: (inode, index, length).
+    pub async fn list(&self, p: PartitionId) -> FsResult<Vec<(InodeId, u64, u64)>> {
+        let dir = self.dir(p);
+        blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_err(e, "list partition folder")),
+            };
+            let mut out = Vec::new();
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some((ino, index)) = name.to_str().and_then(parse_chunk_name) else {
+                    continue;
+                };
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((ino, index, len));
+            }
+            out.sort_unstable();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Make every chunk of partition `p` and the folder durable (the end of a fill).
+    pub async fn sync_partition(&self, p: PartitionId) -> FsResult<()> {
+        let list = self.list(p).await?;
+        self.commit(list.into_iter().map(|(ino, index, _)| (p, ino, index)).collect())
+            .await
+    }
+
     /// Total and free bytes of the data disk.
     pub fn space(&self) -> (u64, u64) {
         match nix::sys::statvfs::statvfs(&self.root) {
@@ -175,6 +219,12 @@ impl ChunkStore {
             Err(_) => (0, 0),
         }
     }
+}
+
+/// `<ino as 16 hex digits>.<index>` back into its parts.
+fn parse_chunk_name(name: &str) -> Option<(InodeId, u64)> {
+    let (ino, index) = name.split_once('.')?;
+    Some((u64::from_str_radix(ino, 16).ok()?, index.parse().ok()?))
 }
 
 fn sync_dir(dir: &Path) -> FsResult<()> {

@@ -9,6 +9,7 @@ pub mod locks;
 pub mod node;
 pub mod ops;
 pub mod records;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod store;

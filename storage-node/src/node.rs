@@ -52,6 +52,8 @@ pub struct Node {
     pub pending_gc: DashMap<InodeId, ()>,
     /// Wakes the background worker that removes chunk data.
     pub cleanup: Notify,
+    /// Forwarding, fencing and fills (replication.rs).
+    pub repl: crate::replication::Replication,
 }
 
 /// The partition a step changes (None: a Forget, which names it in the request).
@@ -125,6 +127,16 @@ impl Node {
             return Err(FsError::Stale);
         }
         if map.primary(p).is_some_and(|n| n.id == self.id) {
+            if self.repl.was_away() {
+                return Err(FsError::Unavailable(
+                    "this node was paused; it waits for the manager's word".into(),
+                ));
+            }
+            if self.repl.fenced.contains_key(&p) {
+                return Err(FsError::Unavailable(format!(
+                    "partition {p} waits for the manager to drop a failed replica"
+                )));
+            }
             Ok(())
         } else {
             Err(FsError::WrongEpoch {
@@ -231,6 +243,13 @@ impl Node {
         }
     }
 
+    /// A new inode id in partition `p` (served here), never handed out before.
+    pub async fn alloc_ino(&self, p: PartitionId) -> FsResult<InodeId> {
+        self.store
+            .alloc_ino(p, async |ops| self.commit_ops(ops, true).await)
+            .await
+    }
+
     async fn new_intent_id(&self) -> FsResult<u64> {
         Ok((self.id << 40) | self.store.alloc_intent_seq().await?)
     }
@@ -281,7 +300,7 @@ impl Node {
                     .as_ref()
                     .ok_or_else(|| FsError::Invalid("create step without attr".into()))?;
                 let mut attr = attr_from_pb(a)?;
-                let ino = self.store.alloc_ino(s.partition).await?;
+                let ino = self.alloc_ino(s.partition).await?;
                 attr.ino = ino;
                 let rec = InodeRecord {
                     attr,
@@ -401,7 +420,7 @@ impl Node {
             for (k, _) in self.store.scan_prefix(&keys::applied_prefix(p, id))? {
                 tx.delete(k);
             }
-            tx.commit(false).await?;
+            self.commit(tx, false).await?;
             return Ok(0);
         }
         let _held = if take_lock {
@@ -416,7 +435,7 @@ impl Node {
         let mut tx = Tx::new(&self.store);
         let r = self.apply_step(&mut tx, step).await?;
         tx.put(marker, r.to_be_bytes().to_vec());
-        tx.commit(true).await?;
+        self.commit(tx, true).await?;
         self.cleanup.notify_one();
         Ok(r)
     }
@@ -465,7 +484,7 @@ impl Node {
                 let s = resolve(s, &results);
                 results.push(self.apply_step(&mut tx, &s).await?);
             }
-            tx.commit(true).await?;
+            self.commit(tx, true).await?;
             drop(held);
             self.cleanup.notify_one();
             return Ok(results);
@@ -485,7 +504,7 @@ impl Node {
         };
         let mut tx = Tx::new(&self.store);
         tx.put(keys::intent(cp, id), rec.encode_to_vec());
-        tx.commit(true).await?;
+        self.commit(tx, true).await?;
         self.run_intent(cp, id, &rec, Some(held)).await
     }
 
@@ -595,7 +614,7 @@ impl Node {
         // apply steps twice.
         let mut tx = Tx::new(&self.store);
         tx.delete(keys::intent(cp, id));
-        if let Err(e) = tx.commit(true).await {
+        if let Err(e) = self.commit(tx, true).await {
             warn!(intent = id, "cannot delete finished intent: {e}");
             return;
         }
@@ -612,43 +631,45 @@ impl Node {
         }
     }
 
-    /// Replay every intent of the partitions served here that a crash left behind. The
-    /// directories they touch answer "retry" until their intent is done.
-    pub async fn recover(self: &Arc<Self>) {
+    /// Replay the intents of partition `p` (just taken over: after a start-up or a failover) that
+    /// a crash left behind. The directories they touch answer "retry" until their intent is done.
+    pub async fn recover(self: &Arc<Self>, p: PartitionId) {
+        let intents = match self.store.scan_prefix(&keys::intent_prefix(p)) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(partition = p, "cannot scan intents: {e}");
+                return;
+            }
+        };
         let mut todo = Vec::new();
-        for p in self.served_partitions() {
-            let intents = match self.store.scan_prefix(&keys::intent_prefix(p)) {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!(partition = p, "cannot scan intents: {e}");
-                    continue;
+        for (k, v) in intents {
+            let Some(id) = keys::parse_intent(&k) else { continue };
+            match pb::IntentRecord::decode(v.as_slice()) {
+                Ok(rec) if rec.version == INTENT_VERSION => {
+                    let dirs: Vec<InodeId> = rec
+                        .steps
+                        .iter()
+                        .filter(|s| self.serves(s.partition))
+                        .filter_map(|s| s.step.as_ref().and_then(|s| s.kind.as_ref()).and_then(step_dir))
+                        .collect();
+                    self.mark_pending(&dirs);
+                    todo.push((id, rec));
                 }
-            };
-            for (k, v) in intents {
-                let Some(id) = keys::parse_intent(&k) else { continue };
-                match pb::IntentRecord::decode(v.as_slice()) {
-                    Ok(rec) if rec.version == INTENT_VERSION => {
-                        let dirs: Vec<InodeId> = rec
-                            .steps
-                            .iter()
-                            .filter(|s| self.serves(s.partition))
-                            .filter_map(|s| s.step.as_ref().and_then(|s| s.kind.as_ref()).and_then(step_dir))
-                            .collect();
-                        self.mark_pending(&dirs);
-                        todo.push((p, id, rec));
-                    }
-                    Ok(rec) => warn!(intent = id, "intent of unknown version {} left alone", rec.version),
-                    Err(e) => warn!(intent = id, "corrupt intent left alone: {e}"),
-                }
+                Ok(rec) => warn!(intent = id, "intent of unknown version {} left alone", rec.version),
+                Err(e) => warn!(intent = id, "corrupt intent left alone: {e}"),
             }
         }
         if todo.is_empty() {
             return;
         }
-        info!(count = todo.len(), "replaying intents left by a crash");
+        info!(
+            partition = p,
+            count = todo.len(),
+            "replaying intents left by a crash or a previous primary"
+        );
         let node = self.clone();
         tokio::spawn(async move {
-            for (p, id, rec) in todo {
+            for (id, rec) in todo {
                 match node.run_intent(p, id, &rec, None).await {
                     Ok(_) => debug!(intent = id, "replayed"),
                     Err(e) => info!(intent = id, "intent aborted on replay: {e}"),
@@ -658,13 +679,11 @@ impl Node {
         });
     }
 
-    /// Mark files with a truncation not yet applied to their chunks (found at start-up).
-    pub fn load_pending_gc(&self) {
-        for p in self.served_partitions() {
-            for (k, v) in self.store.scan_prefix(&keys::gc_prefix(p)).unwrap_or_default() {
-                if let (Some(ino), Ok(_)) = (keys::parse_gc(&k), GcRecord::decode(&v)) {
-                    self.pending_gc.insert(ino, ());
-                }
+    /// Mark files of partition `p` with a truncation not yet applied to their chunks.
+    pub fn load_pending_gc(&self, p: PartitionId) {
+        for (k, v) in self.store.scan_prefix(&keys::gc_prefix(p)).unwrap_or_default() {
+            if let (Some(ino), Ok(_)) = (keys::parse_gc(&k), GcRecord::decode(&v)) {
+                self.pending_gc.insert(ino, ());
             }
         }
     }
@@ -716,7 +735,7 @@ impl Node {
         if self.store.get(&key)?.as_deref() == Some(&rec.encode()[..]) {
             let mut tx = Tx::new(&self.store);
             tx.delete(key);
-            tx.commit(false).await?;
+            self.commit(tx, false).await?;
             self.pending_gc.remove(&ino);
         }
         Ok(())
@@ -737,7 +756,9 @@ impl Node {
             let p = map.chunk_partition(ino, index);
             async move {
                 if self.serves(p) {
-                    return self.chunks.truncate(p, ino, index, keep).await;
+                    return self
+                        .chunk_op(p, ino, index, crate::replication::ChunkOp::Truncate(keep))
+                        .await;
                 }
                 self.router
                     .call(p, |mut c, epoch| {

@@ -49,7 +49,12 @@ impl Node {
     async fn write_chunk_stable(&self, ino: InodeId, index: u64, data: Bytes, chunk_size: u32) -> FsResult<()> {
         let p = self.router.map().chunk_partition(ino, index);
         if self.serves(p) {
-            return self.chunks.write(p, ino, index, 0, data, true).await;
+            let op = crate::replication::ChunkOp::Write {
+                offset: 0,
+                data,
+                stable: true,
+            };
+            return self.chunk_op(p, ino, index, op).await;
         }
         self.router
             .call(p, |mut c, epoch| {
@@ -157,7 +162,7 @@ impl Node {
             rec.update_blocks();
         }
         tx.put_inode(&rec);
-        tx.commit(true).await?;
+        self.commit(tx, true).await?;
         drop(_held);
         if let Some(g) = cut {
             // Done now so the caller's next write cannot race the cut; the record (merged with
@@ -205,7 +210,7 @@ impl Node {
             return Ok(a);
         }
         perm::check_dir_write(cred, &dir.attr)?;
-        let ino = self.store.alloc_ino(ino_partition(parent)).await?;
+        let ino = self.alloc_ino(ino_partition(parent)).await?;
         let (uid, gid, mode) = perm::new_inode_owner(cred, &dir.attr, kind, req.perm);
         let now = TimeSpec::now();
         let target = if kind == FileKind::Symlink {
@@ -244,7 +249,7 @@ impl Node {
         dir.attr.mtime = now;
         dir.attr.ctime = now;
         tx.put_inode(&dir);
-        tx.commit(true).await?;
+        self.commit(tx, true).await?;
         Ok(rec_to_pb(&rec))
     }
 
@@ -803,7 +808,7 @@ impl Node {
         rec.update_blocks();
         let mut tx = Tx::new(&self.store);
         tx.put_inode(&rec);
-        tx.commit(true).await?;
+        self.commit(tx, true).await?;
         Ok(pb::WriteReply {
             attr: Some(rec_to_pb(&rec)),
             written,
@@ -831,7 +836,7 @@ impl Node {
         rec.update_blocks();
         let mut tx = Tx::new(&self.store);
         tx.put_inode(&rec);
-        tx.commit(sync).await?;
+        self.commit(tx, sync).await?;
         Ok(rec_to_pb(&rec))
     }
 
@@ -872,7 +877,7 @@ impl Node {
         tx.put(key, value.to_vec());
         rec.attr.ctime = TimeSpec::now();
         tx.put_inode(&rec);
-        tx.commit(true).await
+        self.commit(tx, true).await
     }
 
     /// listxattr: the names the caller may see.
@@ -901,7 +906,7 @@ impl Node {
         tx.delete(key);
         rec.attr.ctime = TimeSpec::now();
         tx.put_inode(&rec);
-        tx.commit(true).await
+        self.commit(tx, true).await
     }
 
     /// Create the root directory if this node serves its partition and it does not exist yet.
@@ -933,7 +938,7 @@ impl Node {
         };
         let mut tx = Tx::new(&self.store);
         tx.put_inode(&rec);
-        tx.commit(true).await?;
+        self.commit(tx, true).await?;
         tracing::info!("created the root directory");
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sealfs_client::Router;
-use sealfs_core::config::{ClientConfig, NodeConfig, MAX_MESSAGE_SIZE};
+use sealfs_core::config::{ClientConfig, ManagerConfig, NodeConfig, MAX_MESSAGE_SIZE};
 use sealfs_proto::pb::{self, manager_client::ManagerClient, node_server::NodeServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,13 +39,13 @@ pub fn check_dir(what: &str, dir: &Path) -> anyhow::Result<()> {
 
 fn stats(node: Option<&Node>, chunks: &ChunkStore, store: &MetaStore) -> pb::NodeStats {
     let (total, free) = chunks.space();
-    let _ = node;
     pb::NodeStats {
         data_total_bytes: total,
         data_free_bytes: free,
         meta_total_bytes: 0,
         meta_free_bytes: 0,
         inodes: store.estimate_keys(),
+        fills: node.map(|n| n.fill_progress()).unwrap_or_default(),
     }
 }
 
@@ -57,7 +57,7 @@ async fn manager_client(addr: &str) -> anyhow::Result<ManagerClient<Channel>> {
     };
     let chan = Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(2))
         .connect_lazy();
     Ok(ManagerClient::new(chan))
 }
@@ -75,7 +75,7 @@ async fn register(
         let req = pb::RegisterRequest {
             node_id,
             addr: addr.to_string(),
-            stats: Some(st),
+            stats: Some(st.clone()),
         };
         match mgr.register(req).await {
             Ok(r) => {
@@ -160,10 +160,21 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
         pending: Default::default(),
         pending_gc: Default::default(),
         cleanup: Default::default(),
+        repl: Default::default(),
     });
+    // Registration was the manager's word: the node may lead partitions from here on, for as long
+    // as it keeps heartbeating (see Replication::was_away).
+    node.repl
+        .heartbeat_started_ms
+        .store(crate::replication::now_ms(), std::sync::atomic::Ordering::SeqCst);
+    node.repl.failure_timeout_ms.store(
+        ManagerConfig::default().failure_timeout_ms,
+        std::sync::atomic::Ordering::SeqCst,
+    );
     node.ensure_root().await?;
-    node.load_pending_gc();
-    node.recover().await;
+    // Take over the partitions this node leads (intents, chunk removals) before serving.
+    node.on_map().await;
+    tokio::spawn(node.clone().map_watcher(cancel.clone()));
     tokio::spawn(node.clone().cleanup_worker(cancel.clone()));
     tokio::spawn(heartbeat_loop(
         node.clone(),
@@ -201,6 +212,7 @@ async fn heartbeat_loop(
     cancel: CancellationToken,
 ) {
     let mut failing = false;
+    let mut last_end = crate::replication::now_ms();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -211,8 +223,18 @@ async fn heartbeat_loop(
             addr: addr.clone(),
             stats: Some(stats(Some(&node), &node.chunks, &node.store)),
         };
+        let started = crate::replication::now_ms();
+        // A gap between two heartbeats as long as the manager's patience means this process was
+        // paused: then only the manager's answer, not its silence, lets it act as primary again.
+        let timeout = node.repl.failure_timeout_ms.load(std::sync::atomic::Ordering::SeqCst);
+        let paused = timeout != 0 && started.saturating_sub(last_end) + 500 > timeout;
+        let mut answered = false;
         match mgr.heartbeat(req).await {
             Ok(r) => {
+                let timeout = r.get_ref().failure_timeout_ms;
+                node.repl
+                    .failure_timeout_ms
+                    .store(timeout, std::sync::atomic::Ordering::SeqCst);
                 if failing {
                     info!("manager reachable again");
                     failing = false;
@@ -233,6 +255,8 @@ async fn heartbeat_loop(
                     node.router.refresh_map(map.epoch).await;
                     node.ensure_root().await.ok();
                 }
+                // The manager's word counts once this node's map is at least as new as it.
+                answered = node.router.map().epoch >= r.epoch;
             }
             Err(s) => {
                 if !failing {
@@ -241,5 +265,13 @@ async fn heartbeat_loop(
                 }
             }
         }
+        // Only now, with the manager's word (or, if this process was not paused, its silence)
+        // taken in, may the node act as a primary again.
+        if answered || !paused {
+            node.repl
+                .heartbeat_started_ms
+                .store(started, std::sync::atomic::Ordering::SeqCst);
+        }
+        last_end = crate::replication::now_ms();
     }
 }

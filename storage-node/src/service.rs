@@ -11,6 +11,7 @@ use sealfs_proto::{creds_from_ctx, status_from_error, time_from_pb};
 use tonic::{Request, Response, Status};
 
 use crate::node::{step_partition, Node};
+use crate::replication::ChunkOp;
 
 /// The gRPC face of a node.
 pub struct NodeService(pub Arc<Node>);
@@ -314,12 +315,16 @@ impl node_server::Node for NodeService {
                         r.chunk_size
                     )));
                 }
-                self.0
-                    .chunks
-                    .write(p, ino, index, u64::from(r.offset), r.data, r.stable)
-                    .await?;
+                let epoch = self.0.router.map().epoch;
+                let op = ChunkOp::Write {
+                    offset: r.offset,
+                    data: r.data,
+                    stable: r.stable,
+                };
+                self.0.chunk_op(p, ino, index, op).await?;
                 Ok(pb::WriteChunkReply {
                     verifier: self.0.chunks.verifier,
+                    epoch,
                 })
             }
             .await,
@@ -333,9 +338,18 @@ impl node_server::Node for NodeService {
                 let mut list = Vec::with_capacity(r.chunks.len());
                 for c in &r.chunks {
                     let p = self.chunk_partition(r.ctx.as_ref(), c.ino, c.index).await?;
+                    if !self.0.writes_survived(p, r.verifier, r.epoch) {
+                        return Err(FsError::Io(format!(
+                            "partition {p}: its node restarted since the unstable writes; they may be lost"
+                        )));
+                    }
                     list.push((p, c.ino, c.index));
                 }
-                self.0.chunks.commit(list).await?;
+                futures::future::try_join_all(
+                    list.into_iter()
+                        .map(|(p, ino, index)| self.0.chunk_op(p, ino, index, ChunkOp::Commit)),
+                )
+                .await?;
                 Ok(pb::CommitReply {
                     verifier: self.0.chunks.verifier,
                 })
@@ -350,11 +364,33 @@ impl node_server::Node for NodeService {
             async {
                 let (ino, index) = chunk_id(r.chunk.as_ref())?;
                 let p = self.chunk_partition(r.ctx.as_ref(), ino, index).await?;
-                self.0.chunks.truncate(p, ino, index, r.length).await?;
+                self.0.chunk_op(p, ino, index, ChunkOp::Truncate(r.length)).await?;
                 Ok(pb::Empty {})
             }
             .await,
         )
+    }
+
+    async fn replicate_meta(&self, req: Request<pb::ReplicateMetaRequest>) -> R<pb::ReplicateReply> {
+        done(
+            self.0
+                .apply_replicated_meta(req.into_inner())
+                .await
+                .map(|epoch| pb::ReplicateReply { epoch }),
+        )
+    }
+
+    async fn replicate_chunk(&self, req: Request<pb::ReplicateChunkRequest>) -> R<pb::ReplicateReply> {
+        done(
+            self.0
+                .apply_replicated_chunk(req.into_inner())
+                .await
+                .map(|epoch| pb::ReplicateReply { epoch }),
+        )
+    }
+
+    async fn fill(&self, req: Request<pb::FillRequest>) -> R<pb::FillReply> {
+        done(self.0.apply_fill(req.into_inner()).await.map(|()| pb::FillReply {}))
     }
 
     async fn get_xattr(&self, req: Request<pb::XattrRequest>) -> R<pb::XattrReply> {

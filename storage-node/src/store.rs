@@ -44,6 +44,12 @@ pub struct MetaStore {
     intent_seq: SeqWindow,
 }
 
+/// Writes to apply: key, and the new value or None to delete.
+pub type KvOps = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Key-value pairs read from the store.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One directory entry read from the store: (name, cookie, record).
 pub type ListedEntry = (Vec<u8>, u64, DentryRecord);
 
@@ -193,6 +199,63 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// Apply writes atomically; with `sync` they are durable (WAL fsync'd) when this returns.
+    pub async fn write_ops(&self, ops: KvOps, sync: bool) -> FsResult<()> {
+        let mut b = WriteBatch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            }
+        }
+        self.write(b, sync).await
+    }
+
+    /// Remove everything of partition `p` (durably).
+    pub async fn delete_partition(&self, p: PartitionId) -> FsResult<()> {
+        let (start, end) = keys::partition_range(p);
+        let mut b = WriteBatch::default();
+        b.delete_range(start, end);
+        self.write(b, true).await?;
+        self.inode_seq.remove(&p);
+        Ok(())
+    }
+
+    /// Stream every entry of partition `p` as of now (a consistent snapshot), in batches of about
+    /// `batch_bytes`, into `tx`; stops early if the receiver goes away.
+    pub fn scan_partition_snapshot(&self, p: PartitionId, batch_bytes: usize, tx: tokio::sync::mpsc::Sender<KvPairs>) {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let snap = db.snapshot();
+            let (start, end) = keys::partition_range(p);
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(end);
+            ro.set_snapshot(&snap);
+            let mut batch = Vec::new();
+            let mut size = 0;
+            for item in db.iterator_opt(IteratorMode::From(&start, Direction::Forward), ro) {
+                let Ok((k, v)) = item else { break };
+                size += k.len() + v.len();
+                batch.push((k.to_vec(), v.to_vec()));
+                if size >= batch_bytes {
+                    if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        return;
+                    }
+                    size = 0;
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
+            }
+        });
+    }
+
+    /// Forget the in-memory inode sequence window of `p` (this node stopped being its primary:
+    /// the next one reserved is read from the store again).
+    pub fn forget_seq(&self, p: PartitionId) {
+        self.inode_seq.remove(&p);
+    }
+
     /// Apply a batch atomically; with `sync` it is durable (WAL fsync'd) when this returns.
     pub async fn write(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
         let db = self.db.clone();
@@ -220,13 +283,14 @@ impl MetaStore {
     }
 
     /// Take the next number of a persisted sequence, reserving blocks of SEQ_BLOCK: `load` reads
-    /// the stored high-water mark, `store` persists a new one.
+    /// the stored high-water mark, `persist` makes a new one durable before any number under it
+    /// is handed out.
     async fn next_seq(
         &self,
         window: &SeqWindow,
         max: u64,
         load: impl FnOnce() -> FsResult<Option<u64>>,
-        store: impl FnOnce(&mut WriteBatch, u64),
+        persist: impl AsyncFnOnce(u64) -> FsResult<()>,
     ) -> FsResult<u64> {
         let mut g = window.lock().await;
         if g.0 >= g.1 {
@@ -236,9 +300,7 @@ impl MetaStore {
             if limit > max {
                 return Err(FsError::NoSpace);
             }
-            let mut b = WriteBatch::default();
-            store(&mut b, limit);
-            self.write(b, true).await?;
+            persist(limit).await?;
             *g = (next, limit);
         }
         let seq = g.0;
@@ -246,8 +308,13 @@ impl MetaStore {
         Ok(seq)
     }
 
-    /// A new inode id in `partition`, never handed out before.
-    pub async fn alloc_ino(&self, partition: PartitionId) -> FsResult<InodeId> {
+    /// A new inode id in `partition`, never handed out before. `persist` writes the partition's
+    /// new high-water mark (key, value) durably, on every replica.
+    pub async fn alloc_ino(
+        &self,
+        partition: PartitionId,
+        persist: impl AsyncFnOnce(KvOps) -> FsResult<()>,
+    ) -> FsResult<InodeId> {
         let window = self
             .inode_seq
             .entry(partition)
@@ -259,7 +326,7 @@ impl MetaStore {
                 &window,
                 MAX_SEQ,
                 || self.get_u64(&key),
-                |b, limit| b.put(&key, limit.to_be_bytes()),
+                async |limit| persist(vec![(key.clone(), Some(limit.to_be_bytes().to_vec()))]).await,
             )
             .await?;
         Ok(make_ino(partition, seq))
@@ -268,12 +335,11 @@ impl MetaStore {
     /// A new intent sequence number of this node (below 2^40), never handed out before.
     pub async fn alloc_intent_seq(&self) -> FsResult<u64> {
         let window = self.intent_seq.clone();
-        let cf = self.node_cf();
         self.next_seq(
             &window,
             (1 << 40) - 1,
             || self.node_u64("intent_seq"),
-            |b, limit| b.put_cf(cf, b"intent_seq", limit.to_be_bytes()),
+            async |limit| self.put_node_u64s(&[("intent_seq", limit)]).await,
         )
         .await
     }
@@ -307,15 +373,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = {
             let s = MetaStore::open(dir.path(), 8).unwrap();
-            let a = s.alloc_ino(3).await.unwrap();
-            let b = s.alloc_ino(3).await.unwrap();
+            let a = s.alloc_ino(3, async |ops| s.write_ops(ops, true).await).await.unwrap();
+            let b = s.alloc_ino(3, async |ops| s.write_ops(ops, true).await).await.unwrap();
             assert_eq!(ino_partition(a), 3);
             assert!(b > a);
             assert!(s.alloc_intent_seq().await.unwrap() >= FIRST_SEQ);
             b
         };
         let s = MetaStore::open(dir.path(), 8).unwrap();
-        let c = s.alloc_ino(3).await.unwrap();
+        let c = s.alloc_ino(3, async |ops| s.write_ops(ops, true).await).await.unwrap();
         assert!(c > first, "a reopened store must not hand out {c:#x} again");
     }
 

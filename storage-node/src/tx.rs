@@ -1,15 +1,15 @@
-//! A transaction over the metadata store: reads see the transaction's own writes, and commit
-//! applies them all as one atomic RocksDB batch. Callers hold the stripe locks of what they touch.
+//! A transaction over the metadata store: reads see the transaction's own writes, and
+//! `Node::commit` applies them all as one atomic RocksDB batch here and on every other replica.
+//! Callers hold the stripe locks of what they touch.
 
 use std::collections::BTreeMap;
 
-use rocksdb::WriteBatch;
 use sealfs_core::ids::ino_partition;
 use sealfs_core::{FsError, FsResult, InodeId};
 
 use crate::keys;
 use crate::records::{DentryRecord, InodeRecord};
-use crate::store::MetaStore;
+use crate::store::{KvOps, MetaStore};
 
 /// Pending writes over a store.
 pub struct Tx<'a> {
@@ -146,18 +146,8 @@ impl<'a> Tx<'a> {
         self.writes.is_empty()
     }
 
-    /// Apply every write atomically (durably with `sync`).
-    pub async fn commit(self, sync: bool) -> FsResult<()> {
-        if self.writes.is_empty() {
-            return Ok(());
-        }
-        let mut b = WriteBatch::default();
-        for (k, v) in self.writes {
-            match v {
-                Some(v) => b.put(k, v),
-                None => b.delete(k),
-            }
-        }
-        self.store.write(b, sync).await
+    /// The writes, for `Node::commit` (which applies them here and on the other replicas).
+    pub fn into_ops(self) -> KvOps {
+        self.writes.into_iter().collect()
     }
 }

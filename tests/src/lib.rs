@@ -458,3 +458,148 @@ pub fn pjdfstest_list(file: &str) -> BTreeMap<String, String> {
         .map(|(n, r)| (n.to_string(), r.to_string()))
         .collect()
 }
+
+/// Writers that create files under a folder, write them, fsync and close them, over and over,
+/// remembering what was acknowledged (so it can be checked later) and every error.
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// (path, seed, size) of every file whose fsync and close succeeded.
+    pub acked: std::sync::Arc<std::sync::Mutex<Vec<(PathBuf, u64, usize)>>>,
+    /// (writer, error) of every failed file.
+    pub errors: std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>>,
+    /// Files attempted so far (done or failed).
+    pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The longest one file took, in milliseconds.
+    pub longest_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Writers {
+    /// Start `n` writers in `dir`; sizes cycle through small (inline), medium and multi-chunk.
+    pub fn start(dir: &Path, n: usize) -> Writers {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let w = Writers {
+            stop: Default::default(),
+            threads: Vec::new(),
+            acked: Default::default(),
+            errors: Default::default(),
+            progress: Default::default(),
+            longest_ms: Default::default(),
+        };
+        let mut threads = Vec::new();
+        for t in 0..n {
+            let (stop, acked, errors, progress, longest) = (
+                w.stop.clone(),
+                w.acked.clone(),
+                w.errors.clone(),
+                w.progress.clone(),
+                w.longest_ms.clone(),
+            );
+            let dir = dir.join(format!("w{t}"));
+            std::fs::create_dir_all(&dir).expect("writer folder");
+            threads.push(std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let seed = (t as u64) << 32 | i;
+                    let size = [900usize, 20_000, 300_000, (4 << 20) + 1234][(i % 4) as usize];
+                    let path = dir.join(format!("f{i}"));
+                    let start = std::time::Instant::now();
+                    let r = (|| -> std::io::Result<()> {
+                        let mut f = std::fs::File::create(&path)?;
+                        for piece in pattern(seed, size).chunks(1 << 20) {
+                            f.write_all(piece)?;
+                        }
+                        f.sync_all()?;
+                        Ok(())
+                    })();
+                    longest.fetch_max(start.elapsed().as_millis() as u64, Ordering::SeqCst);
+                    match r {
+                        Ok(()) => acked.lock().unwrap().push((path, seed, size)),
+                        Err(e) => errors.lock().unwrap().push((t, format!("{}: {e}", path.display()))),
+                    }
+                    progress.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+            }));
+        }
+        Writers { threads, ..w }
+    }
+
+    /// Wait until the writers completed `n` more files; fails if they stop moving for 120 s (a
+    /// hung mount).
+    pub fn advance(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let start = self.progress.load(Ordering::SeqCst);
+        let mut last = (start, std::time::Instant::now());
+        while self.progress.load(Ordering::SeqCst) < start + n {
+            let now = self.progress.load(Ordering::SeqCst);
+            if now != last.0 {
+                last = (now, std::time::Instant::now());
+            }
+            assert!(
+                last.1.elapsed() < Duration::from_secs(120),
+                "the writers made no progress for 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the writers and check every acknowledged file; returns how many were checked.
+    pub fn stop_and_verify(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().expect("writer thread");
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        for (path, seed, size) in &acked {
+            let back = std::fs::read(path)
+                .unwrap_or_else(|e| panic!("{} was acknowledged but cannot be read: {e}", path.display()));
+            assert!(
+                back.len() == *size && back == pattern(*seed, *size),
+                "{} was acknowledged but reads back different",
+                path.display()
+            );
+        }
+        acked.len()
+    }
+
+    /// Errors seen so far.
+    pub fn errors(&self) -> Vec<(usize, String)> {
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+/// Fetch the cluster map from a running cluster's manager.
+pub fn cluster_map(c: &LocalCluster) -> sealfs_core::placement::ClusterMap {
+    let addr = c.manager_addr.clone();
+    sealfs_cli::cluster::block_on(async move { sealfs_cli::cluster::fetch_map(&addr).await }).expect("map")
+}
+
+/// Wait until every partition has its full number of in-sync copies and nothing is moving.
+pub fn wait_healthy(c: &LocalCluster, timeout: Duration) -> sealfs_core::placement::ClusterMap {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(map) = std::panic::catch_unwind(|| cluster_map(c)) {
+            let moving = map.assignment.iter().any(|r| !r.filling.is_empty());
+            if !moving && map.degraded_partitions() == 0 {
+                return map;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not healthy within {timeout:?}: {} degraded, {} moving",
+                map.degraded_partitions(),
+                map.assignment.iter().filter(|r| !r.filling.is_empty()).count()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Index of the node of a local cluster with id `id` in `map`.
+pub fn node_index(c: &LocalCluster, map: &sealfs_core::placement::ClusterMap, id: sealfs_core::NodeId) -> usize {
+    let addr = &map.node(id).expect("node in map").addr;
+    (0..c.spec.nodes)
+        .find(|i| c.node_addr(*i).as_deref() == Some(addr.as_str()))
+        .expect("node of this cluster")
+}

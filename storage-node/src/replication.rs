@@ -1,0 +1,806 @@
+//! Replication of partitions (primary-backup), as written down in docs/ARCHITECTURE.md:
+//!
+//! - **Forwarding.** The primary applies every change of a partition (a metadata batch, a chunk
+//!   write, truncation or commit) locally and on every other in-sync replica, and on the replicas
+//!   it is filling, in parallel, and answers only when all of them have it. Changes that conflict
+//!   are already ordered by the primary's inode locks (held until replication is done), so
+//!   replicas may apply concurrent batches in any order.
+//! - **Fencing.** A replica applies a change only if the sender is the partition's primary in its
+//!   own map (refreshed when the sender has a newer one); a deposed primary is refused and fails
+//!   the client's request instead of acknowledging it.
+//! - **A replica that fails** to take a change is reported to the manager, which drops it from the
+//!   partition (epoch bump); only then is the change acknowledged without it. It is filled again.
+//! - **Filling.** A new or returning replica gets a copy while writes go on: the primary first
+//!   tells it to start afresh, then forwards every new change to it, then copies a snapshot of the
+//!   partition's keys and its chunk files. The replica skips copied keys and byte ranges that a
+//!   forwarded change already wrote (they are newer). When the copy is done the primary reports it
+//!   and the manager moves the replica into the in-sync set.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::future::join_all;
+use sealfs_core::placement::ClusterMap;
+use sealfs_core::{Credentials, FsError, FsResult, InodeId, NodeId, PartitionId};
+use sealfs_proto::pb::{self, fill_request, replicate_chunk_request};
+use sealfs_proto::{ctx, error_from_status, map_from_pb};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::keys;
+use crate::node::Node;
+use crate::store::KvOps;
+use crate::tx::Tx;
+
+/// A change to one chunk, as forwarded to replicas.
+#[derive(Debug, Clone)]
+pub enum ChunkOp {
+    Write { offset: u32, data: Bytes, stable: bool },
+    Truncate(u64),
+    Commit,
+}
+
+/// A fill this node runs as primary.
+#[derive(Debug)]
+pub struct FillOut {
+    pub fill_id: u64,
+    /// The target acknowledged the start: forward it every change from now on.
+    pub begun: std::sync::atomic::AtomicBool,
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+}
+
+/// A fill this node receives: what forwarded changes wrote since it began, which copied data
+/// must not overwrite.
+#[derive(Debug, Default)]
+pub struct FillIn {
+    pub fill_id: u64,
+    pub sender: NodeId,
+    keys: HashSet<Vec<u8>>,
+    /// (inode, index) -> written byte ranges [start, end).
+    chunks: HashMap<(InodeId, u64), Vec<(u64, u64)>>,
+}
+
+impl FillIn {
+    fn touch_chunk(&mut self, id: (InodeId, u64), start: u64, end: u64) {
+        if end > start {
+            self.chunks.entry(id).or_default().push((start, end));
+        }
+    }
+
+    /// The parts of [start, end) no forwarded change has written.
+    fn untouched(&self, id: (InodeId, u64), start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut free = vec![(start, end)];
+        for &(a, b) in self.chunks.get(&id).map(|v| v.as_slice()).unwrap_or(&[]) {
+            free = free
+                .into_iter()
+                .flat_map(|(s, e)| {
+                    let mut parts = Vec::new();
+                    if a >= e || b <= s {
+                        parts.push((s, e));
+                    } else {
+                        if s < a {
+                            parts.push((s, a));
+                        }
+                        if b < e {
+                            parts.push((b, e));
+                        }
+                    }
+                    parts
+                })
+                .collect();
+        }
+        free
+    }
+}
+
+/// Replication state of a node.
+#[derive(Default)]
+pub struct Replication {
+    pub fills_out: DashMap<(PartitionId, NodeId), Arc<FillOut>>,
+    pub fills_in: DashMap<PartitionId, Arc<Mutex<FillIn>>>,
+    /// Partition -> the epoch since which this node (this boot) has been in its in-sync set.
+    pub in_sync_since: DashMap<PartitionId, u64>,
+    /// The last map epoch `on_map` handled.
+    pub seen_epoch: AtomicU64,
+    /// Serializes map handling.
+    pub map_lock: Mutex<Option<Arc<ClusterMap>>>,
+    /// Partitions where an in-sync replica missed a change that is applied here, and the manager
+    /// could not be told yet: they serve nothing until the manager drops that replica, because
+    /// the replicas no longer agree.
+    pub fenced: DashMap<PartitionId, (NodeId, String)>,
+    /// When the last heartbeat to the manager started (ms since the epoch), and how long the
+    /// manager waits before it replaces a silent node.
+    pub heartbeat_started_ms: AtomicU64,
+    pub failure_timeout_ms: AtomicU64,
+}
+
+/// Now, in milliseconds since 1970.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Replication {
+    /// Whether this process went without even trying to heartbeat for about as long as the
+    /// manager waits before promoting another replica (it was paused or starved): until the next
+    /// heartbeat brings the manager's word, it must not act as a primary, whose role may have
+    /// passed to another node meanwhile.
+    pub fn was_away(&self) -> bool {
+        let started = self.heartbeat_started_ms.load(Ordering::SeqCst);
+        let timeout = self.failure_timeout_ms.load(Ordering::SeqCst);
+        started != 0 && timeout != 0 && now_ms().saturating_sub(started) + 500 > timeout
+    }
+}
+
+/// Largest fill batch of keys, and piece of chunk data.
+const FILL_BATCH: usize = 1 << 20;
+/// Fills one node runs at once as primary.
+const MAX_FILLS: usize = 4;
+
+fn split_ops(ops: &KvOps) -> BTreeMap<PartitionId, (Vec<pb::KvPut>, Vec<Bytes>)> {
+    let mut by_part: BTreeMap<PartitionId, (Vec<pb::KvPut>, Vec<Bytes>)> = BTreeMap::new();
+    for (k, v) in ops {
+        let Some(p) = keys::key_partition(k) else { continue };
+        let e = by_part.entry(p).or_default();
+        match v {
+            Some(v) => e.0.push(pb::KvPut {
+                key: Bytes::copy_from_slice(k),
+                value: Bytes::copy_from_slice(v),
+            }),
+            None => e.1.push(Bytes::copy_from_slice(k)),
+        }
+    }
+    by_part
+}
+
+impl Node {
+    /// Apply a transaction here and on every other replica of the partitions it touches.
+    pub async fn commit(&self, tx: Tx<'_>, sync: bool) -> FsResult<()> {
+        self.commit_ops(tx.into_ops(), sync).await
+    }
+
+    /// Apply writes here and on every other replica of the partitions they touch; durable on all
+    /// of them with `sync`.
+    pub async fn commit_ops(&self, ops: KvOps, sync: bool) -> FsResult<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let by_part = split_ops(&ops);
+        let local = self.store.write_ops(ops, sync);
+        let remote = join_all(by_part.into_iter().map(|(p, (puts, dels))| async move {
+            let req = move |epoch: u64| pb::ReplicateMetaRequest {
+                ctx: Some(ctx(epoch, &Credentials::root())),
+                sender: self.id,
+                partition: p,
+                puts: puts.clone(),
+                deletes: dels.clone(),
+                sync,
+            };
+            self.forward(p, &|mut c, epoch| {
+                let r = req(epoch);
+                async move { c.replicate_meta(r).await.map(|_| ()) }
+            })
+            .await
+        }));
+        let (l, r) = tokio::join!(local, remote);
+        l?;
+        r.into_iter().collect()
+    }
+
+    /// Apply a chunk change here and on every other replica of partition `p`.
+    pub async fn chunk_op(&self, p: PartitionId, ino: InodeId, index: u64, op: ChunkOp) -> FsResult<()> {
+        let local = async {
+            match &op {
+                ChunkOp::Write { offset, data, stable } => {
+                    self.chunks
+                        .write(p, ino, index, u64::from(*offset), data.clone(), *stable)
+                        .await
+                }
+                ChunkOp::Truncate(len) => self.chunks.truncate(p, ino, index, *len).await,
+                ChunkOp::Commit => self.chunks.commit(vec![(p, ino, index)]).await,
+            }
+        };
+        let wire = match &op {
+            ChunkOp::Write { offset, data, stable } => replicate_chunk_request::Op::Write(pb::ChunkWrite {
+                offset: *offset,
+                data: data.clone(),
+                stable: *stable,
+            }),
+            ChunkOp::Truncate(len) => replicate_chunk_request::Op::Truncate(*len),
+            ChunkOp::Commit => replicate_chunk_request::Op::Commit(true),
+        };
+        let send = |mut c: pb::node_client::NodeClient<tonic::transport::Channel>, epoch: u64| {
+            let r = pb::ReplicateChunkRequest {
+                ctx: Some(ctx(epoch, &Credentials::root())),
+                sender: self.id,
+                partition: p,
+                chunk: Some(pb::ChunkId { ino, index }),
+                op: Some(wire.clone()),
+            };
+            async move { c.replicate_chunk(r).await.map(|_| ()) }
+        };
+        let remote = self.forward(p, &send);
+        let (l, r) = tokio::join!(local, remote);
+        l?;
+        r
+    }
+
+    /// Who gets the changes of partition `p` besides this node: the other in-sync replicas and
+    /// the replicas being filled whose fill has begun.
+    fn forward_targets(&self, map: &ClusterMap, p: PartitionId) -> Vec<(NodeId, String, bool)> {
+        let Some(r) = map.replicas(p) else { return Vec::new() };
+        let mut out = Vec::new();
+        for n in r.in_sync.iter().filter(|n| **n != self.id) {
+            if let Some(info) = map.node(*n) {
+                out.push((*n, info.addr.clone(), true));
+            }
+        }
+        for n in &r.filling {
+            let begun = self
+                .repl
+                .fills_out
+                .get(&(p, *n))
+                .is_some_and(|f| f.begun.load(Ordering::SeqCst));
+            if begun {
+                if let Some(info) = map.node(*n) {
+                    out.push((*n, info.addr.clone(), false));
+                }
+            }
+        }
+        out
+    }
+
+    /// Send one change to every other replica of `p`; see the module comment for what happens
+    /// when one cannot take it.
+    async fn forward<F, Fut>(&self, p: PartitionId, send: &F) -> FsResult<()>
+    where
+        F: Fn(pb::node_client::NodeClient<tonic::transport::Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+    {
+        for _round in 0..8 {
+            let map = self.router.map();
+            if map.primary(p).is_none_or(|n| n.id != self.id) {
+                return Err(FsError::WrongEpoch {
+                    caller: map.epoch,
+                    node: map.epoch,
+                });
+            }
+            let targets = self.forward_targets(&map, p);
+            if targets.is_empty() {
+                return Ok(());
+            }
+            let results = join_all(targets.iter().map(|(_, addr, _)| async {
+                let client = self.router.node_client(addr)?;
+                send(client, map.epoch).await.map_err(|s| error_from_status(&s))
+            }))
+            .await;
+            let mut again = false;
+            for ((id, _, in_sync), res) in targets.into_iter().zip(results) {
+                let Err(e) = res else { continue };
+                match e {
+                    FsError::WrongEpoch { node, .. } if node > map.epoch => {
+                        // The replica knows a newer map: ours is stale. Catch up and see whether
+                        // we are still the primary.
+                        self.router.refresh_map(map.epoch).await;
+                        again = true;
+                    }
+                    e if !in_sync => {
+                        // A fill target that cannot keep up is dropped; its fill starts over.
+                        debug!(partition = p, node = id, "fill target missed a change: {e}");
+                        self.repl.fills_out.remove(&(p, id));
+                    }
+                    e => match self.replica_failed(p, id, &e.to_string()).await {
+                        Ok(()) => again = true,
+                        Err(stale @ FsError::WrongEpoch { .. }) => return Err(stale),
+                        Err(unreachable) => {
+                            warn!(
+                                partition = p,
+                                node = id,
+                                "partition fenced until the manager drops the replica"
+                            );
+                            self.repl.fenced.insert(p, (id, e.to_string()));
+                            return Err(unreachable);
+                        }
+                    },
+                }
+            }
+            if !again {
+                return Ok(());
+            }
+        }
+        Err(FsError::Unavailable(format!(
+            "partition {p}: replicas keep refusing changes"
+        )))
+    }
+
+    /// Ask the manager to drop `failed` from partition `p`, and install the map it answers with.
+    async fn replica_failed(&self, p: PartitionId, failed: NodeId, reason: &str) -> FsResult<()> {
+        warn!(partition = p, node = failed, "replica did not take a change: {reason}");
+        let epoch = self.router.map().epoch;
+        let req = pb::ReplicaFailedRequest {
+            node_id: self.id,
+            partition: p,
+            failed,
+            epoch,
+            reason: reason.to_string(),
+        };
+        let map = self
+            .router
+            .manager()
+            .replica_failed(req)
+            .await
+            .map_err(|s| match error_from_status(&s) {
+                e @ FsError::WrongEpoch { .. } => e,
+                e => FsError::Unavailable(format!("cannot reach the manager to drop a failed replica: {e}")),
+            })?
+            .into_inner();
+        self.router.install_map(map_from_pb(&map)?);
+        Ok(())
+    }
+
+    /// Check that a forwarded change or a fill step for `p` comes from `p`'s primary, and that
+    /// this node is one of `p`'s replicas.
+    pub async fn check_replica(&self, c: Option<&pb::Ctx>, p: PartitionId, sender: NodeId) -> FsResult<()> {
+        let caller = c.map(|c| c.epoch).unwrap_or(0);
+        let mut map = self.router.map();
+        let ok = |m: &ClusterMap| {
+            m.replicas(p)
+                .is_some_and(|r| r.in_sync.first() == Some(&sender) && r.holds(self.id))
+        };
+        if caller > map.epoch || (!ok(&map) && caller >= map.epoch) {
+            self.router.refresh_map(map.epoch).await;
+            map = self.router.map();
+        }
+        if !map.has_partition(p) {
+            return Err(FsError::Stale);
+        }
+        if ok(&map) {
+            Ok(())
+        } else {
+            Err(FsError::WrongEpoch {
+                caller,
+                node: map.epoch,
+            })
+        }
+    }
+
+    /// Apply forwarded metadata changes.
+    pub async fn apply_replicated_meta(&self, r: pb::ReplicateMetaRequest) -> FsResult<u64> {
+        self.check_replica(r.ctx.as_ref(), r.partition, r.sender).await?;
+        let mut ops: KvOps = Vec::with_capacity(r.puts.len() + r.deletes.len());
+        for kv in r.puts {
+            if keys::key_partition(&kv.key) != Some(r.partition) {
+                return Err(FsError::Invalid("a forwarded key of another partition".into()));
+            }
+            ops.push((kv.key.to_vec(), Some(kv.value.to_vec())));
+        }
+        for k in r.deletes {
+            if keys::key_partition(&k) != Some(r.partition) {
+                return Err(FsError::Invalid("a forwarded key of another partition".into()));
+            }
+            ops.push((k.to_vec(), None));
+        }
+        let fill = self.repl.fills_in.get(&r.partition).map(|f| f.clone());
+        match fill {
+            Some(f) => {
+                let mut g = f.lock().await;
+                for (k, _) in &ops {
+                    g.keys.insert(k.clone());
+                }
+                self.store.write_ops(ops, r.sync).await?;
+            }
+            None => self.store.write_ops(ops, r.sync).await?,
+        }
+        Ok(self.router.map().epoch)
+    }
+
+    /// Apply a forwarded chunk change.
+    pub async fn apply_replicated_chunk(&self, r: pb::ReplicateChunkRequest) -> FsResult<u64> {
+        self.check_replica(r.ctx.as_ref(), r.partition, r.sender).await?;
+        let id = r
+            .chunk
+            .as_ref()
+            .map(|c| (c.ino, c.index))
+            .ok_or_else(|| FsError::Invalid("missing chunk id".into()))?;
+        let p = r.partition;
+        if self.router.map().chunk_partition(id.0, id.1) != p {
+            return Err(FsError::Invalid("a forwarded chunk of another partition".into()));
+        }
+        let op =
+            r.op.ok_or_else(|| FsError::Invalid("chunk change without an operation".into()))?;
+        let fill = self.repl.fills_in.get(&p).map(|f| f.clone());
+        let _guard = match &fill {
+            Some(f) => Some(f.lock().await),
+            None => None,
+        };
+        let mut guard = _guard;
+        match op {
+            replicate_chunk_request::Op::Write(w) => {
+                let end = u64::from(w.offset) + w.data.len() as u64;
+                if end > u64::from(u32::MAX) {
+                    return Err(FsError::Invalid("chunk write past any chunk size".into()));
+                }
+                if let Some(g) = guard.as_mut() {
+                    g.touch_chunk(id, u64::from(w.offset), end);
+                }
+                self.chunks
+                    .write(p, id.0, id.1, u64::from(w.offset), w.data, w.stable)
+                    .await?;
+            }
+            replicate_chunk_request::Op::Truncate(len) => {
+                if let Some(g) = guard.as_mut() {
+                    g.touch_chunk(id, len, u64::MAX);
+                }
+                self.chunks.truncate(p, id.0, id.1, len).await?;
+            }
+            replicate_chunk_request::Op::Commit(_) => self.chunks.commit(vec![(p, id.0, id.1)]).await?,
+        }
+        Ok(self.router.map().epoch)
+    }
+
+    /// One step of a fill this node receives.
+    pub async fn apply_fill(&self, r: pb::FillRequest) -> FsResult<()> {
+        let p = r.partition;
+        self.check_replica(r.ctx.as_ref(), p, r.sender).await?;
+        if !self
+            .router
+            .map()
+            .replicas(p)
+            .is_some_and(|x| x.filling.contains(&self.id))
+        {
+            return Err(FsError::WrongEpoch {
+                caller: r.ctx.map(|c| c.epoch).unwrap_or(0),
+                node: self.router.map().epoch,
+            });
+        }
+        let step = r
+            .step
+            .ok_or_else(|| FsError::Invalid("fill request without a step".into()))?;
+        if let fill_request::Step::Begin(_) = step {
+            // Start afresh: whatever this node has of the partition is from an older membership.
+            let state = Arc::new(Mutex::new(FillIn {
+                fill_id: r.fill_id,
+                sender: r.sender,
+                ..Default::default()
+            }));
+            // Hold the new state's lock while the old data goes, so no forwarded change lands in
+            // between and is wiped.
+            let _g = state.lock().await;
+            self.repl.fills_in.insert(p, state.clone());
+            self.store.delete_partition(p).await?;
+            self.chunks.delete_partition(p).await?;
+            info!(partition = p, from = r.sender, "receiving a copy of the partition");
+            return Ok(());
+        }
+        let state = self
+            .repl
+            .fills_in
+            .get(&p)
+            .map(|f| f.clone())
+            .ok_or_else(|| FsError::Invalid("no fill in progress".into()))?;
+        let g = state.lock().await;
+        if g.fill_id != r.fill_id || g.sender != r.sender {
+            return Err(FsError::Invalid("a step of another fill".into()));
+        }
+        match step {
+            fill_request::Step::Begin(_) => unreachable!("handled above"),
+            fill_request::Step::Keys(k) => {
+                let mut ops: KvOps = Vec::with_capacity(k.entries.len());
+                for kv in k.entries {
+                    if keys::key_partition(&kv.key) != Some(p) {
+                        return Err(FsError::Invalid("a copied key of another partition".into()));
+                    }
+                    if !g.keys.contains(kv.key.as_ref()) {
+                        ops.push((kv.key.to_vec(), Some(kv.value.to_vec())));
+                    }
+                }
+                self.store.write_ops(ops, false).await?;
+            }
+            fill_request::Step::Chunk(c) => {
+                let id = c
+                    .chunk
+                    .as_ref()
+                    .map(|c| (c.ino, c.index))
+                    .ok_or_else(|| FsError::Invalid("missing chunk id".into()))?;
+                let end = c
+                    .offset
+                    .checked_add(c.data.len() as u64)
+                    .ok_or_else(|| FsError::Invalid("chunk range".into()))?;
+                if c.data.is_empty() {
+                    // An empty chunk file exists on the primary: create it unless a change decided.
+                    if g.untouched(id, 0, 1) == vec![(0, 1)] {
+                        self.chunks.write(p, id.0, id.1, 0, Bytes::new(), false).await?;
+                    }
+                }
+                for (s, e) in g.untouched(id, c.offset, end) {
+                    let piece = c.data.slice((s - c.offset) as usize..(e - c.offset) as usize);
+                    self.chunks.write(p, id.0, id.1, s, piece, false).await?;
+                }
+            }
+            fill_request::Step::End(_) => {
+                self.store.sync().await?;
+                self.chunks.sync_partition(p).await?;
+                drop(g);
+                self.repl.fills_in.remove(&p);
+                info!(partition = p, "copy of the partition complete");
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy partition `p` to `target` (this node is `p`'s primary), then report it to the manager.
+    pub async fn run_fill(self: Arc<Self>, p: PartitionId, target: NodeId, state: Arc<FillOut>) -> FsResult<()> {
+        let map = self.router.map();
+        let addr = map
+            .node(target)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| FsError::Invalid("unknown fill target".into()))?;
+        let mut client = self.router.node_client(&addr)?;
+        let step = |s: fill_request::Step| pb::FillRequest {
+            ctx: Some(ctx(self.router.map().epoch, &Credentials::root())),
+            sender: self.id,
+            partition: p,
+            fill_id: state.fill_id,
+            step: Some(s),
+        };
+        let still = || {
+            self.repl
+                .fills_out
+                .get(&(p, target))
+                .is_some_and(|f| Arc::ptr_eq(&f, &state))
+        };
+        client
+            .fill(step(fill_request::Step::Begin(true)))
+            .await
+            .map_err(|s| error_from_status(&s))?;
+        // From here on every change of the partition goes to the target too; what the snapshot
+        // below copies is at least as old as what it gets that way.
+        state.begun.store(true, Ordering::SeqCst);
+        let chunks = self.chunks.list(p).await?;
+        state
+            .bytes_total
+            .store(chunks.iter().map(|c| c.2).sum(), Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        self.store.scan_partition_snapshot(p, FILL_BATCH, tx);
+        while let Some(batch) = rx.recv().await {
+            if !still() {
+                return Err(FsError::Unavailable("fill cancelled".into()));
+            }
+            let bytes: usize = batch.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let entries = batch
+                .into_iter()
+                .map(|(k, v)| pb::KvPut {
+                    key: k.into(),
+                    value: v.into(),
+                })
+                .collect();
+            client
+                .fill(step(fill_request::Step::Keys(pb::FillKeys { entries })))
+                .await
+                .map_err(|s| error_from_status(&s))?;
+            state.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        for (ino, index, len) in chunks {
+            let mut off = 0u64;
+            loop {
+                if !still() {
+                    return Err(FsError::Unavailable("fill cancelled".into()));
+                }
+                let piece = self.chunks.read(p, ino, index, off, FILL_BATCH).await?;
+                let n = piece.len() as u64;
+                let msg = pb::FillChunkData {
+                    chunk: Some(pb::ChunkId { ino, index }),
+                    offset: off,
+                    data: piece,
+                };
+                client
+                    .fill(step(fill_request::Step::Chunk(msg)))
+                    .await
+                    .map_err(|s| error_from_status(&s))?;
+                state.bytes_done.fetch_add(n, Ordering::Relaxed);
+                off += n;
+                if n == 0 || off >= len {
+                    break;
+                }
+            }
+        }
+        client
+            .fill(step(fill_request::Step::End(true)))
+            .await
+            .map_err(|s| error_from_status(&s))?;
+        let req = pb::FillDoneRequest {
+            node_id: self.id,
+            partition: p,
+            target,
+            epoch: self.router.map().epoch,
+        };
+        let map = self
+            .router
+            .manager()
+            .fill_done(req)
+            .await
+            .map_err(|s| error_from_status(&s))?
+            .into_inner();
+        self.router.install_map(map_from_pb(&map)?);
+        info!(partition = p, node = target, "replica filled");
+        Ok(())
+    }
+
+    /// Start the fills this node owes as primary (at most MAX_FILLS at once).
+    pub fn ensure_fills(self: &Arc<Self>, map: &ClusterMap) {
+        let running = self.repl.fills_out.len();
+        let mut budget = MAX_FILLS.saturating_sub(running);
+        for p in map.primary_partitions(self.id) {
+            let Some(r) = map.replicas(p) else { continue };
+            for t in &r.filling {
+                if budget == 0 {
+                    return;
+                }
+                if self.repl.fills_out.contains_key(&(p, *t)) {
+                    continue;
+                }
+                let state = Arc::new(FillOut {
+                    fill_id: rand::random::<u64>() | 1,
+                    begun: Default::default(),
+                    bytes_done: Default::default(),
+                    bytes_total: Default::default(),
+                });
+                self.repl.fills_out.insert((p, *t), state.clone());
+                budget -= 1;
+                let node = self.clone();
+                let t = *t;
+                tokio::spawn(async move {
+                    let r = node.clone().run_fill(p, t, state.clone()).await;
+                    if let Err(e) = &r {
+                        debug!(partition = p, node = t, "fill failed (it is retried): {e}");
+                        // Wait a little before the next try goes out.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    node.repl.fills_out.remove_if(&(p, t), |_, f| Arc::ptr_eq(f, &state));
+                });
+            }
+        }
+    }
+
+    /// Progress of the fills this node runs, for the manager's status.
+    pub fn fill_progress(&self) -> Vec<pb::FillProgress> {
+        self.repl
+            .fills_out
+            .iter()
+            .map(|e| pb::FillProgress {
+                partition: e.key().0,
+                target: e.key().1,
+                bytes_done: e.value().bytes_done.load(Ordering::Relaxed),
+                bytes_total: e.value().bytes_total.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// React to a new map: take over partitions this node now leads, let go of those it no
+    /// longer leads or holds, start fills. Called whenever the map's epoch moves.
+    pub async fn on_map(self: &Arc<Self>) {
+        let mut last = self.repl.map_lock.lock().await;
+        let new = self.router.map();
+        if last.as_ref().is_some_and(|m| m.epoch >= new.epoch) {
+            return;
+        }
+        let old = last.take();
+        for p in 0..new.partitions {
+            let nr = new.replicas(p).cloned().unwrap_or_default();
+            let or = old.as_ref().and_then(|m| m.replicas(p)).cloned();
+            let was_primary = or.as_ref().is_some_and(|r| r.in_sync.first() == Some(&self.id));
+            let is_primary = nr.in_sync.first() == Some(&self.id);
+            if is_primary && !was_primary {
+                self.take_over(p).await;
+            }
+            if was_primary && !is_primary {
+                self.store.forget_seq(p);
+                self.repl.fills_out.retain(|k, _| k.0 != p);
+            }
+            if nr.in_sync.contains(&self.id) {
+                self.repl.in_sync_since.entry(p).or_insert(new.epoch);
+            } else {
+                self.repl.in_sync_since.remove(&p);
+            }
+            // Fills whose target is no longer being filled are over (done or abandoned).
+            self.repl.fills_out.retain(|k, _| k.0 != p || nr.filling.contains(&k.1));
+            let held_before = or.as_ref().is_none_or(|r| r.holds(self.id));
+            if held_before && !nr.holds(self.id) && new.is_initialized() {
+                self.repl.fills_in.remove(&p);
+                let (store, chunks) = (self.store.clone(), self.chunks.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = store.delete_partition(p).await {
+                        warn!(partition = p, "cannot drop the data of a partition no longer held: {e}");
+                    }
+                    let _ = chunks.delete_partition(p).await;
+                });
+                if old.is_some() {
+                    info!(partition = p, "partition no longer held here: its data is dropped");
+                }
+            }
+        }
+        self.repl.seen_epoch.store(new.epoch, Ordering::SeqCst);
+        *last = Some(new.clone());
+        drop(last);
+        self.ensure_fills(&new);
+        self.cleanup.notify_one();
+    }
+
+    /// This node became the primary of `p`: finish what a crash or a previous primary left
+    /// (intents, chunk removals) and serve.
+    async fn take_over(self: &Arc<Self>, p: PartitionId) {
+        self.store.forget_seq(p);
+        self.load_pending_gc(p);
+        self.recover(p).await;
+    }
+
+    /// Periodically: follow the map, restart fills that failed.
+    pub async fn map_watcher(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            n += 1;
+            self.retry_fences().await;
+            if self.router.map().epoch != self.repl.seen_epoch.load(Ordering::SeqCst) {
+                self.on_map().await;
+            } else if n.is_multiple_of(5) {
+                let map = self.router.map();
+                self.ensure_fills(&map);
+            }
+        }
+    }
+
+    /// Tell the manager again about replicas that missed a change; lift the fence once it
+    /// dropped them (or once this node is no longer the primary).
+    async fn retry_fences(&self) {
+        let fences: Vec<(PartitionId, NodeId, String)> = self
+            .repl
+            .fenced
+            .iter()
+            .map(|e| (*e.key(), e.value().0, e.value().1.clone()))
+            .collect();
+        for (p, failed, reason) in fences {
+            let map = self.router.map();
+            let settled =
+                map.primary(p).is_none_or(|n| n.id != self.id) || map.replicas(p).is_some_and(|r| !r.holds(failed));
+            if settled || self.replica_failed(p, failed, &reason).await.is_ok() {
+                info!(partition = p, "fence lifted");
+                self.repl.fenced.remove(&p);
+            }
+        }
+    }
+
+    /// Whether unstable writes answered with (`verifier`, `epoch`) are still here: they were
+    /// taken by this very process, or this node has been in sync since before they were made.
+    pub fn writes_survived(&self, p: PartitionId, verifier: u64, epoch: u64) -> bool {
+        verifier == self.chunks.verifier || self.repl.in_sync_since.get(&p).is_some_and(|s| *s <= epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untouched_ranges() {
+        let mut f = FillIn::default();
+        let id = (1, 0);
+        assert_eq!(f.untouched(id, 0, 100), vec![(0, 100)]);
+        f.touch_chunk(id, 10, 20);
+        f.touch_chunk(id, 50, u64::MAX);
+        assert_eq!(f.untouched(id, 0, 100), vec![(0, 10), (20, 50)]);
+        assert_eq!(f.untouched(id, 12, 18), vec![]);
+        assert_eq!(f.untouched((2, 0), 0, 5), vec![(0, 5)]);
+    }
+}

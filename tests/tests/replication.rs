@@ -1,0 +1,236 @@
+//! Replication, failover and online scaling with real processes on loopback (R=3): kill -9 under
+//! load, healing back to three copies, adding and draining nodes under load, a rolling restart,
+//! a node cut off while another takes over, and a manager restart.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nix::sys::signal::Signal;
+use sealfs_client::{DirtyChunks, SealClient, WriteMode};
+use sealfs_core::attr::FileKind;
+use sealfs_core::config::ClientConfig;
+use sealfs_core::{Credentials, ROOT_INO};
+use sealfs_tests::{cluster_map, node_index, wait_healthy, TestCluster, Writers};
+
+const HEAL: Duration = Duration::from_secs(180);
+
+fn report(what: &str, w: &Writers) {
+    eprintln!(
+        "{what}: {} files written, longest file took {} ms",
+        w.progress.load(std::sync::atomic::Ordering::SeqCst),
+        w.longest_ms.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn kill_9_under_load_loses_nothing_and_heals_to_three_copies() {
+    let mut c = TestCluster::start(4, true);
+    let w = Writers::start(&c.mnt().join("load"), 4);
+    w.advance(20);
+    // The root's primary is the node whose loss hurts most.
+    let map = cluster_map(&c.cluster);
+    let victim = node_index(&c.cluster, &map, map.primary(0).unwrap().id);
+    let killed_at = Instant::now();
+    c.cluster.stop_node(victim, Signal::SIGKILL);
+    w.advance(40);
+    let errors = w.errors();
+    assert!(errors.is_empty(), "writers saw errors through the failover: {errors:?}");
+    report("kill -9", &w);
+    // Nobody acts: the cluster makes new copies on the three nodes left.
+    let map = wait_healthy(&c.cluster, HEAL);
+    eprintln!(
+        "back to 3 copies of every partition {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let dead = map
+        .nodes
+        .iter()
+        .find(|n| n.state == sealfs_core::NodeState::Down)
+        .expect("the killed node is down")
+        .id;
+    assert!(map.assignment.iter().all(|r| r.in_sync.len() == 3 && !r.holds(dead)));
+    w.advance(8);
+    let checked = w.stop_and_verify();
+    eprintln!("{checked} acknowledged files intact");
+}
+
+#[test]
+fn a_new_node_takes_its_share_and_a_drained_node_ends_empty() {
+    let mut c = TestCluster::start(3, true);
+    let w = Writers::start(&c.mnt().join("load"), 4);
+    w.advance(12);
+    let new = c.cluster.add_node().unwrap();
+    c.cluster.wait_nodes_up(Duration::from_secs(60)).unwrap();
+    w.advance(12);
+    let map = wait_healthy(&c.cluster, HEAL);
+    let counts: Vec<usize> = map
+        .nodes
+        .iter()
+        .map(|n| map.assignment.iter().filter(|r| r.in_sync.contains(&n.id)).count())
+        .collect();
+    let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+    assert!(
+        counts.len() == 4 && (max - min) as f64 <= 0.1 * max as f64,
+        "unbalanced after the join: {counts:?}"
+    );
+    let new_id = map
+        .nodes
+        .iter()
+        .find(|n| c.cluster.node_addr(new).as_deref() == Some(n.addr.as_str()))
+        .unwrap()
+        .id;
+    assert!(
+        map.assignment.iter().filter(|r| r.in_sync.contains(&new_id)).count() > 0,
+        "the new node holds copies"
+    );
+    assert!(w.errors().is_empty(), "errors while partitions moved: {:?}", w.errors());
+
+    // Drain one of the original nodes: it ends with nothing and can be stopped.
+    let drained = map.nodes.iter().find(|n| n.id != new_id).unwrap().id;
+    sealfs_cli::cluster::block_on({
+        let addr = c.cluster.manager_addr.clone();
+        async move { sealfs_cli::status::drain(&addr, drained, true).await }
+    })
+    .unwrap();
+    w.advance(12);
+    let map = wait_healthy(&c.cluster, HEAL);
+    assert!(
+        map.held_partitions(drained).is_empty(),
+        "the drained node still holds partitions"
+    );
+    let idx = node_index(&c.cluster, &map, drained);
+    c.cluster.stop_node(idx, Signal::SIGTERM);
+    sealfs_cli::cluster::block_on({
+        let addr = c.cluster.manager_addr.clone();
+        async move { sealfs_cli::status::remove_node(&addr, drained).await }
+    })
+    .unwrap();
+    w.advance(12);
+    assert!(w.errors().is_empty(), "errors during the drain: {:?}", w.errors());
+    report("join and drain", &w);
+    w.stop_and_verify();
+}
+
+#[test]
+fn a_rolling_restart_under_load_has_no_errors() {
+    let mut c = TestCluster::start(4, true);
+    let w = Writers::start(&c.mnt().join("load"), 4);
+    w.advance(12);
+    for i in 0..4 {
+        c.cluster.stop_node(i, Signal::SIGTERM);
+        w.advance(4);
+        c.cluster.start_node(i).unwrap();
+        c.cluster.wait_nodes_up(Duration::from_secs(60)).unwrap();
+        wait_healthy(&c.cluster, HEAL);
+        w.advance(4);
+    }
+    assert!(
+        w.errors().is_empty(),
+        "errors during the rolling restart: {:?}",
+        w.errors()
+    );
+    report("rolling restart", &w);
+    w.stop_and_verify();
+}
+
+#[test]
+fn a_manager_restart_under_load_has_no_errors() {
+    let mut c = TestCluster::start(3, true);
+    let w = Writers::start(&c.mnt().join("load"), 4);
+    w.advance(12);
+    c.cluster.stop_manager(Signal::SIGTERM);
+    // The cluster works on with the map it has.
+    w.advance(8);
+    c.cluster.start_manager().unwrap();
+    w.advance(8);
+    wait_healthy(&c.cluster, HEAL);
+    assert!(
+        w.errors().is_empty(),
+        "errors across the manager restart: {:?}",
+        w.errors()
+    );
+    w.stop_and_verify();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_primary_cannot_make_late_writes_visible() {
+    let c = TestCluster::start(3, false);
+    let cfg = ClientConfig {
+        manager: c.cluster.manager_addr.clone(),
+        ..Default::default()
+    };
+    let client = SealClient::connect(cfg, Duration::from_secs(30)).await.unwrap();
+    let root = Credentials::root();
+    let stable = WriteMode {
+        stable: true,
+        ..Default::default()
+    };
+    let f = client
+        .create(&root, ROOT_INO, b"f", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let ino = f.attr.ino;
+    let mut d = DirtyChunks::default();
+    client
+        .write(&root, ino, 0, Bytes::from_static(b"version 1"), stable, &mut d)
+        .await
+        .unwrap();
+    let map = cluster_map(&c.cluster);
+    let p = sealfs_core::ids::ino_partition(ino);
+    let old = map.primary(p).unwrap().clone();
+    let old_idx = node_index(&c.cluster, &map, old.id);
+    let old_epoch = map.epoch;
+    // Cut the primary off; the manager promotes another replica.
+    c.cluster.signal_node(old_idx, Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let new = loop {
+        let m = cluster_map(&c.cluster);
+        if let Some(n) = m.primary(p).filter(|n| n.id != old.id) {
+            break n.clone();
+        }
+        assert!(Instant::now() < deadline, "no new primary within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    client
+        .write(&root, ino, 0, Bytes::from_static(b"version 2"), stable, &mut d)
+        .await
+        .unwrap();
+    // The old primary wakes up and gets a write from a client that still has the old map.
+    c.cluster.signal_node(old_idx, Signal::SIGCONT);
+    let mut nc = sealfs_proto::pb::node_client::NodeClient::connect(format!("http://{}", old.addr))
+        .await
+        .unwrap();
+    // It does not serve the old data to that client either.
+    let read = sealfs_proto::pb::ReadRequest {
+        ctx: Some(sealfs_proto::ctx(old_epoch, &root)),
+        ino,
+        offset: 0,
+        size: 100,
+        check_perm: false,
+    };
+    let r = nc.read(read).await;
+    assert!(r.is_err(), "the deposed primary served a read: {r:?}");
+    let req = sealfs_proto::pb::WriteRequest {
+        ctx: Some(sealfs_proto::ctx(old_epoch, &root)),
+        ino,
+        offset: 0,
+        data: Bytes::from_static(b"LATE WRITE"),
+        check_perm: false,
+        length: 10,
+    };
+    let late = nc.write(req).await;
+    assert!(late.is_err(), "the deposed primary acknowledged a late write");
+    // What clients read is the acknowledged version, from the new primary.
+    let back = client.read(&root, ino, 0, 100).await.unwrap();
+    assert_eq!(
+        &back[..],
+        b"version 2",
+        "read {:?} (new primary is node {})",
+        String::from_utf8_lossy(&back),
+        new.id
+    );
+    // And once the old node is back in the cluster, its copy is rebuilt, not served.
+    wait_healthy(&c.cluster, HEAL);
+    let back = client.read(&root, ino, 0, 100).await.unwrap();
+    assert_eq!(&back[..], b"version 2");
+}
