@@ -58,6 +58,48 @@ enum Cmd {
         #[arg(long, env = "SEALFS_MANAGER", default_value = "127.0.0.1:7100")]
         manager: String,
     },
+    /// Check that parts of a cluster are healthy (for container probes); exit status 1 if not.
+    Health {
+        /// The manager must answer with an initialized map.
+        #[arg(long)]
+        manager: Option<String>,
+        /// The node serving on this address must be up (needs --manager).
+        #[arg(long)]
+        node: Option<String>,
+        /// Every partition must have all its copies, and nothing may be moving (needs --manager).
+        #[arg(long)]
+        settled: bool,
+        /// An NFS server must answer on this address.
+        #[arg(long)]
+        nfs: Option<String>,
+        /// This path must be a live sealfs FUSE mount.
+        #[arg(long)]
+        mount: Option<PathBuf>,
+    },
+    /// A workload for any mount that records what was acknowledged (`write`, `overwrite`) and
+    /// checks it later (`verify`).
+    Load {
+        /// write, overwrite or verify.
+        mode: String,
+        /// Folder on the mount to work in.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Manifest of acknowledged files, on a local disk.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Stop after this many files (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Stop after this many seconds (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+        /// Files to overwrite in `overwrite` mode.
+        #[arg(long, default_value_t = 8)]
+        files: u64,
+        /// Bytes per file.
+        #[arg(long, default_value_t = 100_000)]
+        size: usize,
+    },
     /// Forget a node that holds nothing any more (drain it first).
     RemoveNode {
         /// The node's id.
@@ -94,6 +136,34 @@ fn real_main() -> anyhow::Result<()> {
             println!("node {node} removed");
             Ok(())
         }
+        Cmd::Health {
+            manager,
+            node,
+            settled,
+            nfs,
+            mount,
+        } => {
+            if let Some(m) = &manager {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(sealfs_cli::health::manager_and_node(m, node.as_deref(), settled))?;
+            }
+            if let Some(a) = &nfs {
+                sealfs_cli::health::nfs(a)?;
+            }
+            if let Some(p) = &mount {
+                sealfs_cli::health::mount(p)?;
+            }
+            Ok(())
+        }
+        Cmd::Load {
+            mode,
+            dir,
+            manifest,
+            count,
+            seconds,
+            files,
+            size,
+        } => load(mode, dir, manifest, count, seconds, files, size),
         Cmd::Status { manager } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let s = rt.block_on(sealfs_cli::status::fetch(&manager))?;
@@ -109,6 +179,58 @@ fn real_main() -> anyhow::Result<()> {
             portmap_port,
         } => up(dir, mount, nodes, manager, nfs_port, portmap_port),
     }
+}
+
+fn load(
+    mode: String,
+    dir: PathBuf,
+    manifest: PathBuf,
+    count: u64,
+    seconds: u64,
+    files: u64,
+    size: usize,
+) -> anyhow::Result<()> {
+    use sealfs_cli::load;
+    if mode == "verify" {
+        let n = load::verify(&dir, &manifest)?;
+        println!("verified {n} files");
+        return Ok(());
+    }
+    let overwrite_files = match mode.as_str() {
+        "write" => 0,
+        "overwrite" => files.max(1),
+        other => anyhow::bail!("unknown mode {other:?}: write, overwrite or verify"),
+    };
+    let spec = load::LoadSpec {
+        dir,
+        manifest,
+        count,
+        duration: Duration::from_secs(seconds),
+        overwrite_files,
+        size,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A runtime of its own thread, so the signal handler runs while the workload does.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let s = stop.clone();
+    rt.spawn(async move {
+        sealfs_proto::process::shutdown_signal().await;
+        s.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let r = load::run(&spec, stop)?;
+    println!(
+        "{} files acknowledged, {} errors, longest {} ms",
+        r.done,
+        r.errors,
+        r.longest.as_millis()
+    );
+    if r.errors > 0 {
+        anyhow::bail!("{} writes failed", r.errors);
+    }
+    Ok(())
 }
 
 fn up(

@@ -19,8 +19,14 @@ pub struct Router {
     config: ClientConfig,
     map: RwLock<Arc<ClusterMap>>,
     conns: DashMap<String, NodeClient<Channel>>,
-    manager: ManagerClient<Channel>,
+    manager: RwLock<ManagerClient<Channel>>,
     refresh: tokio::sync::Mutex<()>,
+}
+
+fn manager_client(addr: &str, timeout: Duration) -> FsResult<ManagerClient<Channel>> {
+    Ok(ManagerClient::new(endpoint(addr, timeout)?.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE))
 }
 
 fn endpoint(addr: &str, timeout: Duration) -> FsResult<Endpoint> {
@@ -34,8 +40,9 @@ fn endpoint(addr: &str, timeout: Duration) -> FsResult<Endpoint> {
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20)))
 }
@@ -46,10 +53,7 @@ impl Router {
     pub async fn connect(config: ClientConfig, wait: Duration) -> FsResult<Arc<Router>> {
         config.validate().map_err(|e| FsError::Invalid(e.to_string()))?;
         let timeout = Duration::from_millis(config.rpc_timeout_ms);
-        let chan = endpoint(&config.manager, timeout)?.connect_lazy();
-        let manager = ManagerClient::new(chan)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let manager = RwLock::new(manager_client(&config.manager, timeout)?);
         let router = Arc::new(Router {
             config,
             map: RwLock::new(Arc::new(ClusterMap::new(0, 1, 1, 1 << 22))),
@@ -89,16 +93,25 @@ impl Router {
 
     /// A manager client (status, map).
     pub fn manager(&self) -> ManagerClient<Channel> {
-        self.manager.clone()
+        self.manager.read().expect("manager client lock").clone()
+    }
+
+    /// Note a failed manager call: after a transport failure the connection is replaced, so a
+    /// manager that came back (or moved) is reached again.
+    pub fn manager_failed(&self, s: &tonic::Status) {
+        if sealfs_proto::is_transport_error(s) {
+            let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
+            if let Ok(c) = manager_client(&self.config.manager, timeout) {
+                *self.manager.write().expect("manager client lock") = c;
+            }
+        }
     }
 
     async fn fetch_map(&self) -> FsResult<ClusterMap> {
-        let reply = self
-            .manager
-            .clone()
-            .get_map(pb::GetMapRequest {})
-            .await
-            .map_err(|s| error_from_status(&s))?;
+        let reply = self.manager().get_map(pb::GetMapRequest {}).await.map_err(|s| {
+            self.manager_failed(&s);
+            error_from_status(&s)
+        })?;
         map_from_pb(reply.get_ref())
     }
 
@@ -140,6 +153,15 @@ impl Router {
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         self.conns.insert(addr.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// Note a failed call to `addr`: after a transport failure the pooled connection is dropped,
+    /// so the next call connects afresh (and resolves the name again: a node that came back with
+    /// another address is found).
+    pub fn call_failed(&self, addr: &str, s: &tonic::Status) {
+        if sealfs_proto::is_transport_error(s) {
+            self.conns.remove(addr);
+        }
     }
 
     /// Call the primary of `partition` with `f(client, epoch)`, retrying while the map is stale
@@ -185,7 +207,10 @@ impl Router {
             let client = self.node_client(&node.addr)?;
             let err = match f(client, map.epoch).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) => error_from_status(&s),
+                Err(s) => {
+                    self.call_failed(&node.addr, &s);
+                    error_from_status(&s)
+                }
             };
             match &err {
                 FsError::WrongEpoch { node: node_epoch, .. } => {

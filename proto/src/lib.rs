@@ -83,6 +83,17 @@ pub fn error_from_status(s: &Status) -> FsError {
     }
 }
 
+/// Whether a Status came from the transport (the connection failed or timed out) rather than
+/// from a sealfs server: then the connection itself may be dead (a peer that moved or vanished
+/// without a reset) and is worth replacing.
+pub fn is_transport_error(s: &Status) -> bool {
+    s.metadata().get(KIND_KEY).is_none()
+        && matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        )
+}
+
 fn libc_eio() -> i32 {
     5
 }

@@ -187,7 +187,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             manager: "127.0.0.1:7100".into(),
-            rpc_timeout_ms: 10_000,
+            rpc_timeout_ms: 5_000,
             retry_deadline_ms: 30_000,
             attr_ttl_ms: 1000,
         }

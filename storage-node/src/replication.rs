@@ -278,7 +278,10 @@ impl Node {
             }
             let results = join_all(targets.iter().map(|(_, addr, _)| async {
                 let client = self.router.node_client(addr)?;
-                send(client, map.epoch).await.map_err(|s| error_from_status(&s))
+                send(client, map.epoch).await.map_err(|s| {
+                    self.router.call_failed(addr, &s);
+                    error_from_status(&s)
+                })
             }))
             .await;
             let mut again = false;
@@ -336,6 +339,7 @@ impl Node {
             .manager()
             .replica_failed(req)
             .await
+            .inspect_err(|s| self.router.manager_failed(s))
             .map_err(|s| match error_from_status(&s) {
                 e @ FsError::WrongEpoch { .. } => e,
                 e => FsError::Unavailable(format!("cannot reach the manager to drop a failed replica: {e}")),
@@ -543,6 +547,10 @@ impl Node {
             .map(|n| n.addr.clone())
             .ok_or_else(|| FsError::Invalid("unknown fill target".into()))?;
         let mut client = self.router.node_client(&addr)?;
+        let failed = |s: tonic::Status| {
+            self.router.call_failed(&addr, &s);
+            error_from_status(&s)
+        };
         let step = |s: fill_request::Step| pb::FillRequest {
             ctx: Some(ctx(self.router.map().epoch, &Credentials::root())),
             sender: self.id,
@@ -559,7 +567,7 @@ impl Node {
         client
             .fill(step(fill_request::Step::Begin(true)))
             .await
-            .map_err(|s| error_from_status(&s))?;
+            .map_err(failed)?;
         // From here on every change of the partition goes to the target too; what the snapshot
         // below copies is at least as old as what it gets that way.
         state.begun.store(true, Ordering::SeqCst);
@@ -584,7 +592,7 @@ impl Node {
             client
                 .fill(step(fill_request::Step::Keys(pb::FillKeys { entries })))
                 .await
-                .map_err(|s| error_from_status(&s))?;
+                .map_err(failed)?;
             state.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
         }
         for (ino, index, len) in chunks {
@@ -603,7 +611,7 @@ impl Node {
                 client
                     .fill(step(fill_request::Step::Chunk(msg)))
                     .await
-                    .map_err(|s| error_from_status(&s))?;
+                    .map_err(failed)?;
                 state.bytes_done.fetch_add(n, Ordering::Relaxed);
                 off += n;
                 if n == 0 || off >= len {
@@ -611,10 +619,7 @@ impl Node {
                 }
             }
         }
-        client
-            .fill(step(fill_request::Step::End(true)))
-            .await
-            .map_err(|s| error_from_status(&s))?;
+        client.fill(step(fill_request::Step::End(true))).await.map_err(failed)?;
         let req = pb::FillDoneRequest {
             node_id: self.id,
             partition: p,
@@ -626,7 +631,10 @@ impl Node {
             .manager()
             .fill_done(req)
             .await
-            .map_err(|s| error_from_status(&s))?
+            .map_err(|s| {
+                self.router.manager_failed(&s);
+                error_from_status(&s)
+            })?
             .into_inner();
         self.router.install_map(map_from_pb(&map)?);
         info!(partition = p, node = target, "replica filled");
@@ -659,7 +667,7 @@ impl Node {
                 tokio::spawn(async move {
                     let r = node.clone().run_fill(p, t, state.clone()).await;
                     if let Err(e) = &r {
-                        debug!(partition = p, node = t, "fill failed (it is retried): {e}");
+                        info!(partition = p, node = t, "fill failed (it is retried): {e}");
                         // Wait a little before the next try goes out.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }

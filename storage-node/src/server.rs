@@ -253,6 +253,15 @@ async fn heartbeat_loop(
                 let map = node.router.map();
                 if r.epoch > map.epoch {
                     node.router.refresh_map(map.epoch).await;
+                    if node.router.map().epoch < r.epoch {
+                        // The router's own connection may be the one that is broken: take the map
+                        // over the connection that just worked.
+                        if let Ok(m) = mgr.get_map(pb::GetMapRequest {}).await {
+                            if let Ok(m) = sealfs_proto::map_from_pb(m.get_ref()) {
+                                node.router.install_map(m);
+                            }
+                        }
+                    }
                     node.ensure_root().await.ok();
                 }
                 // The manager's word counts once this node's map is at least as new as it.
