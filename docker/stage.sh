@@ -39,3 +39,5 @@ fi
 printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' > "$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 echo "staged $(du -sh "$root" | cut -f1) in $root"
+# The cluster secret the compose file hands to every container (kept if it exists).
+"$top/target/release/sealfs" gen-secret "$here/secret" >/dev/null

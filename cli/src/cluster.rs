@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use sealfs_core::config::SecurityConfig;
 use sealfs_core::placement::{ClusterMap, NodeState};
+use sealfs_proto::auth::Security;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -34,6 +36,11 @@ pub struct ClusterSpec {
     pub fuse_args: Vec<String>,
     /// NFS gateways to start.
     pub gateways: Vec<GatewaySpec>,
+    /// Cluster secret and TLS for every process. Without a secret file (and not insecure),
+    /// DIR/secret is made and used.
+    pub security: SecurityConfig,
+    /// Turn TLS on with a CA and certificate made in DIR/tls (unless `security` names TLS files).
+    pub tls: bool,
 }
 
 /// One NFS gateway of a local cluster.
@@ -61,6 +68,8 @@ impl ClusterSpec {
             env: Vec::new(),
             fuse_args: Vec::new(),
             gateways: Vec::new(),
+            security: SecurityConfig::default(),
+            tls: false,
         }
     }
 }
@@ -87,6 +96,8 @@ pub struct LocalCluster {
     pub spec: ClusterSpec,
     /// The manager's bound address.
     pub manager_addr: String,
+    /// The security settings every process of the cluster was given.
+    pub security: Security,
     manager: Proc,
     nodes: Vec<Proc>,
     fuse: Option<Proc>,
@@ -134,11 +145,55 @@ pub fn block_on<T: Send + 'static>(f: impl std::future::Future<Output = T> + Sen
     .expect("helper thread")
 }
 
+/// The environment that hands `cfg` to a sealfs process (each binary reads these variables).
+pub fn security_env(cfg: &SecurityConfig) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut set = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            env.push((k.to_string(), v.clone()));
+        }
+    };
+    set("SEALFS_SECRET_FILE", &cfg.secret_file);
+    set("SEALFS_TLS_CERT", &cfg.tls_cert);
+    set("SEALFS_TLS_KEY", &cfg.tls_key);
+    set("SEALFS_TLS_CA", &cfg.tls_ca);
+    if !cfg.tls_domain.is_empty() {
+        env.push(("SEALFS_TLS_DOMAIN".into(), cfg.tls_domain.clone()));
+    }
+    if cfg.insecure {
+        env.push(("SEALFS_INSECURE".into(), "true".into()));
+    }
+    env
+}
+
+/// A client of the manager at `manager`.
+pub fn manager_client(
+    security: &Security,
+    manager: &str,
+) -> anyhow::Result<sealfs_proto::pb::manager_client::ManagerClient<sealfs_proto::auth::AuthChannel>> {
+    let ep = security
+        .endpoint(manager)?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10));
+    Ok(sealfs_proto::pb::manager_client::ManagerClient::new(
+        security.channel(ep),
+    ))
+}
+
 /// Fetch the cluster map from a manager.
-pub async fn fetch_map(manager: &str) -> anyhow::Result<ClusterMap> {
-    let mut c = sealfs_proto::pb::manager_client::ManagerClient::connect(format!("http://{manager}")).await?;
-    let m = c.get_map(sealfs_proto::pb::GetMapRequest {}).await?.into_inner();
+pub async fn fetch_map(security: &Security, manager: &str) -> anyhow::Result<ClusterMap> {
+    let mut c = manager_client(security, manager)?;
+    let m = c
+        .get_map(sealfs_proto::pb::GetMapRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+        .into_inner();
     Ok(sealfs_proto::map_from_pb(&m)?)
+}
+
+/// A Status as one line, with the transport's underlying cause when there is one.
+pub fn status_text(s: &tonic::Status) -> String {
+    sealfs_proto::status_detail(s)
 }
 
 /// Whether `path` is a mount point of a sealfs FUSE mount.
@@ -188,6 +243,9 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        for (k, v) in security_env(&spec.security) {
+            cmd.env(k, v);
+        }
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
@@ -234,11 +292,20 @@ impl Proc {
 
 impl LocalCluster {
     /// Start everything the spec names and wait until it serves.
-    pub fn start(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
+    pub fn start(mut spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
         for sub in ["logs", "manager"] {
             std::fs::create_dir_all(spec.dir.join(sub))
                 .with_context(|| format!("cannot create {}", spec.dir.join(sub).display()))?;
         }
+        if spec.security.secret_file.is_none() && !spec.security.insecure {
+            let path = spec.dir.join("secret");
+            crate::keys::ensure_secret(&path)?;
+            spec.security.secret_file = Some(path.to_string_lossy().into_owned());
+        }
+        if spec.tls && !spec.security.tls() {
+            crate::keys::ensure_certs(&spec.dir.join("tls"), &[])?.apply(&mut spec.security);
+        }
+        let security = Security::load(&spec.security)?;
         let addr_file = spec.dir.join("manager").join("addr");
         let _ = std::fs::remove_file(&addr_file);
         let s = |p: &Path| p.to_string_lossy().into_owned();
@@ -265,6 +332,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             spec,
             manager_addr,
+            security,
             manager,
             nodes: Vec::new(),
             fuse: None,
@@ -402,7 +470,8 @@ impl LocalCluster {
         let deadline = Instant::now() + timeout;
         loop {
             let addr = self.manager_addr.clone();
-            if let Ok(map) = block_on(async move { fetch_map(&addr).await }) {
+            let sec = self.security.clone();
+            if let Ok(map) = block_on(async move { fetch_map(&sec, &addr).await }) {
                 let up = map.nodes.iter().filter(|n| n.state == NodeState::Up).count();
                 let running = self.nodes.iter_mut().map(|p| p.running()).filter(|r| *r).count();
                 if map.is_initialized() && up >= running {
@@ -583,6 +652,13 @@ impl LocalCluster {
             }
         }
         Ok(())
+    }
+
+    /// Fetch the cluster map from this cluster's manager.
+    pub fn fetch_map(&self) -> anyhow::Result<ClusterMap> {
+        let addr = self.manager_addr.clone();
+        let sec = self.security.clone();
+        block_on(async move { fetch_map(&sec, &addr).await })
     }
 
     /// Path of a process's log.

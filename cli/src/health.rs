@@ -12,8 +12,13 @@ use anyhow::{bail, Context};
 /// Whether the manager at `manager` answers with an initialized map; with `node`, whether the
 /// node serving on that address is up in it; with `settled`, whether every partition has all
 /// its copies and nothing is moving.
-pub async fn manager_and_node(manager: &str, node: Option<&str>, settled: bool) -> anyhow::Result<()> {
-    let map = crate::cluster::fetch_map(manager)
+pub async fn manager_and_node(
+    security: &sealfs_proto::auth::Security,
+    manager: &str,
+    node: Option<&str>,
+    settled: bool,
+) -> anyhow::Result<()> {
+    let map = crate::cluster::fetch_map(security, manager)
         .await
         .with_context(|| format!("manager {manager} does not answer"))?;
     if !map.is_initialized() {

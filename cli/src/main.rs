@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sealfs_cli::cluster::{ClusterSpec, GatewaySpec, LocalCluster};
+use sealfs_core::config::SecurityConfig;
+use sealfs_proto::auth::{Security, SecurityArgs};
 
 /// sealfs: a distributed file system.
 #[derive(Parser, Debug)]
@@ -14,6 +16,37 @@ use sealfs_cli::cluster::{ClusterSpec, GatewaySpec, LocalCluster};
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// Where `sealfs up` records the security settings it gave its cluster, so the other commands
+/// run next to it find the secret without being told.
+const SECURITY_FILE: &str = "security.toml";
+
+/// The security settings for a command talking to a cluster: the flags and environment, or else
+/// those `sealfs up` recorded in its folder ($SEALFS_DIR, default sealfs-data).
+fn cli_security(args: SecurityArgs) -> anyhow::Result<Security> {
+    let mut cfg = SecurityConfig::default();
+    args.apply(&mut cfg);
+    let told = cfg.secret_file.is_some() || cfg.insecure || std::env::var_os(sealfs_proto::auth::SECRET_ENV).is_some();
+    if !told {
+        let dir = std::env::var_os("SEALFS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "sealfs-data".into());
+        let recorded = dir.join(SECURITY_FILE);
+        if recorded.exists() {
+            let mut rec: SecurityConfig = sealfs_core::config::load_file(&recorded)?;
+            // Flags given for TLS still win.
+            if cfg.tls() {
+                rec.tls_cert = cfg.tls_cert;
+                rec.tls_key = cfg.tls_key;
+                rec.tls_ca = cfg.tls_ca;
+            }
+            cfg = rec;
+        }
+    }
+    Ok(Security::load(&cfg)?)
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,6 +73,24 @@ enum Cmd {
         /// `-o port=P,mountport=P`).
         #[arg(long, env = "SEALFS_PORTMAP_PORT", default_value_t = 111)]
         portmap_port: u16,
+        /// Turn TLS on for every gRPC connection, with a CA and certificate made in DIR/tls
+        /// (or the files given with --tls-cert/--tls-key/--tls-ca).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Write a new random cluster secret to FILE (readable by its owner only).
+    GenSecret {
+        /// The file to create (an existing one is kept).
+        file: PathBuf,
+    },
+    /// Make a cluster CA and a certificate it signed, for serving and connecting, in DIR
+    /// (ca.pem, cert.pem, key.pem; existing files are kept).
+    GenCerts {
+        /// Folder for the three files.
+        dir: PathBuf,
+        /// More names (host names, addresses) for the certificate, besides "sealfs".
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
     /// Show the nodes, their state and partitions, and the moves in progress.
     Status {
@@ -116,10 +167,31 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     sealfs_proto::process::init_logging();
-    match Args::parse().cmd {
+    let args = Args::parse();
+    let sec_args = args.security;
+    match args.cmd {
+        Cmd::GenSecret { file } => {
+            if sealfs_cli::keys::ensure_secret(&file)? {
+                println!("wrote a new cluster secret to {}", file.display());
+            } else {
+                println!("{} exists; kept it", file.display());
+            }
+            Ok(())
+        }
+        Cmd::GenCerts { dir, names } => {
+            let f = sealfs_cli::keys::ensure_certs(&dir, &names)?;
+            println!(
+                "TLS files: --tls-ca {} --tls-cert {} --tls-key {}",
+                f.ca.display(),
+                f.cert.display(),
+                f.key.display()
+            );
+            Ok(())
+        }
         Cmd::Drain { node, undo, manager } => {
+            let sec = cli_security(sec_args)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(sealfs_cli::status::drain(&manager, node, !undo))?;
+            rt.block_on(sealfs_cli::status::drain(&sec, &manager, node, !undo))?;
             println!(
                 "node {node}: {}",
                 if undo {
@@ -131,8 +203,9 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::RemoveNode { node, manager } => {
+            let sec = cli_security(sec_args)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(sealfs_cli::status::remove_node(&manager, node))?;
+            rt.block_on(sealfs_cli::status::remove_node(&sec, &manager, node))?;
             println!("node {node} removed");
             Ok(())
         }
@@ -144,8 +217,9 @@ fn real_main() -> anyhow::Result<()> {
             mount,
         } => {
             if let Some(m) = &manager {
+                let sec = cli_security(sec_args)?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                rt.block_on(sealfs_cli::health::manager_and_node(m, node.as_deref(), settled))?;
+                rt.block_on(sealfs_cli::health::manager_and_node(&sec, m, node.as_deref(), settled))?;
             }
             if let Some(a) = &nfs {
                 sealfs_cli::health::nfs(a)?;
@@ -165,8 +239,9 @@ fn real_main() -> anyhow::Result<()> {
             size,
         } => load(mode, dir, manifest, count, seconds, files, size),
         Cmd::Status { manager } => {
+            let sec = cli_security(sec_args)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let s = rt.block_on(sealfs_cli::status::fetch(&manager))?;
+            let s = rt.block_on(sealfs_cli::status::fetch(&sec, &manager))?;
             print!("{}", sealfs_cli::status::render(&s));
             Ok(())
         }
@@ -177,7 +252,8 @@ fn real_main() -> anyhow::Result<()> {
             manager,
             nfs_port,
             portmap_port,
-        } => up(dir, mount, nodes, manager, nfs_port, portmap_port),
+            tls,
+        } => up(dir, mount, nodes, manager, nfs_port, portmap_port, tls, sec_args),
     }
 }
 
@@ -233,6 +309,7 @@ fn load(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn up(
     dir: PathBuf,
     mount: Option<PathBuf>,
@@ -240,6 +317,8 @@ fn up(
     manager: String,
     nfs_port: u16,
     portmap_port: u16,
+    tls: bool,
+    sec_args: SecurityArgs,
 ) -> anyhow::Result<()> {
     if nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
@@ -251,11 +330,23 @@ fn up(
     spec.nodes = nodes;
     spec.manager_listen = manager;
     spec.mount = Some(mount.clone());
+    spec.tls = tls;
+    sec_args.apply(&mut spec.security);
+    if spec.security.secret_file.is_none() && !spec.security.insecure {
+        if let Ok(secret) = std::env::var(sealfs_proto::auth::SECRET_ENV) {
+            // Hand the secret from the environment on as a file, not through more environments.
+            let path = dir.join("secret");
+            sealfs_cli::keys::write_private(&path, format!("{}\n", secret.trim()).as_bytes())?;
+            spec.security.secret_file = Some(path.to_string_lossy().into_owned());
+        }
+    }
     println!(
         "starting sealfs: manager, {nodes} storage node(s), NFS gateway, FUSE mount; state and logs under {}",
         dir.display()
     );
     let mut cluster = LocalCluster::start(spec)?;
+    std::fs::write(dir.join(SECURITY_FILE), toml::to_string(&cluster.spec.security)?)
+        .with_context(|| format!("cannot write {}", dir.join(SECURITY_FILE).display()))?;
     let nfs = if nfs_port == 0 {
         None
     } else {
@@ -285,6 +376,15 @@ fn up(
         None => println!("  NFS            not running"),
     }
     println!("  manager        {}", cluster.manager_addr);
+    if let Some(f) = &cluster.spec.security.secret_file {
+        println!("  secret         {} (every process of the cluster needs it)", f);
+    }
+    if cluster.security.is_tls() {
+        println!(
+            "  TLS            on (CA and certificate in {})",
+            dir.join("tls").display()
+        );
+    }
     println!("  state          {}", dir.display());
     println!("  logs           {}", dir.join("logs").display());
     println!("  status         sealfs status --manager {}", cluster.manager_addr);

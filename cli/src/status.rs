@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use sealfs_proto::auth::Security;
 use sealfs_proto::pb;
 
 fn bytes(n: u64) -> String {
@@ -19,39 +20,42 @@ fn bytes(n: u64) -> String {
     }
 }
 
+fn failed(addr: &str, s: tonic::Status) -> anyhow::Error {
+    if sealfs_proto::is_transport_error(&s) {
+        anyhow::anyhow!(
+            "cannot reach the manager at {addr}: {}",
+            crate::cluster::status_text(&s)
+        )
+    } else {
+        anyhow::anyhow!("manager {addr}: {}", crate::cluster::status_text(&s))
+    }
+}
+
 /// Ask the manager at `addr` for its status.
-pub async fn fetch(addr: &str) -> anyhow::Result<pb::StatusReply> {
-    let mut c = client(addr).await?;
-    Ok(c.status(pb::StatusRequest {}).await?.into_inner())
+pub async fn fetch(security: &Security, addr: &str) -> anyhow::Result<pb::StatusReply> {
+    let mut c = crate::cluster::manager_client(security, addr)?;
+    Ok(c.status(pb::StatusRequest {})
+        .await
+        .map_err(|s| failed(addr, s))?
+        .into_inner())
 }
 
 /// Start or stop draining node `node`.
-pub async fn drain(addr: &str, node: u64, drain: bool) -> anyhow::Result<()> {
-    let mut c = client(addr).await?;
+pub async fn drain(security: &Security, addr: &str, node: u64, drain: bool) -> anyhow::Result<()> {
+    let mut c = crate::cluster::manager_client(security, addr)?;
     c.drain(pb::DrainRequest { node_id: node, drain })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        .map_err(|s| failed(addr, s))?;
     Ok(())
 }
 
 /// Forget node `node` (it must hold nothing).
-pub async fn remove_node(addr: &str, node: u64) -> anyhow::Result<()> {
-    let mut c = client(addr).await?;
+pub async fn remove_node(security: &Security, addr: &str, node: u64) -> anyhow::Result<()> {
+    let mut c = crate::cluster::manager_client(security, addr)?;
     c.remove_node(pb::RemoveNodeRequest { node_id: node })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        .map_err(|s| failed(addr, s))?;
     Ok(())
-}
-
-async fn client(addr: &str) -> anyhow::Result<pb::manager_client::ManagerClient<tonic::transport::Channel>> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    pb::manager_client::ManagerClient::connect(uri)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the manager at {addr}: {e}"))
 }
 
 /// Render a status reply for people.
@@ -107,6 +111,18 @@ pub fn render(s: &pb::StatusReply) -> String {
             hb,
             bytes(st.data_total_bytes.saturating_sub(st.data_free_bytes)),
             bytes(st.data_free_bytes),
+        );
+    }
+    let refused: u64 = s.auth_refused
+        + s.nodes
+            .iter()
+            .map(|n| n.stats.as_ref().map_or(0, |st| st.auth_refused))
+            .sum::<u64>();
+    if refused > 0 {
+        let _ = writeln!(
+            out,
+            "refused calls (missing or wrong cluster secret): {refused} (manager {}; see the logs)",
+            s.auth_refused
         );
     }
     let moving = map.assignment.iter().filter(|r| !r.filling.is_empty()).count();
@@ -179,6 +195,7 @@ mod tests {
                         bytes_done: 1 << 30,
                         bytes_total: 3 << 30,
                     }],
+                    auth_refused: 2,
                     ..Default::default()
                 }),
                 primary_partitions: 85,
@@ -186,8 +203,13 @@ mod tests {
                 replica_partitions: 85,
                 filling_partitions: 0,
             }],
+            auth_refused: 1,
         };
         let text = render(&s);
+        assert!(
+            text.contains("refused calls (missing or wrong cluster secret): 3 (manager 1"),
+            "{text}"
+        );
         assert!(text.contains("DOWN"), "{text}");
         assert!(text.contains("6.0 GiB"), "{text}");
         assert!(text.contains("moves in progress: 1 (2.0 GiB left to copy)"), "{text}");

@@ -585,6 +585,7 @@ impl SealClient {
                             chunk: Some(pb::ChunkId { ino, index }),
                             offset: off,
                             size: len,
+                            from_replica: false,
                         };
                         async move { c.read_chunk(req).await }
                     })

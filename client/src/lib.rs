@@ -6,4 +6,4 @@ mod fs;
 mod router;
 
 pub use fs::{DirEntry, DirtyChunks, Entry, Layout, SealClient, StatFs, WriteMode};
-pub use router::Router;
+pub use router::{manager_client, node_client, Router};

@@ -8,35 +8,41 @@ use dashmap::DashMap;
 use sealfs_core::config::{ClientConfig, MAX_MESSAGE_SIZE};
 use sealfs_core::placement::{ClusterMap, NodeState};
 use sealfs_core::{FsError, FsResult, PartitionId};
+use sealfs_proto::auth::{AuthChannel, Security};
 use sealfs_proto::pb::manager_client::ManagerClient;
 use sealfs_proto::pb::node_client::NodeClient;
 use sealfs_proto::{error_from_status, map_from_pb, pb};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::{debug, warn};
 
 /// Routes requests to the node serving a partition, with a cached cluster map.
 pub struct Router {
     config: ClientConfig,
+    security: Security,
     map: RwLock<Arc<ClusterMap>>,
-    conns: DashMap<String, NodeClient<Channel>>,
-    manager: RwLock<ManagerClient<Channel>>,
+    conns: DashMap<String, NodeClient<AuthChannel>>,
+    manager: RwLock<ManagerClient<AuthChannel>>,
     refresh: tokio::sync::Mutex<()>,
 }
 
-fn manager_client(addr: &str, timeout: Duration) -> FsResult<ManagerClient<Channel>> {
-    Ok(ManagerClient::new(endpoint(addr, timeout)?.connect_lazy())
+/// A client of the manager at `addr`, signed and (when configured) over TLS.
+pub fn manager_client(security: &Security, addr: &str, timeout: Duration) -> FsResult<ManagerClient<AuthChannel>> {
+    Ok(ManagerClient::new(security.channel(endpoint(security, addr, timeout)?))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE))
 }
 
-fn endpoint(addr: &str, timeout: Duration) -> FsResult<Endpoint> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| FsError::Invalid(format!("bad address {addr}: {e}")))?
+/// A client of the node at `addr`, signed and (when configured) over TLS.
+pub fn node_client(security: &Security, addr: &str, timeout: Duration) -> FsResult<NodeClient<AuthChannel>> {
+    Ok(NodeClient::new(security.channel(endpoint(security, addr, timeout)?))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+}
+
+fn endpoint(security: &Security, addr: &str, timeout: Duration) -> FsResult<Endpoint> {
+    Ok(security
+        .endpoint(addr)
+        .map_err(|e| FsError::Invalid(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .tcp_nodelay(true)
@@ -52,16 +58,19 @@ impl Router {
     /// its partitions assigned.
     pub async fn connect(config: ClientConfig, wait: Duration) -> FsResult<Arc<Router>> {
         config.validate().map_err(|e| FsError::Invalid(e.to_string()))?;
+        let security = Security::load(&config.security).map_err(|e| FsError::Invalid(e.to_string()))?;
         let timeout = Duration::from_millis(config.rpc_timeout_ms);
-        let manager = RwLock::new(manager_client(&config.manager, timeout)?);
+        let manager = RwLock::new(manager_client(&security, &config.manager, timeout)?);
         let router = Arc::new(Router {
             config,
+            security,
             map: RwLock::new(Arc::new(ClusterMap::new(0, 1, 1, 1 << 22))),
             conns: DashMap::new(),
             manager,
             refresh: tokio::sync::Mutex::new(()),
         });
         let deadline = Instant::now() + wait;
+        let mut warned = false;
         loop {
             match router.fetch_map().await {
                 Ok(m) if m.is_initialized() => {
@@ -69,6 +78,16 @@ impl Router {
                     return Ok(router);
                 }
                 Ok(_) => debug!("cluster map not initialized yet"),
+                Err(FsError::Access) => {
+                    return Err(FsError::Invalid(format!(
+                        "manager {} refused this client's credentials: check the cluster secret",
+                        router.config.manager
+                    )))
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    warn!("manager {} not reachable yet (retrying): {e}", router.config.manager);
+                }
                 Err(e) => debug!("manager not reachable yet: {e}"),
             }
             if Instant::now() >= deadline {
@@ -91,8 +110,13 @@ impl Router {
         self.map.read().expect("map lock").clone()
     }
 
+    /// This process's security settings.
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
     /// A manager client (status, map).
-    pub fn manager(&self) -> ManagerClient<Channel> {
+    pub fn manager(&self) -> ManagerClient<AuthChannel> {
         self.manager.read().expect("manager client lock").clone()
     }
 
@@ -101,7 +125,7 @@ impl Router {
     pub fn manager_failed(&self, s: &tonic::Status) {
         if sealfs_proto::is_transport_error(s) {
             let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
-            if let Ok(c) = manager_client(&self.config.manager, timeout) {
+            if let Ok(c) = manager_client(&self.security, &self.config.manager, timeout) {
                 *self.manager.write().expect("manager client lock") = c;
             }
         }
@@ -142,15 +166,12 @@ impl Router {
     }
 
     /// A client for the node at `addr` (channels are shared and connect lazily).
-    pub fn node_client(&self, addr: &str) -> FsResult<NodeClient<Channel>> {
+    pub fn node_client(&self, addr: &str) -> FsResult<NodeClient<AuthChannel>> {
         if let Some(c) = self.conns.get(addr) {
             return Ok(c.clone());
         }
         let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
-        let chan = endpoint(addr, timeout)?.connect_lazy();
-        let client = NodeClient::new(chan)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let client = node_client(&self.security, addr, timeout)?;
         self.conns.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -169,7 +190,7 @@ impl Router {
     /// once with an I/O error, so callers never hang on a dead partition.
     pub async fn call<T, F, Fut>(&self, partition: PartitionId, f: F) -> FsResult<T>
     where
-        F: Fn(NodeClient<Channel>, u64) -> Fut,
+        F: Fn(NodeClient<AuthChannel>, u64) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + Duration::from_millis(self.config.retry_deadline_ms);

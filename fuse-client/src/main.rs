@@ -34,6 +34,8 @@ struct Args {
     /// Seconds to wait for the cluster at start-up.
     #[arg(long, env = "SEALFS_CONNECT_WAIT", default_value_t = 60)]
     connect_wait: u64,
+    #[command(flatten)]
+    security: sealfs_proto::auth::SecurityArgs,
 }
 
 fn main() {
@@ -53,6 +55,7 @@ fn real_main() -> anyhow::Result<()> {
     if let Some(v) = args.attr_ttl_ms {
         client.attr_ttl_ms = v;
     }
+    args.security.apply(&mut client.security);
     client.validate()?;
     let config = sealfs_fuse::MountConfig {
         client,

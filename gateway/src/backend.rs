@@ -41,7 +41,7 @@ pub fn nfs_status(e: &FsError) -> nfsstat3 {
         FsError::CrossDevice => NFS3ERR_XDEV,
         // Transient: the client waits and retries (hard mounts never fail on these).
         FsError::WrongEpoch { .. } | FsError::Unavailable(_) | FsError::TimedOut(_) | FsError::Busy => NFS3ERR_JUKEBOX,
-        FsError::Io(_) => NFS3ERR_IO,
+        FsError::Io(_) | FsError::Corrupt(_) => NFS3ERR_IO,
     }
 }
 

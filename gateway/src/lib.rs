@@ -26,6 +26,7 @@ pub async fn run(
     config.validate()?;
     let client_cfg = ClientConfig {
         manager: config.manager.clone(),
+        security: config.security.clone(),
         ..Default::default()
     };
     let client = tokio::select! {
@@ -41,8 +42,9 @@ pub async fn run(
         read_only = config.read_only,
         "gateway ready"
     );
+    let per_client = config.max_connections_per_client;
     let backend = Arc::new(backend::Gateway::new(client, config)?);
-    nfsserve::server::run(backend, nfs, portmap, port, cancel).await?;
+    nfsserve::server::run(backend, nfs, portmap, port, per_client, cancel).await?;
     info!("gateway stopped");
     Ok(())
 }

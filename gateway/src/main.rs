@@ -37,6 +37,8 @@ struct Args {
     /// Write the bound NFS address to this file once listening.
     #[arg(long, env = "SEALFS_ADDR_FILE")]
     addr_file: Option<PathBuf>,
+    #[command(flatten)]
+    security: sealfs_proto::auth::SecurityArgs,
 }
 
 fn main() {
@@ -64,6 +66,7 @@ fn real_main() -> anyhow::Result<()> {
     if let Some(v) = args.allowed_networks {
         cfg.allowed_networks = v;
     }
+    args.security.clone().apply(&mut cfg.security);
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

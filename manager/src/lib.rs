@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sealfs_core::config::{ManagerConfig, MAX_MESSAGE_SIZE};
+use sealfs_proto::auth::Security;
 use sealfs_proto::pb::manager_server::ManagerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info};
 
 use crate::service::ManagerService;
@@ -30,6 +32,7 @@ pub async fn run(config: ManagerConfig, listener: TcpListener, cancel: Cancellat
         File::create(dir.join("LOCK")).with_context(|| format!("manager dir {} is not writable", dir.display()))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| anyhow::anyhow!("another manager already runs on {}", dir.display()))?;
+    let security = Security::load(&config.security)?;
     let state = Arc::new(Mutex::new(State::open(dir, &config)?));
     let addr = listener.local_addr()?;
     info!(%addr, dir = %dir.display(), "manager serving");
@@ -52,13 +55,19 @@ pub async fn run(config: ManagerConfig, listener: TcpListener, cancel: Cancellat
             }
         })
     };
-    let svc = ManagerServer::new(ManagerService::new(state.clone(), config.failure_timeout_ms))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(sealfs_proto::process::incoming(listener), cancel.cancelled())
+    let svc = ManagerServer::new(ManagerService::new(
+        state.clone(),
+        config.failure_timeout_ms,
+        security.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    // Every node, gateway and client keeps one or two connections to the manager.
+    let incoming = sealfs_proto::process::incoming(listener, 256);
+    security
+        .server()?
+        .add_service(InterceptedService::new(svc, security.server_auth()))
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await?;
     detector.abort();
     info!("manager stopped");

@@ -33,6 +33,8 @@ struct Args {
     /// Write the bound address to this file once listening.
     #[arg(long, env = "SEALFS_ADDR_FILE")]
     addr_file: Option<PathBuf>,
+    #[command(flatten)]
+    security: sealfs_proto::auth::SecurityArgs,
 }
 
 fn main() {
@@ -61,6 +63,7 @@ fn real_main() -> anyhow::Result<()> {
     if let Some(v) = args.min_nodes {
         cfg.min_nodes = v;
     }
+    args.security.clone().apply(&mut cfg.security);
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

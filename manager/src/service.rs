@@ -15,14 +15,20 @@ use crate::state::{Refused, State};
 pub struct ManagerService {
     state: Arc<Mutex<State>>,
     failure_timeout_ms: u64,
+    security: sealfs_proto::auth::Security,
 }
 
 impl ManagerService {
     /// Serve `state`.
-    pub fn new(state: Arc<Mutex<State>>, failure_timeout_ms: u64) -> ManagerService {
+    pub fn new(
+        state: Arc<Mutex<State>>,
+        failure_timeout_ms: u64,
+        security: sealfs_proto::auth::Security,
+    ) -> ManagerService {
         ManagerService {
             state,
             failure_timeout_ms,
+            security,
         }
     }
 
@@ -117,7 +123,11 @@ impl manager_server::Manager for ManagerService {
                 }
             })
             .collect();
-        Ok(Response::new(pb::StatusReply { map: Some(map), nodes }))
+        Ok(Response::new(pb::StatusReply {
+            map: Some(map),
+            nodes,
+            auth_refused: self.security.refused(),
+        }))
     }
 
     async fn fill_done(&self, req: Request<pb::FillDoneRequest>) -> Result<Response<pb::ClusterMapMsg>, Status> {

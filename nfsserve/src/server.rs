@@ -143,8 +143,17 @@ impl RpcServer {
     }
 
     /// Serve RPC over TCP on `listener` until `cancel` fires.
-    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
+    /// Serve RPC over TCP on `listener`: at most MAX_CONNECTIONS at once, and at most
+    /// `max_per_client` from one address (more are closed at once, and logged).
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        listener: TcpListener,
+        max_per_client: u32,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
         let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let per_client: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>> = Default::default();
+        let mut last_warn: Option<std::time::Instant> = None;
         loop {
             let (sock, peer) = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -162,8 +171,21 @@ impl RpcServer {
                 warn!(%peer, "too many connections; closing this one");
                 continue;
             };
+            {
+                let mut open = per_client.lock().unwrap_or_else(|e| e.into_inner());
+                let n = open.entry(peer.ip()).or_insert(0);
+                if *n >= max_per_client.max(1) {
+                    if last_warn.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                        warn!(%peer, limit = max_per_client, "too many connections from this address; closing this one");
+                        last_warn = Some(std::time::Instant::now());
+                    }
+                    continue;
+                }
+                *n += 1;
+            }
             let server = self.clone();
             let cancel = cancel.clone();
+            let per_client = per_client.clone();
             tokio::spawn(async move {
                 debug!(%peer, "connection");
                 let _ = sock.set_nodelay(true);
@@ -171,6 +193,13 @@ impl RpcServer {
                     debug!(%peer, "connection closed: {e}");
                 }
                 drop(permit);
+                let mut open = per_client.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = open.get_mut(&peer.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        open.remove(&peer.ip());
+                    }
+                }
             });
         }
     }
@@ -284,6 +313,7 @@ pub async fn run(
     nfs: TcpListener,
     portmap: Option<(TcpListener, UdpSocket)>,
     advertised_port: u16,
+    max_per_client: u32,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let nfs_server = Arc::new(RpcServer {
@@ -291,14 +321,14 @@ pub async fn run(
         portmap: Some(PortMap::nfs_on(advertised_port)),
     });
     info!(addr = %nfs.local_addr()?, "NFSv3 and MOUNT serving");
-    let mut tasks = vec![tokio::spawn(nfs_server.serve_tcp(nfs, cancel.clone()))];
+    let mut tasks = vec![tokio::spawn(nfs_server.serve_tcp(nfs, max_per_client, cancel.clone()))];
     if let Some((tcp, udp)) = portmap {
         info!(addr = %tcp.local_addr()?, "portmapper serving (TCP and UDP)");
         let pm = Arc::new(RpcServer {
             nfs: None,
             portmap: Some(PortMap::nfs_on(advertised_port)),
         });
-        tasks.push(tokio::spawn(pm.clone().serve_tcp(tcp, cancel.clone())));
+        tasks.push(tokio::spawn(pm.clone().serve_tcp(tcp, max_per_client, cancel.clone())));
         tasks.push(tokio::spawn(pm.serve_udp(udp, cancel.clone())));
     }
     for t in tasks {

@@ -7,6 +7,7 @@ use sealfs_core::placement::{ClusterMap, NodeInfo, NodeState, Replicas};
 use sealfs_core::{Credentials, FsError};
 use tonic::{Code, Status};
 
+pub mod auth;
 pub mod process;
 
 /// Generated messages and services.
@@ -34,6 +35,7 @@ pub fn status_from_error(e: &FsError) -> Status {
         FsError::Invalid(_) | FsError::NameTooLong => (Code::InvalidArgument, "fs"),
         FsError::NoSpace => (Code::ResourceExhausted, "fs"),
         FsError::Io(_) => (Code::Internal, "fs"),
+        FsError::Corrupt(_) => (Code::DataLoss, "corrupt"),
         _ => (Code::FailedPrecondition, "fs"),
     };
     let mut s = Status::new(code, e.to_string());
@@ -63,6 +65,7 @@ pub fn error_from_status(s: &Status) -> FsError {
         }
         Some("unavailable") => FsError::Unavailable(s.message().to_string()),
         Some("timeout") => FsError::TimedOut(s.message().to_string()),
+        Some("corrupt") => FsError::Corrupt(s.message().to_string()),
         Some(_) => {
             let errno = md
                 .get(ERRNO_KEY)
@@ -72,15 +75,35 @@ pub fn error_from_status(s: &Status) -> FsError {
             FsError::from_errno(errno, s.message())
         }
         None => match s.code() {
-            Code::DeadlineExceeded => FsError::TimedOut(s.message().to_string()),
+            Code::DeadlineExceeded => FsError::TimedOut(status_detail(s)),
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
-                FsError::Unavailable(s.message().to_string())
+                FsError::Unavailable(status_detail(s))
             }
             Code::ResourceExhausted => FsError::Invalid(format!("request refused: {}", s.message())),
-            Code::Unauthenticated | Code::PermissionDenied => FsError::Access,
+            Code::Unauthenticated => {
+                auth::note_refused(s);
+                FsError::Access
+            }
+            Code::PermissionDenied => FsError::Access,
             _ => FsError::Io(format!("{:?}: {}", s.code(), s.message())),
         },
     }
+}
+
+/// A Status's message with the chain of causes behind it (a transport failure's real reason,
+/// such as a refused TLS certificate, is in the chain, not in the message).
+pub fn status_detail(s: &Status) -> String {
+    let mut out = s.message().to_string();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = e.source();
+    }
+    out
 }
 
 /// Whether a Status came from the transport (the connection failed or timed out) rather than

@@ -1,7 +1,18 @@
 //! Process plumbing every sealfs server binary shares: logging set-up, the shutdown signal, and
-//! the address file that tells a parent process (`sealfs up`, the tests) where a server listens.
+//! the address file that tells a parent process (`sealfs up`, the tests) where a server listens,
+//! and the accept loop with its per-client connection limit.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tracing::warn;
 
 /// Log to stderr with the filter in `SEALFS_LOG` (default `info`).
 pub fn init_logging() {
@@ -45,16 +56,189 @@ pub fn exit_on_error(r: anyhow::Result<()>) {
     }
 }
 
-/// The connections a server accepts on `listener`, with Nagle's algorithm off: a gRPC reply is
-/// several small writes, and Nagle plus the peer's delayed ACK would hold each reply ~40 ms.
-/// (tonic's own `tcp_nodelay` applies only to listeners it binds itself.)
-pub fn incoming(
+/// The connections a server accepts on `listener`: Nagle's algorithm off (a gRPC reply is several
+/// small writes, and Nagle plus the peer's delayed ACK would hold each reply ~40 ms; tonic's own
+/// `tcp_nodelay` applies only to listeners it binds itself), at most `max_per_client` open at
+/// once from one address (more are closed at once, and logged), and accept errors (such as
+/// running out of file descriptors) logged and ridden out instead of ending the server.
+pub fn incoming(listener: tokio::net::TcpListener, max_per_client: u32) -> Incoming {
+    Incoming {
+        listener,
+        limits: Arc::new(ConnLimits::new(max_per_client)),
+        pause: None,
+    }
+}
+
+/// Stream of accepted connections; see [`incoming`].
+pub struct Incoming {
     listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-        let s = s?;
-        s.set_nodelay(true)?;
-        Ok(s)
-    })
+    limits: Arc<ConnLimits>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = std::io::Result<LimitedConn>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(p) = self.pause.as_mut() {
+                std::task::ready!(p.as_mut().poll(cx));
+                self.pause = None;
+            }
+            match std::task::ready!(self.listener.poll_accept(cx)) {
+                Ok((stream, peer)) => match self.limits.acquire(peer.ip()) {
+                    Some(guard) => {
+                        let _ = stream.set_nodelay(true);
+                        return Poll::Ready(Some(Ok(LimitedConn { stream, _guard: guard })));
+                    }
+                    None => {
+                        self.limits.note_refused(peer);
+                        drop(stream);
+                    }
+                },
+                Err(e) => {
+                    warn!("accepting a connection failed: {e}; pausing 100 ms");
+                    self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+                }
+            }
+        }
+    }
+}
+
+/// Open connections per client address, with a cap.
+pub struct ConnLimits {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+    refused: AtomicU64,
+    last_warn: AtomicU64,
+}
+
+impl ConnLimits {
+    /// At most `max` connections per address.
+    pub fn new(max: u32) -> ConnLimits {
+        ConnLimits {
+            max: max.max(1),
+            open: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+            last_warn: AtomicU64::new(0),
+        }
+    }
+
+    /// Take a slot for `ip`, or None when it has all it may have.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnGuard> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnGuard {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Count (and log, at most every 10 s) a connection refused for being over the limit.
+    pub fn note_refused(&self, peer: SocketAddr) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(%peer, refused_total = n, limit = self.max, "closed a connection: too many from this address");
+        }
+    }
+
+    /// Connections refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// A slot of [`ConnLimits`], given back on drop.
+pub struct ConnGuard {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// An accepted TCP connection holding its slot.
+pub struct LimitedConn {
+    stream: tokio::net::TcpStream,
+    _guard: ConnGuard,
+}
+
+impl tonic::transport::server::Connected for LimitedConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_address() {
+        let l = Arc::new(ConnLimits::new(2));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = l.acquire(a).unwrap();
+        let _g2 = l.acquire(a).unwrap();
+        assert!(l.acquire(a).is_none());
+        let _g3 = l.acquire(b).unwrap();
+        drop(g1);
+        assert!(l.acquire(a).is_some());
+    }
 }

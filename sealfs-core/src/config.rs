@@ -11,6 +11,11 @@ pub const MAX_IO_SIZE: usize = 4 << 20;
 pub const MAX_MESSAGE_SIZE: usize = MAX_IO_SIZE + (64 << 10);
 /// Largest xattr value.
 pub const MAX_XATTR_VALUE: usize = 64 << 10;
+/// Most bytes (names plus values) of all xattrs of one inode; more gets ENOSPC, as on a full
+/// ext4 inode.
+pub const MAX_XATTR_TOTAL: usize = 1 << 20;
+/// Most xattrs on one inode.
+pub const MAX_XATTR_COUNT: usize = 1024;
 /// Files up to this size are stored inline in their inode record.
 pub const INLINE_MAX: u64 = 4096;
 
@@ -37,6 +42,55 @@ pub fn load_file<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result
     })
 }
 
+/// How a process proves it belongs to the cluster, and whether its connections use TLS. Every
+/// manager, node, gateway, FUSE client and CLI of one cluster shares the secret (and, with TLS,
+/// the CA).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// File holding the cluster secret (at least 16 characters; surrounding whitespace is
+    /// ignored). Without it, the environment variable `SEALFS_SECRET` holds the secret itself.
+    pub secret_file: Option<String>,
+    /// Run without a cluster secret: calls are neither signed nor checked. Only for a cluster
+    /// on a network nobody else can reach.
+    pub insecure: bool,
+    /// This process's certificate (PEM). Setting it, `tls_key` and `tls_ca` turns TLS on for
+    /// every gRPC listener and connection of the process.
+    pub tls_cert: Option<String>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<String>,
+    /// The cluster's CA certificate (PEM): peers must present a certificate it signed, both
+    /// ways (mutual TLS).
+    pub tls_ca: Option<String>,
+    /// The name cluster certificates are issued for (checked by the connecting side); empty:
+    /// "sealfs".
+    pub tls_domain: String,
+}
+
+impl SecurityConfig {
+    /// Whether TLS is configured.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some()
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls() && (self.tls_cert.is_none() || self.tls_key.is_none() || self.tls_ca.is_none()) {
+            return Err(ConfigError::Invalid {
+                field: "tls_cert",
+                msg: "TLS needs all three of tls_cert, tls_key and tls_ca".into(),
+            });
+        }
+        if self.insecure && self.secret_file.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "insecure",
+                msg: "insecure and secret_file exclude each other".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Manager settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,6 +109,8 @@ pub struct ManagerConfig {
     pub failure_timeout_ms: u64,
     /// Chunk size for file data of a new cluster: a power of two, 64 KiB to 64 MiB.
     pub chunk_size: u32,
+    /// Cluster secret and TLS.
+    pub security: SecurityConfig,
 }
 
 impl Default for ManagerConfig {
@@ -67,6 +123,7 @@ impl Default for ManagerConfig {
             min_nodes: 1,
             failure_timeout_ms: 3000,
             chunk_size: 4 << 20,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -74,6 +131,7 @@ impl Default for ManagerConfig {
 impl ManagerConfig {
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.security.validate()?;
         if !self.partitions.is_power_of_two() || self.partitions > 65536 {
             return Err(ConfigError::Invalid {
                 field: "partitions",
@@ -126,6 +184,10 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     /// RocksDB block cache, in MiB (bounds the node's memory, not the file count).
     pub cache_mb: u64,
+    /// Most gRPC connections one client address may hold open at once (more are closed).
+    pub max_connections_per_client: u32,
+    /// Cluster secret and TLS.
+    pub security: SecurityConfig,
 }
 
 impl Default for NodeConfig {
@@ -138,6 +200,8 @@ impl Default for NodeConfig {
             data_dir: "./sealfs-node/data".into(),
             heartbeat_ms: 1000,
             cache_mb: 64,
+            max_connections_per_client: 256,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -145,6 +209,13 @@ impl Default for NodeConfig {
 impl NodeConfig {
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.security.validate()?;
+        if self.max_connections_per_client == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_connections_per_client",
+                msg: "must be at least 1".into(),
+            });
+        }
         if self.meta_dir.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "meta_dir",
@@ -181,6 +252,8 @@ pub struct ClientConfig {
     pub retry_deadline_ms: u64,
     /// How long the FUSE kernel may cache attributes and entries.
     pub attr_ttl_ms: u64,
+    /// Cluster secret and TLS.
+    pub security: SecurityConfig,
 }
 
 impl Default for ClientConfig {
@@ -190,6 +263,7 @@ impl Default for ClientConfig {
             rpc_timeout_ms: 5_000,
             retry_deadline_ms: 30_000,
             attr_ttl_ms: 1000,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -197,6 +271,7 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.security.validate()?;
         if self.rpc_timeout_ms < 100 {
             return Err(ConfigError::Invalid {
                 field: "rpc_timeout_ms",
@@ -240,6 +315,11 @@ pub struct GatewayConfig {
     pub allowed_networks: Vec<String>,
     /// Largest READ and WRITE offered to clients, in bytes (at most 1 MiB).
     pub max_io: u32,
+    /// Most NFS connections one client address may hold open at once (more are closed).
+    pub max_connections_per_client: u32,
+    /// Cluster secret and TLS for the gateway's calls into the cluster (the NFS listener itself
+    /// is plain NFSv3: restrict it with `allowed_networks`).
+    pub security: SecurityConfig,
 }
 
 impl Default for GatewayConfig {
@@ -256,6 +336,8 @@ impl Default for GatewayConfig {
             anon_gid: 65534,
             allowed_networks: vec!["0.0.0.0/0".into(), "::/0".into()],
             max_io: 1 << 20,
+            max_connections_per_client: 64,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -278,7 +360,14 @@ impl GatewayConfig {
 
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.security.validate()?;
         self.networks()?;
+        if self.max_connections_per_client == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_connections_per_client",
+                msg: "must be at least 1".into(),
+            });
+        }
         if !self.export.starts_with('/') {
             return Err(ConfigError::Invalid {
                 field: "export",

@@ -61,6 +61,9 @@ pub enum FsError {
     TimedOut(String),
     #[error("I/O error: {0}")]
     Io(String),
+    /// Stored data failed its checksum (EIO to the caller; never served as good data).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl FsError {
@@ -92,7 +95,7 @@ impl FsError {
             FsError::WrongEpoch { .. } => libc::EAGAIN,
             FsError::Unavailable(_) => libc::EIO,
             FsError::TimedOut(_) => libc::ETIMEDOUT,
-            FsError::Io(_) => libc::EIO,
+            FsError::Io(_) | FsError::Corrupt(_) => libc::EIO,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod replication;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod sums;
 pub mod tx;
 
 pub use server::run;

@@ -36,6 +36,8 @@ struct Args {
     /// Write the bound address to this file once listening.
     #[arg(long, env = "SEALFS_ADDR_FILE")]
     addr_file: Option<PathBuf>,
+    #[command(flatten)]
+    security: sealfs_proto::auth::SecurityArgs,
 }
 
 fn main() {
@@ -67,6 +69,7 @@ fn real_main() -> anyhow::Result<()> {
     if let Some(v) = args.cache_mb {
         cfg.cache_mb = v;
     }
+    args.security.clone().apply(&mut cfg.security);
     cfg.validate()?;
     // Check the folders before anything else so a bad path is the first and only message.
     sealfs_storage_node::server::check_dir("meta dir", std::path::Path::new(&cfg.meta_dir))?;

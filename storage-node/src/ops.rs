@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec};
-use sealfs_core::config::{INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE, MAX_XATTR_VALUE};
+use sealfs_core::config::{INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE, MAX_XATTR_COUNT, MAX_XATTR_TOTAL, MAX_XATTR_VALUE};
 use sealfs_core::ids::ino_partition;
 use sealfs_core::name::{validate_name, NAME_MAX, SYMLINK_MAX};
 use sealfs_core::perm::{self, Credentials};
@@ -866,12 +866,21 @@ impl Node {
         let mut rec = self.store.inode(ino)?;
         perm::check_xattr(cred, &rec.attr, name, true)?;
         let key = keys::xattr(ino_partition(ino), ino, name);
-        let exists = self.store.get(&key)?.is_some();
+        let old = self.store.get(&key)?;
+        let exists = old.is_some();
         if flags & 1 != 0 && exists {
             return Err(FsError::Exists);
         }
         if flags & 2 != 0 && !exists {
             return Err(FsError::NoData);
+        }
+        // Bound what one inode may hold, so no caller can grow a record set without limit.
+        let prefix = keys::xattr_prefix(ino_partition(ino), ino);
+        let all = self.store.scan_prefix(&prefix)?;
+        let total: usize = all.iter().map(|(k, v)| k.len() - prefix.len() + v.len()).sum();
+        let after = total - old.map(|v| name.len() + v.len()).unwrap_or(0) + name.len() + value.len();
+        if after > MAX_XATTR_TOTAL || (!exists && all.len() >= MAX_XATTR_COUNT) {
+            return Err(FsError::NoSpace);
         }
         let mut tx = Tx::new(&self.store);
         tx.put(key, value.to_vec());

@@ -161,6 +161,103 @@ fn split_ops(ops: &KvOps) -> BTreeMap<PartitionId, (Vec<pb::KvPut>, Vec<Bytes>)>
 }
 
 impl Node {
+    /// The partition of a chunk this node may serve a replica read of: it must hold it in sync.
+    pub fn check_replica_read(&self, ino: InodeId, index: u64) -> FsResult<PartitionId> {
+        let map = self.router.map();
+        let p = map.chunk_partition(ino, index);
+        if map.replicas(p).is_some_and(|r| r.in_sync.contains(&self.id)) {
+            Ok(p)
+        } else {
+            Err(FsError::Unavailable(format!(
+                "node {} holds no in-sync copy of partition {p}",
+                self.id
+            )))
+        }
+    }
+
+    /// Repair a chunk whose local copy failed its checksum from another in-sync replica.
+    pub async fn repair_chunk(&self, p: PartitionId, ino: InodeId, index: u64) -> FsResult<()> {
+        let map = self.router.map();
+        let others: Vec<(NodeId, String)> = map
+            .replicas(p)
+            .map(|r| {
+                r.in_sync
+                    .iter()
+                    .filter(|n| **n != self.id)
+                    .filter_map(|n| map.node(*n).map(|i| (i.id, i.addr.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut last = FsError::Corrupt("no other in-sync copy to repair from".into());
+        for (id, addr) in others {
+            match self
+                .fetch_replica_chunk(&addr, map.epoch, ino, index, map.chunk_size)
+                .await
+            {
+                Ok(good) => match self.chunks.repair(p, ino, index, good).await {
+                    Ok(blocks) => {
+                        warn!(
+                            partition = p,
+                            ino,
+                            index,
+                            from = id,
+                            blocks,
+                            "repaired a corrupt chunk from a replica"
+                        );
+                        return Ok(());
+                    }
+                    Err(e) => last = e,
+                },
+                Err(e) => {
+                    warn!(
+                        partition = p,
+                        ino,
+                        index,
+                        from = id,
+                        "cannot read the replica's copy: {e}"
+                    );
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn fetch_replica_chunk(
+        &self,
+        addr: &str,
+        epoch: u64,
+        ino: InodeId,
+        index: u64,
+        chunk_size: u32,
+    ) -> FsResult<Bytes> {
+        let mut client = self.router.node_client(addr)?;
+        let piece = sealfs_core::config::MAX_IO_SIZE as u32;
+        let mut out = Vec::new();
+        let mut off = 0u32;
+        loop {
+            let req = pb::ReadChunkRequest {
+                ctx: Some(ctx(epoch, &Credentials::root())),
+                chunk: Some(pb::ChunkId { ino, index }),
+                offset: off,
+                size: piece,
+                from_replica: true,
+            };
+            let data = client
+                .read_chunk(req)
+                .await
+                .map_err(|s| error_from_status(&s))?
+                .into_inner()
+                .data;
+            let n = data.len() as u32;
+            out.extend_from_slice(&data);
+            off += n;
+            if n < piece || off >= chunk_size {
+                return Ok(Bytes::from(out));
+            }
+        }
+    }
+
     /// Apply a transaction here and on every other replica of the partitions it touches.
     pub async fn commit(&self, tx: Tx<'_>, sync: bool) -> FsResult<()> {
         self.commit_ops(tx.into_ops(), sync).await
@@ -216,7 +313,7 @@ impl Node {
             ChunkOp::Truncate(len) => replicate_chunk_request::Op::Truncate(*len),
             ChunkOp::Commit => replicate_chunk_request::Op::Commit(true),
         };
-        let send = |mut c: pb::node_client::NodeClient<tonic::transport::Channel>, epoch: u64| {
+        let send = |mut c: pb::node_client::NodeClient<sealfs_proto::auth::AuthChannel>, epoch: u64| {
             let r = pb::ReplicateChunkRequest {
                 ctx: Some(ctx(epoch, &Credentials::root())),
                 sender: self.id,
@@ -261,7 +358,7 @@ impl Node {
     /// when one cannot take it.
     async fn forward<F, Fut>(&self, p: PartitionId, send: &F) -> FsResult<()>
     where
-        F: Fn(pb::node_client::NodeClient<tonic::transport::Channel>, u64) -> Fut,
+        F: Fn(pb::node_client::NodeClient<sealfs_proto::auth::AuthChannel>, u64) -> Fut,
         Fut: std::future::Future<Output = Result<(), tonic::Status>>,
     {
         for _round in 0..8 {

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use sealfs_client::Router;
 use sealfs_core::config::{ClientConfig, ManagerConfig, NodeConfig, MAX_MESSAGE_SIZE};
+use sealfs_proto::auth::{AuthChannel, Security};
 use sealfs_proto::pb::{self, manager_client::ManagerClient, node_server::NodeServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::chunks::ChunkStore;
@@ -37,7 +38,7 @@ pub fn check_dir(what: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stats(node: Option<&Node>, chunks: &ChunkStore, store: &MetaStore) -> pb::NodeStats {
+fn stats(node: Option<&Node>, chunks: &ChunkStore, store: &MetaStore, security: &Security) -> pb::NodeStats {
     let (total, free) = chunks.space();
     pb::NodeStats {
         data_total_bytes: total,
@@ -46,25 +47,13 @@ fn stats(node: Option<&Node>, chunks: &ChunkStore, store: &MetaStore) -> pb::Nod
         meta_free_bytes: 0,
         inodes: store.estimate_keys(),
         fills: node.map(|n| n.fill_progress()).unwrap_or_default(),
+        auth_refused: security.refused(),
     }
-}
-
-async fn manager_client(addr: &str) -> anyhow::Result<ManagerClient<Channel>> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let chan = Endpoint::from_shared(uri)?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect_lazy();
-    Ok(ManagerClient::new(chan))
 }
 
 /// Register (retrying until the manager answers or we are cancelled); returns (node id, cluster id).
 async fn register(
-    mgr: &mut ManagerClient<Channel>,
+    mgr: &mut ManagerClient<AuthChannel>,
     node_id: u64,
     addr: &str,
     st: pb::NodeStats,
@@ -84,6 +73,12 @@ async fn register(
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition || s.code() == tonic::Code::InvalidArgument => {
                 bail!("manager refused registration: {}", s.message())
+            }
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                bail!(
+                    "manager refused registration: {} (check the cluster secret)",
+                    s.message()
+                )
             }
             Err(s) => {
                 if !warned {
@@ -106,6 +101,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     let data_dir = Path::new(&config.data_dir);
     check_dir("meta dir", meta_dir)?;
     check_dir("data dir", data_dir)?;
+    let security = Security::load(&config.security)?;
     let store = MetaStore::open(meta_dir, config.cache_mb)?;
     let chunks = ChunkStore::open(data_dir);
 
@@ -115,8 +111,9 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     };
     let stored_id = store.node_u64("node_id")?.unwrap_or(0);
     let stored_cluster = store.node_u64("cluster_id")?;
-    let mut mgr = manager_client(&config.manager).await?;
-    let (id, cluster_id) = register(&mut mgr, stored_id, &addr, stats(None, &chunks, &store), &cancel).await?;
+    let mut mgr = sealfs_client::manager_client(&security, &config.manager, Duration::from_secs(2))?;
+    let st = stats(None, &chunks, &store, &security);
+    let (id, cluster_id) = register(&mut mgr, stored_id, &addr, st, &cancel).await?;
     if let Some(c) = stored_cluster {
         if c != cluster_id {
             bail!(
@@ -145,6 +142,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
 
     let client_cfg = ClientConfig {
         manager: config.manager.clone(),
+        security: config.security.clone(),
         ..Default::default()
     };
     let router = tokio::select! {
@@ -178,6 +176,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     tokio::spawn(node.clone().cleanup_worker(cancel.clone()));
     tokio::spawn(heartbeat_loop(
         node.clone(),
+        security.clone(),
         mgr,
         addr.clone(),
         config.heartbeat_ms,
@@ -192,21 +191,24 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     let svc = NodeServer::new(NodeService(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let incoming = sealfs_proto::process::incoming(listener, config.max_connections_per_client);
+    security
+        .server()?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(sealfs_proto::process::incoming(listener), cancel.cancelled())
+        .add_service(InterceptedService::new(svc, security.server_auth()))
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await?;
     node.store.sync().await.ok();
+    node.chunks.close();
     info!(node = id, "stopped");
     Ok(())
 }
 
 async fn heartbeat_loop(
     node: Arc<Node>,
-    mut mgr: ManagerClient<Channel>,
+    security: Security,
+    mut mgr: ManagerClient<AuthChannel>,
     addr: String,
     every_ms: u64,
     cancel: CancellationToken,
@@ -221,7 +223,7 @@ async fn heartbeat_loop(
         let req = pb::HeartbeatRequest {
             node_id: node.id,
             addr: addr.clone(),
-            stats: Some(stats(Some(&node), &node.chunks, &node.store)),
+            stats: Some(stats(Some(&node), &node.chunks, &node.store, &security)),
         };
         let started = crate::replication::now_ms();
         // A gap between two heartbeats as long as the manager's patience means this process was

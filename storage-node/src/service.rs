@@ -291,9 +291,23 @@ impl node_server::Node for NodeService {
         done(
             async {
                 let (ino, index) = chunk_id(r.chunk.as_ref())?;
-                let p = self.chunk_partition(r.ctx.as_ref(), ino, index).await?;
                 let size = (r.size as usize).min(MAX_IO_SIZE);
-                let data = self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await?;
+                if r.from_replica {
+                    let p = self.0.check_replica_read(ino, index)?;
+                    let data = self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await?;
+                    return Ok(pb::ReadChunkReply { data });
+                }
+                let p = self.chunk_partition(r.ctx.as_ref(), ino, index).await?;
+                let data = match self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await {
+                    Err(FsError::Corrupt(why)) => {
+                        // Never serve it; put it right from another copy if there is one.
+                        if let Err(e) = self.0.repair_chunk(p, ino, index).await {
+                            return Err(FsError::Corrupt(format!("{why}; not repaired: {e}")));
+                        }
+                        self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await?
+                    }
+                    r => r?,
+                };
                 Ok(pb::ReadChunkReply { data })
             }
             .await,

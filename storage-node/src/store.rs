@@ -20,6 +20,7 @@ use crate::records::{DentryRecord, InodeRecord};
 pub fn db_err(e: rocksdb::Error) -> FsError {
     let s = e.to_string();
     if s.contains("No space left") || s.contains("ENOSPC") {
+        tracing::error!("the metadata store found its disk full ({s}); it may refuse writes until the node restarts");
         FsError::NoSpace
     } else {
         FsError::Io(format!("metadata store: {s}"))
@@ -42,6 +43,53 @@ pub struct MetaStore {
     db: Arc<DB>,
     inode_seq: Arc<DashMap<PartitionId, SeqWindow>>,
     intent_seq: SeqWindow,
+    space: Arc<SpaceGuard>,
+}
+
+/// Keeps the metadata disk from filling up under RocksDB: a write that RocksDB cannot log puts it
+/// in an error state that only a reopen clears, so writes that add data are refused (ENOSPC)
+/// while the disk's free space is below a reserve, and taken again once it is back.
+struct SpaceGuard {
+    dir: std::path::PathBuf,
+    /// Bytes to keep free: a tenth of the disk, at most 256 MiB.
+    reserve: u64,
+    low: std::sync::atomic::AtomicBool,
+}
+
+impl SpaceGuard {
+    fn new(dir: &Path) -> SpaceGuard {
+        let total = nix::sys::statvfs::statvfs(dir)
+            .map(|s| s.blocks() * s.fragment_size())
+            .unwrap_or(0);
+        SpaceGuard {
+            dir: dir.to_path_buf(),
+            reserve: (total / 10).min(256 << 20),
+            low: Default::default(),
+        }
+    }
+
+    fn check(&self) -> FsResult<()> {
+        use std::sync::atomic::Ordering;
+        let low = self.low.load(Ordering::Relaxed);
+        // Every write looks (statvfs reads the superblock's counters, no I/O): RocksDB must
+        // never be the one to find the disk full.
+        if let Ok(s) = nix::sys::statvfs::statvfs(&self.dir) {
+            let free = s.blocks_available() * s.fragment_size();
+            let now_low = free < self.reserve;
+            if now_low != low {
+                if now_low {
+                    tracing::warn!(free, reserve = self.reserve, dir = %self.dir.display(), "metadata disk nearly full: refusing writes (ENOSPC) until space is freed");
+                } else {
+                    tracing::info!(free, "metadata disk has room again: taking writes");
+                }
+                self.low.store(now_low, Ordering::Relaxed);
+            }
+        }
+        if self.low.load(Ordering::Relaxed) {
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
+    }
 }
 
 /// Writes to apply: key, and the new value or None to delete.
@@ -81,6 +129,7 @@ impl MetaStore {
             db: Arc::new(db),
             inode_seq: Arc::new(DashMap::new()),
             intent_seq: Arc::new(tokio::sync::Mutex::new((0, 0))),
+            space: Arc::new(SpaceGuard::new(dir)),
         };
         match store.node_u64("format")? {
             None => store.put_node_u64_blocking("format", keys::FORMAT_VERSION)?,
@@ -201,6 +250,9 @@ impl MetaStore {
 
     /// Apply writes atomically; with `sync` they are durable (WAL fsync'd) when this returns.
     pub async fn write_ops(&self, ops: KvOps, sync: bool) -> FsResult<()> {
+        if ops.iter().any(|(_, v)| v.is_some()) {
+            self.space.check()?;
+        }
         let mut b = WriteBatch::default();
         for (k, v) in ops {
             match v {
@@ -208,7 +260,7 @@ impl MetaStore {
                 None => b.delete(k),
             }
         }
-        self.write(b, sync).await
+        self.write_unguarded(b, sync).await
     }
 
     /// Remove everything of partition `p` (durably).
@@ -216,7 +268,8 @@ impl MetaStore {
         let (start, end) = keys::partition_range(p);
         let mut b = WriteBatch::default();
         b.delete_range(start, end);
-        self.write(b, true).await?;
+        // Removing frees space: never refused for want of it.
+        self.write_unguarded(b, true).await?;
         self.inode_seq.remove(&p);
         Ok(())
     }
@@ -258,6 +311,11 @@ impl MetaStore {
 
     /// Apply a batch atomically; with `sync` it is durable (WAL fsync'd) when this returns.
     pub async fn write(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
+        self.space.check()?;
+        self.write_unguarded(batch, sync).await
+    }
+
+    async fn write_unguarded(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let mut wo = WriteOptions::default();
@@ -269,6 +327,7 @@ impl MetaStore {
     }
 
     fn write_blocking(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
+        self.space.check()?;
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(batch, &wo).map_err(db_err)

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use sealfs_cli::cluster::{ClusterSpec, LocalCluster};
 use sealfs_client::SealClient;
-use sealfs_core::config::{ClientConfig, ManagerConfig, NodeConfig};
+use sealfs_core::config::{ClientConfig, ManagerConfig, NodeConfig, SecurityConfig};
+use sealfs_proto::auth::Security;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub struct InProcessCluster {
     pub dir: tempfile::TempDir,
     pub manager_addr: String,
+    /// The secret (a file in `dir`) every part of the cluster uses.
+    pub security: SecurityConfig,
     pub cancel: CancellationToken,
     pub node_cancels: Vec<CancellationToken>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -32,12 +35,19 @@ impl InProcessCluster {
             .tempdir()
             .expect("temp dir");
         let cancel = CancellationToken::new();
+        let secret = dir.path().join("secret");
+        sealfs_cli::keys::ensure_secret(&secret).expect("secret");
+        let security = SecurityConfig {
+            secret_file: Some(secret.to_string_lossy().into_owned()),
+            ..Default::default()
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let manager_addr = listener.local_addr().expect("addr").to_string();
         let mcfg = ManagerConfig {
             dir: dir.path().join("manager").to_string_lossy().into_owned(),
             partitions,
             min_nodes: nodes as u32,
+            security: security.clone(),
             ..Default::default()
         };
         let mut tasks = vec![tokio::spawn(sealfs_manager::run(mcfg, listener, cancel.clone()))];
@@ -52,6 +62,7 @@ impl InProcessCluster {
                 meta_dir: nd.join("meta").to_string_lossy().into_owned(),
                 data_dir: nd.join("data").to_string_lossy().into_owned(),
                 cache_mb: 8,
+                security: security.clone(),
                 ..Default::default()
             };
             let c = cancel.child_token();
@@ -61,6 +72,7 @@ impl InProcessCluster {
         InProcessCluster {
             dir,
             manager_addr,
+            security,
             cancel,
             node_cancels,
             tasks,
@@ -72,11 +84,17 @@ impl InProcessCluster {
         let cfg = ClientConfig {
             manager: self.manager_addr.clone(),
             retry_deadline_ms: 3000,
+            security: self.security.clone(),
             ..Default::default()
         };
         SealClient::connect(cfg, Duration::from_secs(30))
             .await
             .expect("cluster ready")
+    }
+
+    /// The cluster's security settings, loaded.
+    pub fn security(&self) -> Security {
+        Security::load(&self.security).expect("security")
     }
 
     /// Stop everything and report any task that failed.
@@ -572,8 +590,7 @@ impl Writers {
 
 /// Fetch the cluster map from a running cluster's manager.
 pub fn cluster_map(c: &LocalCluster) -> sealfs_core::placement::ClusterMap {
-    let addr = c.manager_addr.clone();
-    sealfs_cli::cluster::block_on(async move { sealfs_cli::cluster::fetch_map(&addr).await }).expect("map")
+    c.fetch_map().expect("map")
 }
 
 /// Wait until every partition has its full number of in-sync copies and nothing is moving.

@@ -13,6 +13,7 @@ use prost::Message;
 use sealfs_core::attr::FileKind;
 use sealfs_core::config::MAX_MESSAGE_SIZE;
 use sealfs_core::{Credentials, ROOT_INO};
+use sealfs_proto::auth::Security;
 use sealfs_proto::pb;
 use sealfs_tests::{pattern, InProcessCluster, TestCluster};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -117,12 +118,13 @@ impl Decoder for RawCodec {
     }
 }
 
-async fn raw_call(addr: &str, method: &'static str, body: Bytes) -> Result<Bytes, Status> {
+async fn raw_call(sec: &Security, addr: &str, method: &'static str, body: Bytes) -> Result<Bytes, Status> {
     let chan = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
+    let chan = tonic::service::interceptor::InterceptedService::new(chan, sec.client_auth());
     let mut grpc = tonic::client::Grpc::new(chan).max_encoding_message_size(usize::MAX);
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
@@ -131,8 +133,8 @@ async fn raw_call(addr: &str, method: &'static str, body: Bytes) -> Result<Bytes
         .map(|r| r.into_inner())
 }
 
-async fn node_addrs(manager: &str) -> Vec<String> {
-    let map = sealfs_cli::cluster::fetch_map(manager).await.unwrap();
+async fn node_addrs(sec: &Security, manager: &str) -> Vec<String> {
+    let map = sealfs_cli::cluster::fetch_map(sec, manager).await.unwrap();
     map.nodes.iter().map(|n| n.addr.clone()).collect()
 }
 
@@ -145,7 +147,8 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
         .create(&root, ROOT_INO, b"keep", FileKind::Regular, 0o644, 0, true, 0)
         .await
         .unwrap();
-    let addrs = node_addrs(&cluster.manager_addr).await;
+    let sec = cluster.security();
+    let addrs = node_addrs(&sec, &cluster.manager_addr).await;
     let node = addrs[0].clone();
 
     // Not HTTP/2 at all: the connection is closed, nothing else happens.
@@ -166,7 +169,7 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
         } else {
             node.clone()
         };
-        let st = raw_call(&target, method, Bytes::from(pattern(2, 333)))
+        let st = raw_call(&sec, &target, method, Bytes::from(pattern(2, 333)))
             .await
             .unwrap_err();
         assert!(
@@ -176,7 +179,9 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
     }
     // An oversized message is refused before it is decoded.
     let big = Bytes::from(vec![0u8; MAX_MESSAGE_SIZE + 1024]);
-    let st = raw_call(&node, "/sealfs.v1.Node/WriteChunk", big).await.unwrap_err();
+    let st = raw_call(&sec, &node, "/sealfs.v1.Node/WriteChunk", big)
+        .await
+        .unwrap_err();
     assert!(
         matches!(st.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange),
         "{st:?}"
@@ -275,7 +280,7 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
     for (method, body) in cases {
         // Either node may own the inode: ask both, each must answer with an error.
         for a in &addrs {
-            let st = raw_call(a, method, body.clone()).await.unwrap_err();
+            let st = raw_call(&sec, a, method, body.clone()).await.unwrap_err();
             assert_ne!(st.code(), tonic::Code::Unknown, "{method} on {a}: {st:?}");
         }
     }
@@ -288,9 +293,10 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
         }),
         offset: 0,
         size: u32::MAX,
+        from_replica: false,
     };
     for a in &addrs {
-        let _ = raw_call(a, "/sealfs.v1.Node/ReadChunk", r.encode_to_vec().into()).await;
+        let _ = raw_call(&sec, a, "/sealfs.v1.Node/ReadChunk", r.encode_to_vec().into()).await;
     }
 
     // Everything still works, nothing was lost.
@@ -400,6 +406,151 @@ fn a_full_data_disk_gives_enospc_and_keeps_serving() {
     drop(f);
     assert_eq!(fs::read(mnt.join("after")).unwrap(), again);
     assert_eq!(fs::read(mnt.join("keep-big")).unwrap(), big);
+    drop(c);
+    drop(disk);
+}
+
+/// Flip one byte of the stored chunk `index` of `ino` on node `node` of `c`; returns the path.
+fn flip_a_byte(c: &TestCluster, node: usize, ino: u64, index: u64, at: u64) -> PathBuf {
+    let data = c.dir.path().join(format!("node{node}/data"));
+    let name = format!("{ino:016x}.{index}");
+    let path = fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|p| p.path().join(&name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no chunk {name} under {}", data.display()));
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    f.sync_all().unwrap();
+    path
+}
+
+async fn cluster_client(c: &TestCluster) -> sealfs_client::SealClient {
+    let cfg = sealfs_core::config::ClientConfig {
+        manager: c.cluster.manager_addr.clone(),
+        retry_deadline_ms: 5000,
+        security: c.cluster.spec.security.clone(),
+        ..Default::default()
+    };
+    sealfs_client::SealClient::connect(cfg, Duration::from_secs(30))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_caught_never_served() {
+    let mut c = TestCluster::start(1, true);
+    let data = pattern(7, 300_000);
+    let p = c.mnt().join("victim");
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let client = cluster_client(&c).await;
+    let root = Credentials::root();
+    let ino = client.lookup(&root, ROOT_INO, b"victim").await.unwrap().attr.ino;
+    assert_eq!(&client.read(&root, ino, 0, 300_000).await.unwrap()[..], &data[..]);
+    let chunk = flip_a_byte(&c, 0, ino, 0, 200_000);
+    // The block holding the flipped byte is refused with EIO; the others still read.
+    let e = client.read(&root, ino, 196_608, 1000).await.unwrap_err();
+    assert_eq!(e.to_errno(), libc::EIO, "{e}");
+    assert_eq!(&client.read(&root, ino, 0, 1000).await.unwrap()[..], &data[..1000]);
+    // The node's log names the chunk.
+    let log = fs::read_to_string(c.cluster.log_path("node0")).unwrap();
+    assert!(
+        log.contains("checksum mismatch") && log.contains(&chunk.display().to_string()),
+        "node log: {log}"
+    );
+    c.cluster.check_running().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_repaired_from_a_replica() {
+    let mut c = TestCluster::start(3, true);
+    let data = pattern(8, 500_000);
+    let p = c.mnt().join("victim");
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let client = cluster_client(&c).await;
+    let root = Credentials::root();
+    let ino = client.lookup(&root, ROOT_INO, b"victim").await.unwrap().attr.ino;
+    let map = c.cluster.fetch_map().unwrap();
+    let primary = map.primary(map.chunk_partition(ino, 0)).unwrap().addr.clone();
+    let node = (0..3)
+        .find(|i| c.cluster.node_addr(*i).as_deref() == Some(primary.as_str()))
+        .unwrap();
+    flip_a_byte(&c, node, ino, 0, 400_000);
+    // The reader gets the right data: the primary mends its copy from another replica.
+    assert_eq!(&client.read(&root, ino, 0, 500_000).await.unwrap()[..], &data[..]);
+    let log = fs::read_to_string(c.cluster.log_path(&format!("node{node}"))).unwrap();
+    assert!(log.contains("checksum mismatch"), "node log: {log}");
+    assert!(log.contains("repaired a corrupt chunk"), "node log: {log}");
+    // Mended for good: the block reads again without another repair.
+    assert_eq!(
+        &client.read(&root, ino, 393_216, 10_000).await.unwrap()[..],
+        &data[393_216..403_216]
+    );
+    c.cluster.check_running().unwrap();
+}
+
+#[test]
+fn a_full_meta_disk_gives_enospc_keeps_serving_and_recovers() {
+    let mut disk = None;
+    let mut c = TestCluster::start_with(1, true, |spec| {
+        disk = Some(Tmpfs::mount(&spec.dir.join("node0/meta"), "48m"));
+    });
+    let disk = disk.unwrap();
+    let mnt = c.mnt();
+    fs::write(mnt.join("keep"), b"kept before the disk filled").unwrap();
+    let big = pattern(4, 1 << 20);
+    fs::write(mnt.join("keep-big"), &big).unwrap();
+    // Something else fills the metadata disk.
+    let ballast = c.dir.path().join("node0/meta/ballast");
+    let e = fill(&ballast);
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    // Writers get ENOSPC once what RocksDB had set aside is used up.
+    let mut refused = None;
+    for i in 0..50_000 {
+        if let Err(e) = fs::write(mnt.join(format!("n{i:05}")), pattern(i as u64, 200)) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("50,000 creates on a full metadata disk all succeeded");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC),
+        "a create on a full meta disk: {e}"
+    );
+    // The node still serves what it has.
+    assert_eq!(fs::read(mnt.join("keep")).unwrap(), b"kept before the disk filled");
+    assert_eq!(fs::read(mnt.join("keep-big")).unwrap(), big);
+    assert!(fs::read_dir(&mnt).unwrap().count() >= 2);
+    // Space freed: writes work again, without a restart.
+    fs::remove_file(&ballast).unwrap();
+    assert!(disk.free() > 16 << 20);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match fs::write(mnt.join("after"), b"written after space was freed") {
+            Ok(()) => break,
+            Err(e) => {
+                if Instant::now() > deadline {
+                    let log = fs::read_to_string(c.cluster.log_path("node0")).unwrap_or_default();
+                    panic!("writes still fail 90 s after space was freed: {e}\nnode log:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    assert_eq!(fs::read(mnt.join("after")).unwrap(), b"written after space was freed");
+    assert_eq!(fs::read(mnt.join("keep")).unwrap(), b"kept before the disk filled");
+    c.cluster.check_running().unwrap();
     drop(c);
     drop(disk);
 }

@@ -306,3 +306,52 @@ async fn bad_names_and_sizes_are_refused() {
     assert_eq!(c.getattr(&root(), u64::MAX).await.unwrap_err(), FsError::Stale);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xattrs_of_one_inode_are_bounded() {
+    use sealfs_core::config::{MAX_XATTR_COUNT, MAX_XATTR_TOTAL, MAX_XATTR_VALUE};
+    let cluster = InProcessCluster::start(1, 4).await;
+    let c = cluster.client().await;
+    let root = Credentials::root();
+    let f = c
+        .create(&root, ROOT_INO, b"x", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let ino = f.attr.ino;
+    // Big values: the total runs out before the count.
+    let big = vec![7u8; MAX_XATTR_VALUE];
+    let mut stored = 0;
+    let err = loop {
+        match c
+            .setxattr(&root, ino, format!("user.big{stored}").as_bytes(), &big, 0)
+            .await
+        {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            stored <= MAX_XATTR_TOTAL / MAX_XATTR_VALUE,
+            "the total limit did not hold"
+        );
+    };
+    assert_eq!(err.to_errno(), libc::ENOSPC, "{err}");
+    assert_eq!(stored, MAX_XATTR_TOTAL / MAX_XATTR_VALUE - 1);
+    // Replacing a value with one of the same size still fits; removing makes room.
+    c.setxattr(&root, ino, b"user.big0", &big, 2).await.unwrap();
+    for i in 0..stored {
+        c.removexattr(&root, ino, format!("user.big{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    // Small values: the count runs out.
+    for i in 0..MAX_XATTR_COUNT {
+        c.setxattr(&root, ino, format!("user.s{i}").as_bytes(), b"v", 0)
+            .await
+            .unwrap();
+    }
+    let err = c.setxattr(&root, ino, b"user.one-more", b"v", 0).await.unwrap_err();
+    assert_eq!(err.to_errno(), libc::ENOSPC, "{err}");
+    // What is there is intact.
+    assert_eq!(&c.getxattr(&root, ino, b"user.s7").await.unwrap()[..], b"v");
+    cluster.stop().await;
+}

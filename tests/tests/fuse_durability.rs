@@ -124,11 +124,7 @@ fn kill_9_of_a_node_loses_no_fsynced_file() {
     let mut c = TestCluster::start(3, true);
     // The victim must not hold the root or the writer's directory (without replication nothing
     // under a lost directory can be reached); it does hold chunks of the files written.
-    let map = sealfs_cli::cluster::block_on({
-        let addr = c.cluster.manager_addr.clone();
-        async move { sealfs_cli::cluster::fetch_map(&addr).await }
-    })
-    .unwrap();
+    let map = c.cluster.fetch_map().unwrap();
     let owner = |ino: u64| {
         map.primary(sealfs_core::ids::ino_partition(ino))
             .map(|n| n.addr.clone())
@@ -227,8 +223,7 @@ fn kill_9_of_a_node_loses_no_fsynced_file() {
 
 /// The node whose partition holds `ino`.
 fn node_of(c: &TestCluster, ino: u64) -> usize {
-    let addr = c.cluster.manager_addr.clone();
-    let map = sealfs_cli::cluster::block_on(async move { sealfs_cli::cluster::fetch_map(&addr).await }).unwrap();
+    let map = c.cluster.fetch_map().unwrap();
     let owner = map.primary(sealfs_core::ids::ino_partition(ino)).unwrap().addr.clone();
     (0..c.cluster.spec.nodes)
         .find(|i| c.cluster.node_addr(*i).as_deref() == Some(owner.as_str()))

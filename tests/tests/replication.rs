@@ -89,7 +89,8 @@ fn a_new_node_takes_its_share_and_a_drained_node_ends_empty() {
     let drained = map.nodes.iter().find(|n| n.id != new_id).unwrap().id;
     sealfs_cli::cluster::block_on({
         let addr = c.cluster.manager_addr.clone();
-        async move { sealfs_cli::status::drain(&addr, drained, true).await }
+        let sec = c.cluster.security.clone();
+        async move { sealfs_cli::status::drain(&sec, &addr, drained, true).await }
     })
     .unwrap();
     w.advance(12);
@@ -102,7 +103,8 @@ fn a_new_node_takes_its_share_and_a_drained_node_ends_empty() {
     c.cluster.stop_node(idx, Signal::SIGTERM);
     sealfs_cli::cluster::block_on({
         let addr = c.cluster.manager_addr.clone();
-        async move { sealfs_cli::status::remove_node(&addr, drained).await }
+        let sec = c.cluster.security.clone();
+        async move { sealfs_cli::status::remove_node(&sec, &addr, drained).await }
     })
     .unwrap();
     w.advance(12);
@@ -157,6 +159,7 @@ async fn a_cut_off_primary_cannot_make_late_writes_visible() {
     let c = TestCluster::start(3, false);
     let cfg = ClientConfig {
         manager: c.cluster.manager_addr.clone(),
+        security: c.cluster.spec.security.clone(),
         ..Default::default()
     };
     let client = SealClient::connect(cfg, Duration::from_secs(30)).await.unwrap();
@@ -197,9 +200,7 @@ async fn a_cut_off_primary_cannot_make_late_writes_visible() {
         .unwrap();
     // The old primary wakes up and gets a write from a client that still has the old map.
     c.cluster.signal_node(old_idx, Signal::SIGCONT);
-    let mut nc = sealfs_proto::pb::node_client::NodeClient::connect(format!("http://{}", old.addr))
-        .await
-        .unwrap();
+    let mut nc = sealfs_client::node_client(&c.cluster.security, &old.addr, Duration::from_secs(5)).unwrap();
     // It does not serve the old data to that client either.
     let read = sealfs_proto::pb::ReadRequest {
         ctx: Some(sealfs_proto::ctx(old_epoch, &root)),

@@ -39,6 +39,7 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut mount = None;
     let mut nfs_line = None;
+    let mut manager = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -47,6 +48,9 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
         }
         if line.trim().starts_with("NFS") {
             nfs_line = Some(line.clone());
+        }
+        if let Some(rest) = line.trim().strip_prefix("manager") {
+            manager = Some(rest.trim().to_string());
         }
         if line.contains("Ctrl-C") {
             break;
@@ -61,6 +65,29 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
     assert!(is_fuse_mounted(&mount));
     std::fs::write(mount.join("hello.txt"), b"hello sealfs").unwrap();
     assert_eq!(std::fs::read(mount.join("hello.txt")).unwrap(), b"hello sealfs");
+    // `sealfs status` run next to it (SEALFS_DIR) needs no secret flags; without the secret the
+    // manager refuses.
+    let manager = manager.expect("sealfs up prints the manager's address");
+    let out = Command::new(default_bin_dir().join("sealfs"))
+        .args(["status", "--manager", &manager])
+        .env("SEALFS_DIR", &data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ready"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-secret-of-this-cluster").unwrap();
+    let out = Command::new(default_bin_dir().join("sealfs"))
+        .args(["status", "--manager", &manager, "--secret-file"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("wrong cluster secret"), "{err}");
     // The NFS gateway serves the same files, and says how to mount it.
     let nfs_line = nfs_line.expect("sealfs up prints the NFS mount command");
     assert!(nfs_line.contains(&format!("port={nfs_port}")), "{nfs_line}");
@@ -85,10 +112,14 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
     assert!(!is_fuse_mounted(&mount), "Ctrl-C unmounts");
     // The data is still there for the next `sealfs up`.
+    // `sealfs status` next to it finds the cluster's secret by itself (from DIR/security.toml).
     let out = Command::new(default_bin_dir().join("sealfs"))
         .args(["status", "--manager", "127.0.0.1:1"])
+        .env("SEALFS_DIR", &data)
         .output()
         .unwrap();
     assert!(!out.status.success(), "status against a stopped manager is an error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the manager"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the manager"), "{err}");
+    assert!(data.join("secret").is_file() && data.join("security.toml").is_file());
 }

@@ -1,0 +1,460 @@
+//! `sealfs-bench`: the same workloads against any mounted file system, so figures of sealfs and
+//! of its peers are comparable. Metadata in the shape of mdtest ("easy": a folder per worker,
+//! empty files; "hard": one shared folder, 3901-byte files), sequential 1 MiB I/O, 4 KiB random
+//! I/O, and the CPU time and peak memory of given processes. Prints a summary and writes JSON.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Benchmark mounted file systems and compare the results.
+#[derive(Parser, Debug)]
+#[command(name = "sealfs-bench")]
+enum Cli {
+    /// Run the workloads on one file system.
+    Run(Args),
+    /// One table of several runs' figures, with each one's ratio to the first (the baseline).
+    Compare {
+        /// Result files of `run` (the first is the baseline).
+        files: Vec<PathBuf>,
+        /// Also write every figure and ratio here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// What to run where.
+#[derive(clap::Args, Debug)]
+struct Args {
+    /// Folder on the file system to test (created; emptied of the benchmark's files after).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Name of this run in the output.
+    #[arg(long, default_value = "fs")]
+    label: String,
+    /// Workloads, comma separated: md-easy, md-hard, seq, rand.
+    #[arg(long, default_value = "md-easy,md-hard,seq,rand", value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Worker counts for the metadata workloads, comma separated.
+    #[arg(long, default_value = "1,4", value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Files per worker in the metadata workloads.
+    #[arg(long, default_value_t = 2000)]
+    files: usize,
+    /// Size of the sequential file in MiB.
+    #[arg(long, default_value_t = 2048)]
+    seq_mib: u64,
+    /// Seconds of each random I/O phase.
+    #[arg(long, default_value_t = 10)]
+    rand_secs: u64,
+    /// Size of the random I/O file in MiB.
+    #[arg(long, default_value_t = 256)]
+    rand_mib: u64,
+    /// Processes whose CPU time and peak memory to report (pids, comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Drop the page cache before reads (needs root), so reads reach the file system.
+    #[arg(long)]
+    drop_caches: bool,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One measured phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Phase {
+    workload: String,
+    phase: String,
+    workers: usize,
+    /// Operations per second, or MiB/s for sequential phases.
+    value: f64,
+    unit: String,
+    ops: u64,
+    secs: f64,
+    /// CPU seconds the watched processes spent in this phase.
+    cpu_secs: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Report {
+    label: String,
+    dir: String,
+    phases: Vec<Phase>,
+    /// Peak RSS in KiB of each watched process at the end.
+    peak_rss_kib: Vec<(u32, u64)>,
+}
+
+/// CPU seconds (user + system) of `pids` so far.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    pids.iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / tick)
+        })
+        .sum()
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn drop_caches(on: bool) {
+    if on {
+        unsafe { libc::sync() };
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    }
+}
+
+struct Bench {
+    args: Args,
+    phases: Vec<Phase>,
+}
+
+impl Bench {
+    /// Run `f(worker)` on `workers` threads started together; returns ops/s over the slowest.
+    fn parallel(
+        &mut self,
+        workload: &str,
+        phase: &str,
+        workers: usize,
+        f: impl Fn(usize) -> anyhow::Result<u64> + Send + Sync + 'static,
+    ) -> anyhow::Result<()> {
+        let f = Arc::new(f);
+        let barrier = Arc::new(Barrier::new(workers + 1));
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let f = f.clone();
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    f(w)
+                })
+            })
+            .collect();
+        let cpu0 = cpu_secs(&self.args.pids);
+        barrier.wait();
+        let start = Instant::now();
+        let mut ops = 0;
+        for h in handles {
+            ops += h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        self.record(workload, phase, workers, ops as f64 / secs, "ops/s", ops, secs, cpu0);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        workload: &str,
+        phase: &str,
+        workers: usize,
+        value: f64,
+        unit: &'static str,
+        ops: u64,
+        secs: f64,
+        cpu0: f64,
+    ) {
+        let p = Phase {
+            workload: workload.into(),
+            phase: phase.into(),
+            workers,
+            value,
+            unit: unit.to_string(),
+            ops,
+            secs,
+            cpu_secs: cpu_secs(&self.args.pids) - cpu0,
+        };
+        eprintln!(
+            "{:<10} {:<8} {:<8} workers {:>2}: {:>10.1} {}",
+            self.args.label, p.workload, p.phase, workers, p.value, p.unit
+        );
+        self.phases.push(p);
+    }
+
+    /// mdtest "easy" (a folder per worker, empty files) or "hard" (one folder, 3901-byte files).
+    fn metadata(&mut self, hard: bool, workers: usize) -> anyhow::Result<()> {
+        let name = if hard { "md-hard" } else { "md-easy" };
+        let top = self.args.dir.join(format!("{name}-{workers}"));
+        let _ = fs::remove_dir_all(&top);
+        fs::create_dir_all(&top).with_context(|| format!("cannot create {}", top.display()))?;
+        let n = self.args.files;
+        let dir_of = {
+            let top = top.clone();
+            move |w: usize| if hard { top.clone() } else { top.join(format!("w{w}")) }
+        };
+        if !hard {
+            for w in 0..workers {
+                fs::create_dir(dir_of(w))?;
+            }
+        }
+        let body: Arc<Vec<u8>> = Arc::new(if hard { vec![b'x'; 3901] } else { Vec::new() });
+        let d = dir_of.clone();
+        let b = body.clone();
+        self.parallel(name, "create", workers, move |w| {
+            let dir = d(w);
+            for i in 0..n {
+                let mut f = File::create(dir.join(format!("f.{w}.{i}")))?;
+                if !b.is_empty() {
+                    f.write_all(&b)?;
+                }
+            }
+            Ok(n as u64)
+        })?;
+        let d = dir_of.clone();
+        self.parallel(name, "stat", workers, move |w| {
+            let dir = d(w);
+            for i in 0..n {
+                // Another worker's files, as mdtest does, so no client cache of one's own helps.
+                let owner = (w + 1) % workers;
+                fs::metadata(dir_of_other(&dir, hard, owner).join(format!("f.{owner}.{i}")))?;
+            }
+            Ok(n as u64)
+        })?;
+        if hard {
+            drop_caches(self.args.drop_caches);
+            let d = dir_of.clone();
+            self.parallel(name, "read", workers, move |w| {
+                let dir = d(w);
+                let mut buf = Vec::with_capacity(4096);
+                for i in 0..n {
+                    buf.clear();
+                    File::open(dir.join(format!("f.{w}.{i}")))?.read_to_end(&mut buf)?;
+                    if buf.len() != 3901 {
+                        bail!("read {} bytes of a 3901-byte file", buf.len());
+                    }
+                }
+                Ok(n as u64)
+            })?;
+        }
+        let d = dir_of.clone();
+        self.parallel(name, "readdir", workers, move |w| {
+            let dir = d(w);
+            let listed = fs::read_dir(&dir)?.count();
+            Ok(listed as u64)
+        })?;
+        let d = dir_of.clone();
+        self.parallel(name, "remove", workers, move |w| {
+            let dir = d(w);
+            for i in 0..n {
+                fs::remove_file(dir.join(format!("f.{w}.{i}")))?;
+            }
+            Ok(n as u64)
+        })?;
+        let _ = fs::remove_dir_all(&top);
+        Ok(())
+    }
+
+    /// Sequential write (then fsync) and read of one file, in 1 MiB requests.
+    fn sequential(&mut self) -> anyhow::Result<()> {
+        let path = self.args.dir.join("seq.dat");
+        let total = self.args.seq_mib;
+        let block = vec![0x5au8; 1 << 20];
+        let cpu0 = cpu_secs(&self.args.pids);
+        let start = Instant::now();
+        let mut f = File::create(&path)?;
+        for _ in 0..total {
+            f.write_all(&block)?;
+        }
+        f.sync_all()?;
+        drop(f);
+        let secs = start.elapsed().as_secs_f64();
+        self.record("seq", "write", 1, total as f64 / secs, "MiB/s", total, secs, cpu0);
+        drop_caches(self.args.drop_caches);
+        let cpu0 = cpu_secs(&self.args.pids);
+        let start = Instant::now();
+        let mut f = File::open(&path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        if read != total << 20 {
+            bail!("read {read} bytes of {}", total << 20);
+        }
+        self.record("seq", "read", 1, total as f64 / secs, "MiB/s", total, secs, cpu0);
+        fs::remove_file(&path)?;
+        Ok(())
+    }
+
+    /// 4 KiB random reads, then random writes, over one file, for a fixed time each.
+    fn random(&mut self) -> anyhow::Result<()> {
+        let path = self.args.dir.join("rand.dat");
+        let size = self.args.rand_mib << 20;
+        {
+            let mut f = File::create(&path)?;
+            let block = vec![0x33u8; 1 << 20];
+            for _ in 0..self.args.rand_mib {
+                f.write_all(&block)?;
+            }
+            f.sync_all()?;
+        }
+        drop_caches(self.args.drop_caches);
+        let dur = Duration::from_secs(self.args.rand_secs);
+        for phase in ["read", "write"] {
+            let f = OpenOptions::new().read(true).write(true).open(&path)?;
+            let mut rng = rand::rng();
+            let mut buf = vec![0u8; 4096];
+            let cpu0 = cpu_secs(&self.args.pids);
+            let start = Instant::now();
+            let mut ops = 0u64;
+            while start.elapsed() < dur {
+                let off = rng.random_range(0..size / 4096) * 4096;
+                if phase == "read" {
+                    f.read_exact_at(&mut buf, off)?;
+                } else {
+                    f.write_all_at(&buf, off)?;
+                }
+                ops += 1;
+            }
+            if phase == "write" {
+                f.sync_all()?;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            self.record("rand", phase, 1, ops as f64 / secs, "IOPS", ops, secs, cpu0);
+        }
+        fs::remove_file(&path)?;
+        Ok(())
+    }
+}
+
+fn dir_of_other(dir: &Path, hard: bool, owner: usize) -> PathBuf {
+    if hard {
+        dir.to_path_buf()
+    } else {
+        dir.parent()
+            .expect("worker folder has a parent")
+            .join(format!("w{owner}"))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse() {
+        Cli::Run(args) => run(args),
+        Cli::Compare { files, json } => compare(&files, json.as_deref()),
+    }
+}
+
+/// Print one table: a row per phase, a column per run, each figure with its ratio to the first.
+fn compare(files: &[PathBuf], json: Option<&Path>) -> anyhow::Result<()> {
+    if files.is_empty() {
+        bail!("no result files");
+    }
+    let reports: Vec<Report> = files
+        .iter()
+        .map(|f| {
+            let text = fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not a result file", f.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let base = &reports[0];
+    let mut out = String::new();
+    out.push_str(&format!("{:<30}", "workload"));
+    for r in &reports {
+        out.push_str(&format!("{:>24}", r.label));
+    }
+    out.push('\n');
+    let mut rows = Vec::new();
+    for p in &base.phases {
+        let key = format!("{} {} x{} ({})", p.workload, p.phase, p.workers, p.unit);
+        out.push_str(&format!("{key:<30}"));
+        let mut cells = Vec::new();
+        for r in &reports {
+            let v = r
+                .phases
+                .iter()
+                .find(|q| q.workload == p.workload && q.phase == p.phase && q.workers == p.workers)
+                .map(|q| q.value);
+            let cell = match v {
+                Some(v) if p.value > 0.0 => format!("{v:.0} ({:.2}x)", v / p.value),
+                Some(v) => format!("{v:.0}"),
+                None => "-".to_string(),
+            };
+            out.push_str(&format!("{cell:>24}"));
+            cells.push(serde_json::json!({"label": r.label, "value": v, "ratio": v.map(|v| v / p.value)}));
+        }
+        out.push('\n');
+        rows.push(serde_json::json!({"workload": p.workload, "phase": p.phase, "workers": p.workers, "unit": p.unit, "runs": cells}));
+    }
+    for r in &reports {
+        for (pid, kib) in &r.peak_rss_kib {
+            out.push_str(&format!("{}: peak RSS of pid {pid}: {} MiB\n", r.label, kib / 1024));
+        }
+        let cpu: f64 = r.phases.iter().map(|p| p.cpu_secs).sum();
+        if cpu > 0.0 {
+            out.push_str(&format!(
+                "{}: CPU seconds of its processes over all phases: {cpu:.1}\n",
+                r.label
+            ));
+        }
+    }
+    print!("{out}");
+    if let Some(p) = json {
+        fs::write(
+            p,
+            serde_json::to_string_pretty(&serde_json::json!({"baseline": base.label, "rows": rows}))?,
+        )?;
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let workloads = args.workloads.clone();
+    let workers = args.workers.clone();
+    let mut b = Bench {
+        args,
+        phases: Vec::new(),
+    };
+    for w in &workloads {
+        match w.as_str() {
+            "md-easy" | "md-hard" => {
+                for &n in &workers {
+                    b.metadata(w == "md-hard", n.max(1))?;
+                }
+            }
+            "seq" => b.sequential()?,
+            "rand" => b.random()?,
+            other => bail!("unknown workload {other:?}: md-easy, md-hard, seq, rand"),
+        }
+    }
+    let report = Report {
+        label: b.args.label.clone(),
+        dir: b.args.dir.display().to_string(),
+        peak_rss_kib: b.args.pids.iter().map(|p| (*p, peak_rss(*p))).collect(),
+        phases: b.phases,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    match &b.args.json {
+        Some(p) => fs::write(p, json).with_context(|| format!("cannot write {}", p.display()))?,
+        None => println!("{json}"),
+    }
+    Ok(())
+}
