@@ -441,18 +441,28 @@ async fn cluster_client(c: &TestCluster) -> sealfs_client::SealClient {
         .unwrap()
 }
 
+/// Write `data` durably to /victim through the mount; a client of the cluster and its inode.
+async fn store_victim(c: &TestCluster, data: &[u8]) -> (sealfs_client::SealClient, u64) {
+    let mut f = fs::File::create(c.mnt().join("victim")).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let client = cluster_client(c).await;
+    let ino = client
+        .lookup(&Credentials::root(), ROOT_INO, b"victim")
+        .await
+        .unwrap()
+        .attr
+        .ino;
+    (client, ino)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_is_caught_never_served() {
     let mut c = TestCluster::start(1, true);
     let data = pattern(7, 300_000);
-    let p = c.mnt().join("victim");
-    let mut f = fs::File::create(&p).unwrap();
-    f.write_all(&data).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    let client = cluster_client(&c).await;
+    let (client, ino) = store_victim(&c, &data).await;
     let root = Credentials::root();
-    let ino = client.lookup(&root, ROOT_INO, b"victim").await.unwrap().attr.ino;
     assert_eq!(&client.read(&root, ino, 0, 300_000).await.unwrap()[..], &data[..]);
     let chunk = flip_a_byte(&c, 0, ino, 0, 200_000);
     // The block holding the flipped byte is refused with EIO; the others still read.
@@ -472,14 +482,8 @@ async fn a_flipped_byte_is_caught_never_served() {
 async fn a_flipped_byte_is_repaired_from_a_replica() {
     let mut c = TestCluster::start(3, true);
     let data = pattern(8, 500_000);
-    let p = c.mnt().join("victim");
-    let mut f = fs::File::create(&p).unwrap();
-    f.write_all(&data).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    let client = cluster_client(&c).await;
+    let (client, ino) = store_victim(&c, &data).await;
     let root = Credentials::root();
-    let ino = client.lookup(&root, ROOT_INO, b"victim").await.unwrap().attr.ino;
     let map = c.cluster.fetch_map().unwrap();
     let primary = map.primary(map.chunk_partition(ino, 0)).unwrap().addr.clone();
     let node = (0..3)
