@@ -186,14 +186,9 @@ pub async fn fetch_map(security: &Security, manager: &str) -> anyhow::Result<Clu
     let m = c
         .get_map(sealfs_proto::pb::GetMapRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+        .map_err(|s| anyhow::anyhow!("{}", sealfs_proto::status_detail(&s)))?
         .into_inner();
     Ok(sealfs_proto::map_from_pb(&m)?)
-}
-
-/// A Status as one line, with the transport's underlying cause when there is one.
-pub fn status_text(s: &tonic::Status) -> String {
-    sealfs_proto::status_detail(s)
 }
 
 /// Whether `path` is a mount point of a sealfs FUSE mount.

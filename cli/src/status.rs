@@ -24,10 +24,10 @@ fn failed(addr: &str, s: tonic::Status) -> anyhow::Error {
     if sealfs_proto::is_transport_error(&s) {
         anyhow::anyhow!(
             "cannot reach the manager at {addr}: {}",
-            crate::cluster::status_text(&s)
+            sealfs_proto::status_detail(&s)
         )
     } else {
-        anyhow::anyhow!("manager {addr}: {}", crate::cluster::status_text(&s))
+        anyhow::anyhow!("manager {addr}: {}", sealfs_proto::status_detail(&s))
     }
 }
 

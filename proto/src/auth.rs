@@ -20,6 +20,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Status};
 use tracing::warn;
 
+use crate::process::LogGate;
+
 /// The metadata key carrying the proof.
 pub const AUTH_HEADER: &str = "x-sealfs-auth";
 /// How far a proof's time may be from the server's clock (clocks of a cluster must agree this
@@ -133,7 +135,7 @@ pub struct Security {
     secret: Option<Secret>,
     tls: Option<Arc<Tls>>,
     refused: Arc<AtomicU64>,
-    last_warn: Arc<AtomicU64>,
+    warn: Arc<LogGate>,
 }
 
 fn read_tls(path: &str) -> Result<Vec<u8>, SecurityError> {
@@ -178,7 +180,7 @@ impl Security {
             secret,
             tls,
             refused: Arc::new(AtomicU64::new(0)),
-            last_warn: Arc::new(AtomicU64::new(0)),
+            warn: Arc::new(LogGate::new()),
         })
     }
 
@@ -188,7 +190,7 @@ impl Security {
             secret: None,
             tls: None,
             refused: Arc::new(AtomicU64::new(0)),
-            last_warn: Arc::new(AtomicU64::new(0)),
+            warn: Arc::new(LogGate::new()),
         }
     }
 
@@ -264,7 +266,7 @@ impl Security {
         ServerAuth {
             secret: self.secret.clone(),
             refused: self.refused.clone(),
-            last_warn: self.last_warn.clone(),
+            warn: self.warn.clone(),
         }
     }
 }
@@ -310,7 +312,7 @@ impl Interceptor for ClientAuth {
 pub struct ServerAuth {
     secret: Option<Secret>,
     refused: Arc<AtomicU64>,
-    last_warn: Arc<AtomicU64>,
+    warn: Arc<LogGate>,
 }
 
 impl Interceptor for ServerAuth {
@@ -328,13 +330,7 @@ impl Interceptor for ServerAuth {
             },
         };
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = self.last_warn.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= WARN_EVERY_SECS
-            && self
-                .last_warn
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warn.open(WARN_EVERY_SECS) {
             let peer = req
                 .remote_addr()
                 .map(|a| a.to_string())
@@ -348,14 +344,8 @@ impl Interceptor for ServerAuth {
 /// Log (at most once per 10 s per process) that the cluster refused this process's calls, so a
 /// misconfigured client says why it cannot work.
 pub fn note_refused(s: &Status) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = now_secs();
-    let last = LAST.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= WARN_EVERY_SECS
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    static GATE: LogGate = LogGate::new();
+    if GATE.open(WARN_EVERY_SECS) {
         warn!(
             "the cluster refused this process's call ({}): check the cluster secret (secret_file / SEALFS_SECRET)",
             s.message()

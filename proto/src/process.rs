@@ -56,6 +56,36 @@ pub fn exit_on_error(r: anyhow::Result<()>) {
     }
 }
 
+/// Lets a repeated log line through at most once per period, so a flood of bad input is one line
+/// each period rather than one per event.
+#[derive(Debug, Default)]
+pub struct LogGate {
+    last: AtomicU64,
+}
+
+impl LogGate {
+    /// A gate that has not let anything through yet.
+    pub const fn new() -> LogGate {
+        LogGate {
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may go out now, at most once every `every_secs` seconds.
+    pub fn open(&self, every_secs: u64) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every_secs
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// The connections a server accepts on `listener`: Nagle's algorithm off (a gRPC reply is several
 /// small writes, and Nagle plus the peer's delayed ACK would hold each reply ~40 ms; tonic's own
 /// `tcp_nodelay` applies only to listeners it binds itself), at most `max_per_client` open at
@@ -110,7 +140,7 @@ pub struct ConnLimits {
     max: u32,
     open: Mutex<HashMap<IpAddr, u32>>,
     refused: AtomicU64,
-    last_warn: AtomicU64,
+    warn: LogGate,
 }
 
 impl ConnLimits {
@@ -120,7 +150,7 @@ impl ConnLimits {
             max: max.max(1),
             open: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
-            last_warn: AtomicU64::new(0),
+            warn: LogGate::new(),
         }
     }
 
@@ -141,17 +171,7 @@ impl ConnLimits {
     /// Count (and log, at most every 10 s) a connection refused for being over the limit.
     pub fn note_refused(&self, peer: SocketAddr) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let last = self.last_warn.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 10
-            && self
-                .last_warn
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warn.open(10) {
             warn!(%peer, refused_total = n, limit = self.max, "closed a connection: too many from this address");
         }
     }

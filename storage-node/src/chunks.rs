@@ -15,7 +15,7 @@ use bytes::Bytes;
 use sealfs_core::{FsError, FsResult, InodeId, PartitionId};
 use tracing::{error, info, warn};
 
-use crate::sums::{self, Sums, BLOCK};
+use crate::sums::{self, io_err, Sums, BLOCK};
 
 /// Chunk files of one node.
 #[derive(Clone)]
@@ -33,13 +33,6 @@ const STRIPES: usize = 256;
 /// Present while a node runs; left behind by a crash. Holds the start time: chunks written
 /// since then may hold torn writes, whose checksums are recomputed at the next start.
 const RUNNING: &str = "RUNNING";
-
-fn io_err(e: std::io::Error, what: &str) -> FsError {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
-        _ => FsError::Io(format!("{what}: {e}")),
-    }
-}
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 'static) -> FsResult<T> {
     tokio::task::spawn_blocking(f)

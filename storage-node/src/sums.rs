@@ -36,7 +36,8 @@ pub fn sum_path(chunk: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn io_err(e: std::io::Error, what: &str) -> FsError {
+/// An I/O error of the data disk as the caller sees it (a full disk is ENOSPC).
+pub fn io_err(e: std::io::Error, what: &str) -> FsError {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
         _ => FsError::Io(format!("{what}: {e}")),

@@ -342,18 +342,7 @@ pub fn xattr_set(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so a test can regenerate what it wrote.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use sealfs_cli::load::pattern;
 
 /// Lines every guest script starts with: the initramfs's folders are created 0700, so open them
 /// for the unprivileged users some tests act as.
