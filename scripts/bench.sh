@@ -1,48 +1,183 @@
 #!/usr/bin/env bash
-# Run the same workloads on the local disk (the limit) and on sealfs through FUSE (3 storage
-# nodes on loopback), then print one table of figures with each one's ratio to the local disk,
-# and write it as JSON. Needs root (FUSE mount, dropping the page cache).
-#   scripts/bench.sh [--small] [OUT]      (OUT: results folder, default bench-results)
-# --small is a quick run of every workload at a tiny size (what CI checks); the default sizes
-# are the ones the README's table comes from.
+# Run the same workloads, in one go on this machine, against
+#   local        a local directory (the limit)
+#   sealfs-fuse  sealfs through FUSE: 3 storage nodes on loopback, replication 3 (the default)
+#   glusterfs    GlusterFS from Debian: a distributed volume of 3 bricks on this host, FUSE mount
+#   sealfs-nfs   sealfs through its NFSv3 gateway          } both measured with the same client:
+#   ganesha      NFS-Ganesha with its VFS export (NFSv3)   } a Linux kernel booted under qemu
+# then print one table of figures with each one's ratio to the local directory, and write JSON.
+# Needs root (mounts, dropping the page cache).
+#   scripts/bench.sh [--small] [--no-peers] [--no-nfs] [OUT]     (OUT: results, default bench-results)
+#   scripts/bench.sh --prepare       only install the peers and build the VM's static benchmark
+# --small runs every workload at a tiny size (what CI checks); the default sizes are the ones the
+# README's table comes from. --no-peers leaves out GlusterFS and Ganesha, --no-nfs the NFS rows.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-small=0
-if [ "${1:-}" = "--small" ]; then small=1; shift; fi
+small=0 peers=1 nfs=1 prepare=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --small) small=1 ;;
+    --prepare) prepare=1 ;;
+    --no-peers) peers=0 ;;
+    --no-nfs) nfs=0 ;;
+    -*) echo "unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+  shift
+done
 out=$(realpath -m "${1:-bench-results}")
-mkdir -p "$out"
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$top"
+if [ $peers = 1 ]; then
+  for p in glusterfs-server nfs-ganesha nfs-ganesha-vfs rpcbind; do
+    dpkg -s "$p" >/dev/null 2>&1 || { echo "installing the peers (GlusterFS, NFS-Ganesha)" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq glusterfs-server nfs-ganesha nfs-ganesha-vfs rpcbind >/dev/null
+      break; }
+  done
+fi
+# The benchmark for the NFS rows runs inside the VM: a static build.
+build_static() {
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet -p sealfs-bench \
+    --target x86_64-unknown-linux-gnu --target-dir "$top/target/static"
+}
+if [ $prepare = 1 ]; then
+  build_static
+  exit 0
+fi
+mkdir -p "$out"
+rm -f "$out"/*.json
 cargo build --release --quiet --bins
 bin="$top/target/release"
 if [ $small = 1 ]; then
   args=(--files 100 --workers 1,2 --seq-mib 32 --rand-mib 8 --rand-secs 1)
+  vm_args=(--files 20 --workers 1 --seq-mib 8 --rand-mib 2 --rand-secs 1)
 else
   args=(--files 2000 --workers 1,4 --seq-mib 2048 --rand-mib 256 --rand-secs 10)
+  vm_args=(--files 300 --workers 1,2 --seq-mib 128 --rand-mib 32 --rand-secs 5)
 fi
 work=$(mktemp -d /var/tmp/sealfs-bench.XXXXXX)
 up_pid=""
-cleanup() {
+stop_sealfs() {
   if [ -n "$up_pid" ]; then kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+  up_pid=""
+}
+stop_gluster() {
+  umount -l "$work/gluster/mnt" 2>/dev/null || true
+  gluster --mode=script volume stop sealfsbench force >/dev/null 2>&1 || true
+  gluster --mode=script volume delete sealfsbench >/dev/null 2>&1 || true
+  pkill -x glusterfsd 2>/dev/null || true
+  pkill -x glusterd 2>/dev/null || true
+  pkill -x glusterfs 2>/dev/null || true
+}
+stop_ganesha() {
+  pkill -x ganesha.nfsd 2>/dev/null || true
+  pkill -x rpcbind 2>/dev/null || true
+}
+cleanup() {
+  stop_sealfs
+  if [ $peers = 1 ]; then stop_gluster; stop_ganesha; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "== local disk ($work/local)"
+# `sealfs up` with 3 nodes; sets up_pid and pids (its processes).
+start_sealfs() {
+  "$bin/sealfs" up --dir "$work/sealfs" --nodes 3 --manager 127.0.0.1:0 --nfs-port "$1" --portmap-port 0 >"$work/up.log" 2>&1 &
+  up_pid=$!
+  for _ in $(seq 1 600); do
+    "$bin/sealfs" health --mount "$work/sealfs/mnt" >/dev/null 2>&1 && break
+    kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.log"; exit 1; }
+    sleep 0.1
+  done
+  pids=$(pgrep -f "$work/sealfs" | grep -v "^$up_pid$" | paste -sd, -)
+}
+
+echo "== local directory ($work/local)"
 "$bin/sealfs-bench" run --dir "$work/local" --label local --drop-caches "${args[@]}" --json "$out/local.json"
 
 echo "== sealfs through FUSE: 3 storage nodes, replication 3, on loopback"
-"$bin/sealfs" up --dir "$work/sealfs" --nodes 3 --manager 127.0.0.1:0 --nfs-port 0 >"$work/up.log" 2>&1 &
-up_pid=$!
-for _ in $(seq 1 600); do
-  "$bin/sealfs" health --mount "$work/sealfs/mnt" >/dev/null 2>&1 && break
-  kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.log"; exit 1; }
-  sleep 0.1
-done
-pids=$(pgrep -f "$work/sealfs" | grep -v "^$up_pid$" | paste -sd, -)
+start_sealfs 0
 "$bin/sealfs-bench" run --dir "$work/sealfs/mnt/bench" --label sealfs-fuse --drop-caches --pids "$pids" \
   "${args[@]}" --json "$out/sealfs-fuse.json"
-kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
+stop_sealfs
+rm -rf "$work/sealfs"
+
+if [ $peers = 1 ]; then
+  echo "== GlusterFS: distributed volume, 3 bricks on this host, FUSE mount"
+  # glusterd refuses loopback addresses for bricks: use this host's own address.
+  host=$(hostname -I | awk '{print $1}')
+  stop_gluster
+  rm -rf /var/lib/glusterd/vols/sealfsbench
+  mkdir -p "$work/gluster/mnt"
+  glusterd --log-file="$work/gluster/glusterd.log"
+  for _ in $(seq 1 100); do gluster --mode=script volume list >/dev/null 2>&1 && break; sleep 0.1; done
+  gluster --mode=script volume create sealfsbench transport tcp \
+    "$host:$work/gluster/b1" "$host:$work/gluster/b2" "$host:$work/gluster/b3" force >/dev/null
+  gluster --mode=script volume start sealfsbench >/dev/null
+  mount -t glusterfs "$host:/sealfsbench" "$work/gluster/mnt"
+  gpids=$(pgrep -x 'glusterfsd|glusterfs' | paste -sd, -)
+  "$bin/sealfs-bench" run --dir "$work/gluster/mnt/bench" --label glusterfs --drop-caches --pids "$gpids" \
+    "${args[@]}" --json "$out/glusterfs.json"
+  stop_gluster
+fi
+
+if [ $nfs = 1 ]; then
+  # The same kernel NFS client for both servers: Debian's kernel under qemu (tests/nfsvm), running
+  # a static build of the benchmark. Software emulation bounds the guest (tens of MiB/s, some
+  # hundred operations a second), so these rows compare the two servers with each other only.
+  build_static
+  mkdir -p "$work/vm/bin"
+  cp "$top/target/static/x86_64-unknown-linux-gnu/release/sealfs-bench" "$work/vm/bin/"
+  # Runs the benchmark in the guest; $label comes from the host.
+  vm_bench() {
+    local label=$1 json=$2
+    cat >"$work/vm/guest.sh" <<EOF
+#!/bin/sh
+/bin/sealfs-bench run --dir "\$1/bench" --label $label --drop-caches ${vm_args[*]} --json /tmp/r.json || exit 1
+echo BENCH_JSON_BEGIN; cat /tmp/r.json; echo; echo BENCH_JSON_END
+EOF
+    EXTRA_DIR="$work/vm" MEM=1024 TIMEOUT=3000 "$top/tests/nfsvm/run.sh" "$work/vm/guest.sh" >"$work/vm/$label.log" 2>&1 ||
+      { tail -30 "$work/vm/$label.log"; echo "the $label run in the VM failed" >&2; exit 1; }
+    tr -d '\r' <"$work/vm/$label.log" | sed -n '/^BENCH_JSON_BEGIN$/,/^BENCH_JSON_END$/p' | sed '1d;$d' >"$json"
+    grep -E 'workers +[0-9]+:' "$work/vm/$label.log" | tr -d '\r' || true
+  }
+  echo "== sealfs through the NFS gateway (kernel client in a VM)"
+  nfs_port=$((20000 + RANDOM % 10000))
+  start_sealfs "$nfs_port"
+  PORT=$nfs_port vm_bench sealfs-nfs "$out/sealfs-nfs.json"
+  "$bin/sealfs-bench" rss --report "$out/sealfs-nfs.json" --pids "$pids"
+  stop_sealfs
+  if [ $peers = 1 ]; then
+    echo "== NFS-Ganesha, VFS export (kernel client in a VM)"
+    mkdir -p "$work/ganesha/export"
+    cat >"$work/ganesha/ganesha.conf" <<EOF
+NFS_CORE_PARAM { NFS_Port = $((nfs_port + 1)); MNT_Port = $((nfs_port + 2)); NLM_Port = $((nfs_port + 3));
+  Rquota_Port = $((nfs_port + 4)); Protocols = 3; Enable_NLM = false; Enable_RQUOTA = false; }
+NFSV4 { Graceless = true; }
+EXPORT { Export_Id = 1; Path = $work/ganesha/export; Pseudo = /; Access_Type = RW; Squash = No_Root_Squash;
+  Protocols = 3; Transports = TCP; SecType = sys; FSAL { Name = VFS; } }
+LOG { Default_Log_Level = EVENT; }
+EOF
+    # Ganesha registers with a portmapper and will not start without one.
+    stop_ganesha
+    rpcbind -w
+    ganesha.nfsd -f "$work/ganesha/ganesha.conf" -L "$work/ganesha/ganesha.log" -N NIV_EVENT -p "$work/ganesha/pid"
+    for _ in $(seq 1 100); do ss -ltn | grep -q ":$((nfs_port + 1)) " && break; sleep 0.1; done
+    PORT=$((nfs_port + 1)) MOUNTPORT=$((nfs_port + 2)) EXPORT="$work/ganesha/export" vm_bench ganesha "$out/ganesha.json"
+    "$bin/sealfs-bench" rss --report "$out/ganesha.json" --pids "$(pgrep -x ganesha.nfsd | paste -sd, -)"
+    stop_ganesha
+  fi
+fi
 
 echo
-"$bin/sealfs-bench" compare "$out/local.json" "$out/sealfs-fuse.json" --json "$out/compare.json" | tee "$out/table.txt"
+files=("$out/local.json" "$out/sealfs-fuse.json")
+[ -f "$out/glusterfs.json" ] && files+=("$out/glusterfs.json")
+[ -f "$out/sealfs-nfs.json" ] && files+=("$out/sealfs-nfs.json")
+[ -f "$out/ganesha.json" ] && files+=("$out/ganesha.json")
+"$bin/sealfs-bench" compare "${files[@]}" --json "$out/compare.json" | tee "$out/table.txt"
+if [ -f "$out/ganesha.json" ]; then
+  echo
+  echo "The NFS gateway against NFS-Ganesha (same kernel client in a VM):"
+  "$bin/sealfs-bench" compare "$out/ganesha.json" "$out/sealfs-nfs.json" --json "$out/compare-nfs.json" | tee "$out/table-nfs.txt"
+fi

@@ -29,6 +29,16 @@ enum Cli {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Record the peak memory of processes in a result file written elsewhere (a run inside a
+    /// VM cannot see the server's processes on the host).
+    Rss {
+        /// The result file to add to.
+        #[arg(long)]
+        report: PathBuf,
+        /// Processes (pids, comma separated).
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+    },
 }
 
 /// What to run where.
@@ -133,7 +143,9 @@ struct Bench {
 }
 
 impl Bench {
-    /// Run `f(worker)` on `workers` threads started together; returns ops/s over the slowest.
+    /// Run `f(worker)` on `workers` threads started together; ops/s from the first worker's
+    /// start to the last one's end (each worker times itself: the thread that started them may
+    /// not run again until they are done).
     fn parallel(
         &mut self,
         workload: &str,
@@ -149,18 +161,27 @@ impl Bench {
                 let b = barrier.clone();
                 std::thread::spawn(move || {
                     b.wait();
-                    f(w)
+                    let start = Instant::now();
+                    let r = f(w);
+                    (start, Instant::now(), r)
                 })
             })
             .collect();
         let cpu0 = cpu_secs(&self.args.pids);
         barrier.wait();
-        let start = Instant::now();
         let mut ops = 0;
+        let mut first: Option<Instant> = None;
+        let mut last: Option<Instant> = None;
         for h in handles {
-            ops += h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+            let (start, end, r) = h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
+            ops += r?;
+            first = Some(first.map_or(start, |f| f.min(start)));
+            last = Some(last.map_or(end, |l| l.max(end)));
         }
-        let secs = start.elapsed().as_secs_f64();
+        let secs = match (first, last) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-6),
+            _ => 1e-6,
+        };
         self.record(workload, phase, workers, ops as f64 / secs, "ops/s", ops, secs, cpu0);
         Ok(())
     }
@@ -359,6 +380,14 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::Run(args) => run(args),
         Cli::Compare { files, json } => compare(&files, json.as_deref()),
+        Cli::Rss { report, pids } => {
+            let text = fs::read_to_string(&report).with_context(|| format!("cannot read {}", report.display()))?;
+            let mut r: Report =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a result file", report.display()))?;
+            r.peak_rss_kib = pids.iter().map(|p| (*p, peak_rss(*p))).collect();
+            fs::write(&report, serde_json::to_string_pretty(&r)?)?;
+            Ok(())
+        }
     }
 }
 
@@ -403,23 +432,51 @@ fn compare(files: &[PathBuf], json: Option<&Path>) -> anyhow::Result<()> {
         out.push('\n');
         rows.push(serde_json::json!({"workload": p.workload, "phase": p.phase, "workers": p.workers, "unit": p.unit, "runs": cells}));
     }
+    let mut resources = Vec::new();
     for r in &reports {
-        for (pid, kib) in &r.peak_rss_kib {
-            out.push_str(&format!("{}: peak RSS of pid {pid}: {} MiB\n", r.label, kib / 1024));
+        if !r.peak_rss_kib.is_empty() {
+            let each: Vec<String> = r
+                .peak_rss_kib
+                .iter()
+                .map(|(p, k)| format!("{p}: {} MiB", k / 1024))
+                .collect();
+            out.push_str(&format!("{}: peak RSS per process: {}\n", r.label, each.join(", ")));
         }
-        let cpu: f64 = r.phases.iter().map(|p| p.cpu_secs).sum();
-        if cpu > 0.0 {
+        // CPU of the watched processes per unit of work, where the run watched any.
+        let per = |workload: &str, phase: &str, workers: usize, unit_ops: f64| {
+            r.phases
+                .iter()
+                .find(|p| p.workload == workload && p.phase == phase && p.workers == workers && p.cpu_secs > 0.0)
+                .map(|p| p.cpu_secs / (p.ops as f64 / unit_ops))
+        };
+        let write = per("seq", "write", 1, 1024.0);
+        let read = per("seq", "read", 1, 1024.0);
+        let create = per("md-easy", "create", 1, 1000.0);
+        if write.is_some() || create.is_some() {
+            let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             out.push_str(&format!(
-                "{}: CPU seconds of its processes over all phases: {cpu:.1}\n",
-                r.label
+                "{}: CPU seconds per GiB written {}, per GiB read {}, per 1000 creates {}\n",
+                r.label,
+                f(write),
+                f(read),
+                f(create)
             ));
         }
+        resources.push(serde_json::json!({
+            "label": r.label,
+            "peak_rss_kib": r.peak_rss_kib,
+            "cpu_secs_per_gib_written": write,
+            "cpu_secs_per_gib_read": read,
+            "cpu_secs_per_1000_creates": create,
+        }));
     }
     print!("{out}");
     if let Some(p) = json {
         fs::write(
             p,
-            serde_json::to_string_pretty(&serde_json::json!({"baseline": base.label, "rows": rows}))?,
+            serde_json::to_string_pretty(
+                &serde_json::json!({"baseline": base.label, "rows": rows, "resources": resources}),
+            )?,
         )?;
     }
     Ok(())

@@ -562,7 +562,12 @@ impl SealClient {
         Ok((self.read_chunks(ino, offset, end, a.chunk_size.max(1)).await?, attr))
     }
 
-    async fn read_chunks(&self, ino: InodeId, offset: u64, end: u64, chunk_size: u32) -> FsResult<Bytes> {
+    /// Read `[offset, end)` of a chunked file straight from its chunks (`chunk_size` from its
+    /// layout), for a caller that knows the file's size covers the range: holes read as zeros.
+    pub async fn read_chunks(&self, ino: InodeId, offset: u64, end: u64, chunk_size: u32) -> FsResult<Bytes> {
+        if chunk_size == 0 {
+            return Err(FsError::Io("file has no chunk size".into()));
+        }
         let cs = u64::from(chunk_size);
         let mut pieces = Vec::new();
         let mut pos = offset;
@@ -657,9 +662,30 @@ impl SealClient {
             }
             chunk_size = r.attr.as_ref().map(|a| a.chunk_size).unwrap_or(0);
         }
+        self.write_chunks(ino, offset, data, chunk_size, stable, dirty).await?;
+        self.extend_size(cred, ino, end, stable).await
+    }
+
+    /// Write `data` at `offset` straight to the chunks of a chunked file (`chunk_size` from its
+    /// layout), without touching the inode: the caller extends the file's size afterwards with
+    /// [`SealClient::extend_size`] (the FUSE client does it once per batch of writes). Unstable
+    /// writes are added to `dirty`.
+    pub async fn write_chunks(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        data: Bytes,
+        chunk_size: u32,
+        stable: bool,
+        dirty: &mut DirtyChunks,
+    ) -> FsResult<()> {
         if chunk_size == 0 {
             return Err(FsError::Io("file has no chunk size".into()));
         }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
         let cs = u64::from(chunk_size);
         let map = self.router.map();
         let mut pieces = Vec::new();
@@ -699,14 +725,20 @@ impl SealClient {
             }
             dirty.size_dirty = true;
         }
+        Ok(())
+    }
+
+    /// Grow the file's size to at least `end` after chunk writes (and set its mtime and ctime);
+    /// durably with `sync`. Returns its attributes.
+    pub async fn extend_size(&self, cred: &Credentials, ino: InodeId, end: u64, sync: bool) -> FsResult<Entry> {
         let r = self
             .router
-            .call(part, |mut c, epoch| {
+            .call(self.ino_part(ino), |mut c, epoch| {
                 let req = pb::ExtendRequest {
                     ctx: Some(ctx(epoch, cred)),
                     ino,
                     end,
-                    sync: stable,
+                    sync,
                 };
                 async move { c.extend_size(req).await }
             })

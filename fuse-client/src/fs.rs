@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use sealfs_core::{Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
-use crate::state::{hidden_name, DirStream, State, HIDDEN_PREFIX};
+use crate::state::{hidden_name, DirStream, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
 
 /// Entries fetched per directory listing call.
 const DIR_PAGE: u32 = 256;
@@ -192,8 +192,13 @@ impl Ctx {
     fn visible(&self, mut a: FileAttr) -> FileAttr {
         if a.kind == FileKind::Regular {
             if let Some(st) = self.state.inode(a.ino) {
-                if st.lock().expect("inode state").hidden.is_some() {
+                let st = st.lock().expect("inode state");
+                if st.hidden.is_some() {
                     a.nlink = a.nlink.saturating_sub(1);
+                }
+                // Write-behind writes this mount acknowledged count before the nodes have them.
+                if let Some((end, _)) = &st.pending {
+                    a.size = a.size.max(*end);
                 }
             }
         }
@@ -207,8 +212,9 @@ impl Ctx {
         }
     }
 
-    /// Commit the unstable writes of `ino` (fsync, close).
+    /// Commit the unstable writes of `ino` (fsync, close), after letting write-behind land.
     async fn commit(&self, ino: InodeId) -> FsResult<()> {
+        self.settle(ino).await?;
         let Some(st) = self.state.inode(ino) else { return Ok(()) };
         let dirty = std::mem::take(&mut st.lock().expect("inode state").dirty);
         if dirty.is_empty() {
@@ -223,6 +229,127 @@ impl Ctx {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Wait until no write-behind write of `st` overlaps `[start, end)`, then (with `register`)
+    /// record that range as in flight. `None`: wait for all of them.
+    async fn wait_writes(st: &Arc<Mutex<OpenInode>>, range: Option<(u64, u64)>, register: bool) {
+        loop {
+            let settled = st.lock().expect("inode state").settled.clone();
+            // Made before the check, so a write landing in between still wakes this waiter.
+            let notified = settled.notified();
+            {
+                let mut g = st.lock().expect("inode state");
+                let busy = match range {
+                    Some((s, e)) => g.overlaps(s, e),
+                    None => !g.inflight.is_empty(),
+                };
+                if !busy {
+                    if let (true, Some(r)) = (register, range) {
+                        g.inflight.push(r);
+                    }
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Let every write-behind write of `ino` land, then send the size and times update they
+    /// owe. Returns (once) the failure of a write that was already acknowledged to the kernel.
+    async fn settle(&self, ino: InodeId) -> FsResult<()> {
+        let Some(st) = self.state.inode(ino) else { return Ok(()) };
+        let settling = st.lock().expect("inode state").settling.clone();
+        let _one_at_a_time = settling.lock().await;
+        {
+            let g = st.lock().expect("inode state");
+            if g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none() {
+                return Ok(());
+            }
+        }
+        Self::wait_writes(&st, None, false).await;
+        let (failed, pending) = {
+            let mut g = st.lock().expect("inode state");
+            (g.failed.take(), g.pending.take())
+        };
+        if let Some((end, cred)) = pending {
+            match self.client.extend_size(&cred, ino, end, false).await {
+                Ok(e) => self.saw(&e.attr),
+                Err(e) => {
+                    let mut g = st.lock().expect("inode state");
+                    if e.is_retryable() {
+                        // Nothing is lost yet: a later flush tries again.
+                        let end = g.pending.as_ref().map_or(end, |(p, _)| end.max(*p));
+                        g.pending = Some((end, cred));
+                    }
+                    if let Some(f) = failed {
+                        g.failed.get_or_insert(f);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Write-behind: queue a write to the chunks of an open chunked file and return at once.
+    /// The kernel sees it done; the data is in this process until the nodes take it (bounded by
+    /// the mount's write window), overlapping writes keep their order, and a failure is reported
+    /// by the next write, flush or fsync. Durability is unchanged: as before, only fsync and
+    /// close promise it, and both wait for these writes first.
+    async fn write_behind(
+        &self,
+        st: Arc<Mutex<OpenInode>>,
+        cred: Credentials,
+        ino: InodeId,
+        offset: u64,
+        data: Bytes,
+        chunk_size: u32,
+    ) -> FsResult<()> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        if let Some(e) = st.lock().expect("inode state").failed.clone() {
+            return Err(e);
+        }
+        let units = data.len().div_ceil(WINDOW_UNIT) as u32;
+        let permit = self
+            .state
+            .window
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| FsError::Io("the write window is closed".into()))?;
+        Self::wait_writes(&st, Some((offset, end)), true).await;
+        {
+            let mut g = st.lock().expect("inode state");
+            let furthest = g.pending.as_ref().map_or(end, |(p, _)| end.max(*p));
+            g.pending = Some((furthest, cred));
+        }
+        let cx = self.clone();
+        tokio::spawn(async move {
+            let mut dirty = DirtyChunks::default();
+            let r = cx
+                .client
+                .write_chunks(ino, offset, data, chunk_size, false, &mut dirty)
+                .await;
+            let settled = {
+                let mut g = st.lock().expect("inode state");
+                g.landed((offset, end));
+                match r {
+                    Ok(()) => g.dirty.merge(dirty),
+                    Err(e) => {
+                        warn!(ino, offset, "a write-behind write failed: {e}");
+                        g.failed.get_or_insert(e);
+                    }
+                }
+                g.settled.clone()
+            };
+            drop(permit);
+            settled.notify_waiters();
+        });
+        Ok(())
     }
 
     /// Move an open file out of the way of an unlink: it lives on under a hidden name in the
@@ -317,6 +444,15 @@ impl fuser::Filesystem for SealFs {
         );
     }
 
+    /// The kernel evicted the inode (it sends FORGET then, with all its lookups), and its page
+    /// cache with it: the data version kept for close-to-open has nothing left to keep, so
+    /// memory stays bounded by what the kernel caches, not by how many files were ever seen.
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        if !self.state.is_open(ino.0) {
+            self.state.versions.remove(&ino.0);
+        }
+    }
+
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let cred = creds(req);
         self.spawn(
@@ -369,6 +505,9 @@ impl fuser::Filesystem for SealFs {
                 if s.size.is_some() {
                     // Unstable writes below the cut must not land after it.
                     cx.commit(ino.0).await?;
+                } else {
+                    // The owed size update must not undo a mode change (set-id bits).
+                    cx.settle(ino.0).await?;
                 }
                 let e = cx.client.setattr(&cred, ino.0, &s).await?;
                 if s.size.is_some() {
@@ -554,7 +693,24 @@ impl fuser::Filesystem for SealFs {
         let cred = creds(req);
         self.spawn(
             reply,
-            move |cx| async move { cx.client.read(&cred, ino.0, offset, size).await },
+            move |cx| async move {
+                let Some(st) = cx.state.inode(ino.0) else {
+                    return cx.client.read(&cred, ino.0, offset, size).await;
+                };
+                // Reads see this mount's own writes: let write-behind land first.
+                cx.settle(ino.0).await?;
+                let layout = st.lock().expect("inode state").layout;
+                let known_size = cx.state.versions.get(&ino.0).map(|v| v.1);
+                let end = offset.saturating_add(u64::from(size));
+                match (layout, known_size) {
+                    // Open here with a known layout, and the range within the size this mount
+                    // knows (close-to-open): straight to the chunks, no round trip to the inode.
+                    (Some(l), Some(known)) if !l.inline && end <= known => {
+                        cx.client.read_chunks(ino.0, offset, end, l.chunk_size).await
+                    }
+                    _ => cx.client.read(&cred, ino.0, offset, size).await,
+                }
+            },
             |r, d| r.data(&d),
         );
     }
@@ -579,6 +735,15 @@ impl fuser::Filesystem for SealFs {
                 let len = data.len() as u32;
                 let st = cx.state.inode(ino.0);
                 let known = st.as_ref().and_then(|s| s.lock().expect("inode state").layout);
+                if let (Some(st), Some(layout)) = (&st, known) {
+                    if !layout.inline && !data.is_empty() {
+                        cx.write_behind(st.clone(), cred, ino.0, offset, data, layout.chunk_size)
+                            .await?;
+                        return Ok(len);
+                    }
+                }
+                // An inline (small) file, or one not open here: written through, as one call.
+                cx.settle(ino.0).await?;
                 let mut dirty = DirtyChunks::default();
                 let e = cx
                     .client
@@ -616,7 +781,7 @@ impl fuser::Filesystem for SealFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -626,6 +791,11 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
+                // Writes after the last flush (mmap writeback) land and are committed before the
+                // inode's state goes; a failure here has nobody left to report to but the log.
+                if let Err(e) = cx.commit(ino.0).await {
+                    warn!(ino = ino.0, "writes at release failed: {e}");
+                }
                 let Some((ino, hidden)) = cx.state.release_file(fh.0) else {
                     return Ok(());
                 };
@@ -914,6 +1084,7 @@ impl fuser::Filesystem for SealFs {
                     .checked_add(length)
                     .filter(|e| *e <= MAX_FILE_SIZE)
                     .ok_or(FsError::FileTooBig)?;
+                cx.settle(ino.0).await?;
                 let cur = cx.client.getattr(&cred, ino.0).await?;
                 if end > cur.attr.size {
                     let s = SetAttr {

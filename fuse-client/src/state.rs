@@ -9,7 +9,13 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use sealfs_client::{DirEntry, DirtyChunks, Layout};
 use sealfs_core::attr::TimeSpec;
-use sealfs_core::InodeId;
+use sealfs_core::{Credentials, FsError, InodeId};
+use tokio::sync::{Notify, Semaphore};
+
+/// Bytes of write-behind data a mount may hold in flight, over all its files.
+pub const WRITE_WINDOW: usize = 64 << 20;
+/// The window is counted in units of this many bytes.
+pub const WINDOW_UNIT: usize = 4096;
 
 /// Per-inode state, kept while the inode is open in this mount.
 #[derive(Debug, Default)]
@@ -23,6 +29,35 @@ pub struct OpenInode {
     /// Set when the file was unlinked while open: it lives on under this hidden name until the
     /// last handle is released (as NFS clients do).
     pub hidden: Option<HiddenName>,
+    /// Chunk writes acknowledged to the kernel but not yet by the storage nodes (write-behind),
+    /// as byte ranges `[start, end)`. A later write or read that overlaps one waits for it.
+    pub inflight: Vec<(u64, u64)>,
+    /// Set while the inode's size and times are owed an update for write-behind writes: the
+    /// furthest end written and the writer's credentials (a write by a non-owner clears the
+    /// set-id bits). Sent once, when the writes settle (flush, fsync, read, setattr, release).
+    pub pending: Option<(u64, Credentials)>,
+    /// The first failure of a write already acknowledged to the kernel, reported by the next
+    /// write, flush or fsync (as NFS clients report write-behind errors at close).
+    pub failed: Option<FsError>,
+    /// Woken whenever an in-flight write ends.
+    pub settled: Arc<Notify>,
+    /// Held while the owed size update is being sent: a concurrent reader must not read the
+    /// old size in between (the kernel shrinks its idea of the file on a short read).
+    pub settling: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl OpenInode {
+    /// Whether an in-flight write overlaps `[start, end)`.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.inflight.iter().any(|&(s, e)| s < end && start < e)
+    }
+
+    /// Forget one in-flight range (the first equal to it).
+    pub fn landed(&mut self, range: (u64, u64)) {
+        if let Some(i) = self.inflight.iter().position(|r| *r == range) {
+            self.inflight.swap_remove(i);
+        }
+    }
 }
 
 /// Where a file unlinked while open lives on: (directory, name).
@@ -46,8 +81,9 @@ pub struct DirStream {
 }
 
 /// All of it.
-#[derive(Default)]
 pub struct State {
+    /// Room left in the write-behind window, in [`WINDOW_UNIT`]s.
+    pub window: Arc<Semaphore>,
     next_fh: AtomicU64,
     pub files: DashMap<u64, FileHandleState>,
     pub dirs: DashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>,
@@ -55,6 +91,19 @@ pub struct State {
     /// (mtime, size) of each file when this mount last opened or changed it: an open that finds
     /// the same keeps the kernel's page cache, any other change drops it (close-to-open).
     pub versions: DashMap<InodeId, (TimeSpec, u64)>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            window: Arc::new(Semaphore::new(WRITE_WINDOW / WINDOW_UNIT)),
+            next_fh: AtomicU64::default(),
+            files: DashMap::default(),
+            dirs: DashMap::default(),
+            inodes: DashMap::default(),
+            versions: DashMap::default(),
+        }
+    }
 }
 
 impl State {

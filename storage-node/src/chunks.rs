@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sealfs_core::{FsError, FsResult, InodeId, PartitionId};
 use tracing::{error, info, warn};
 
+use crate::direct::{self, read_buffered};
 use crate::sums::{self, io_err, Sums, BLOCK};
 
 /// Chunk files of one node.
@@ -45,22 +46,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Read `len` bytes at `off` (fewer at the end of the file).
-fn read_full(f: &File, off: u64, len: usize) -> FsResult<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e, "read chunk")),
-        }
-    }
-    buf.truncate(done);
-    Ok(buf)
 }
 
 impl ChunkStore {
@@ -181,7 +166,7 @@ impl ChunkStore {
             let mut fixed = 0;
             for b in 0..sums::blocks(len) {
                 let (start, end) = (b * BLOCK, ((b + 1) * BLOCK).min(len));
-                let data = read_full(&f, start, (end - start) as usize)?;
+                let data = read_buffered(&f, start, (end - start) as usize)?;
                 if s.check(b, &data) {
                     continue;
                 }
@@ -268,13 +253,13 @@ impl ChunkStore {
                 if start >= old_len || (off <= start && end >= stop) {
                     continue;
                 }
-                let old = read_full(&f, start, (stop - start) as usize)?;
+                let old = read_buffered(&f, start, (stop - start) as usize)?;
                 if !s.check(b, &old) {
                     error!(partition = p, ino, index, chunk = %path.display(), block = b, "checksum mismatch under a write");
                     return Err(FsError::Corrupt(format!("{} block {b}", path.display())));
                 }
             }
-            f.write_all_at(&data, off).map_err(|e| io_err(e, "write chunk"))?;
+            direct::write_at(&path, &f, &data, off)?;
             let new_len = old_len.max(end);
             for b in touched_from..=last_block {
                 let (start, stop) = (b * BLOCK, ((b + 1) * BLOCK).min(new_len));
@@ -285,7 +270,7 @@ impl ChunkStore {
                     // Wholly new: checksum the caller's bytes, no read back.
                     s.set(b, &data[(start - off) as usize..(stop - off) as usize]);
                 } else {
-                    let now = read_full(&f, start, (stop - start) as usize)?;
+                    let now = read_buffered(&f, start, (stop - start) as usize)?;
                     s.set(b, &now);
                 }
             }
@@ -363,7 +348,7 @@ impl ChunkStore {
                                 // what stays.
                                 let start = b * BLOCK;
                                 let stop = ((b + 1) * BLOCK).min(old_len);
-                                let old = read_full(&f, start, (stop - start) as usize)?;
+                                let old = read_buffered(&f, start, (stop - start) as usize)?;
                                 if !s.check(b, &old) {
                                     error!(partition = p, ino, index, chunk = %path.display(), block = b, "checksum mismatch under a truncate");
                                     return Err(FsError::Corrupt(format!("{} block {b}", path.display())));
@@ -457,12 +442,12 @@ fn read_checked(path: &Path, off: u64, len: usize) -> FsResult<Bytes> {
     let Some(sums) = sums else {
         // No checksum file: a chunk cut short by a crash before its first checksum; its bytes
         // were never acknowledged.
-        return Ok(Bytes::from(read_full(&f, off, (end - off) as usize)?));
+        return Ok(Bytes::from(read_buffered(&f, off, (end - off) as usize)?));
     };
     let first = off / BLOCK;
     let start = first * BLOCK;
     let stop = (end.div_ceil(BLOCK) * BLOCK).min(file_len);
-    let buf = read_full(&f, start, (stop - start) as usize)?;
+    let buf = read_buffered(&f, start, (stop - start) as usize)?;
     for (k, block) in buf.chunks(BLOCK as usize).enumerate() {
         let b = first + k as u64;
         if !sums.check(b, block) {

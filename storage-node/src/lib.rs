@@ -3,6 +3,7 @@
 //! before it is acknowledged.
 
 pub mod chunks;
+pub mod direct;
 pub mod failpoint;
 pub mod keys;
 pub mod locks;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The scaling curve: the same metadata workload (mdtest "easy", several workers) through FUSE
+# against clusters of more and more storage node processes on this one machine, to show where
+# aggregate throughput stops growing (on one machine: when the CPU is used up). Needs root.
+#   scripts/scaling.sh [NODES...] [-- BENCH ARGS]      default nodes: 1 2 3 4 6
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+nodes=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do nodes+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+[ ${#nodes[@]} -gt 0 ] || nodes=(1 2 3 4 6)
+extra=("$@")
+[ ${#extra[@]} -gt 0 ] || extra=(--files 1000 --workers 8)
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$top"
+cargo build --release --quiet --bins
+bin="$top/target/release"
+work=$(mktemp -d /var/tmp/sealfs-scaling.XXXXXX)
+files=()
+up_pid=""
+cleanup() {
+  if [ -n "$up_pid" ]; then kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for n in "${nodes[@]}"; do
+  "$bin/sealfs" up --dir "$work/c$n" --nodes "$n" --manager 127.0.0.1:0 --nfs-port 0 --portmap-port 0 \
+    >"$work/up$n.log" 2>&1 &
+  up_pid=$!
+  for _ in $(seq 1 600); do
+    "$bin/sealfs" health --mount "$work/c$n/mnt" >/dev/null 2>&1 && break
+    kill -0 "$up_pid" 2>/dev/null || { cat "$work/up$n.log"; exit 1; }
+    sleep 0.1
+  done
+  pids=$(pgrep -f "$work/c$n" | grep -v "^$up_pid$" | paste -sd, -)
+  "$bin/sealfs-bench" run --dir "$work/c$n/mnt/bench" --label "nodes-$n" --workloads md-easy \
+    --pids "$pids" "${extra[@]}" --json "$work/n$n.json" 2>/dev/null
+  kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
+  files+=("$work/n$n.json")
+done
+# One column per cluster size, each figure with its ratio to the smallest.
+"$bin/sealfs-bench" compare "${files[@]}"

@@ -1,0 +1,130 @@
+//! Direct I/O for chunk data. Aligned writes bypass the node's page cache: a buffered write
+//! copies every byte into the cache and leaves it there, memory that grows with the data written
+//! rather than with a cache setting (measured: 1 GiB sequential through FUSE with three copies
+//! went from ~120 to ~170 MiB/s). Unaligned writes, and file systems that refuse `O_DIRECT`,
+//! stay buffered (the kernel keeps the two coherent). Reads stay buffered, for the kernel's
+//! readahead (direct reads measured ~30% slower sequentially).
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use sealfs_core::FsResult;
+use tracing::info;
+
+use crate::sums::io_err;
+
+/// Offsets, lengths and buffers of direct I/O are multiples of this.
+pub const ALIGN: usize = 4096;
+/// Idle aligned buffers kept for reuse (each up to the largest request seen).
+const POOL: usize = 16;
+
+/// Set once the data folder's file system refused `O_DIRECT`.
+static REFUSED: AtomicBool = AtomicBool::new(false);
+static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Run `f` on an `ALIGN`-aligned scratch buffer of `len` bytes (contents undefined). Buffers
+/// are reused, so steady traffic does not fault in fresh memory on every request.
+fn with_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    let mut v = BUFFERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default();
+    if v.len() < len + ALIGN {
+        v.resize(len + ALIGN, 0);
+    }
+    let shift = v.as_ptr().align_offset(ALIGN);
+    let out = f(&mut v[shift..shift + len]);
+    let mut pool = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL {
+        pool.push(v);
+    }
+    out
+}
+
+fn aligned(off: u64, len: usize) -> bool {
+    off.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN) && len > 0
+}
+
+/// `path` opened for writing with `O_DIRECT`, or None where it cannot be.
+fn open_direct(path: &Path) -> FsResult<Option<File>> {
+    if REFUSED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            if !REFUSED.swap(true, Ordering::Relaxed) {
+                info!("the data folder's file system refuses O_DIRECT: chunk I/O goes through the page cache");
+            }
+            Ok(None)
+        }
+        Err(e) => Err(io_err(e, "open chunk")),
+    }
+}
+
+/// Write all of `data` at `off` of the chunk `f` (opened from `path`).
+pub fn write_at(path: &Path, f: &File, data: &[u8], off: u64) -> FsResult<()> {
+    if aligned(off, data.len()) {
+        if let Some(d) = open_direct(path)? {
+            return with_buffer(data.len(), |b| {
+                b.copy_from_slice(data);
+                d.write_all_at(b, off)
+            })
+            .map_err(|e| io_err(e, "write chunk"));
+        }
+    }
+    f.write_all_at(data, off).map_err(|e| io_err(e, "write chunk"))
+}
+
+/// Read `len` bytes at `off` through the page cache (fewer at the end of the file).
+pub fn read_buffered(f: &File, off: u64, len: usize) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(e, "read chunk")),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_unaligned_writes_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let a: Vec<u8> = (0..3 * ALIGN).map(|i| (i % 251) as u8).collect();
+        write_at(&path, &f, &a, 0).unwrap();
+        write_at(&path, &f, b"xyz", 5).unwrap();
+        let mut want = a.clone();
+        want[5..8].copy_from_slice(b"xyz");
+        assert_eq!(read_buffered(&f, 0, 3 * ALIGN).unwrap(), want);
+        // Past the end: short.
+        assert_eq!(read_buffered(&f, ALIGN as u64, 4 * ALIGN).unwrap(), want[ALIGN..]);
+        // An unaligned tail after aligned data, then aligned data over it.
+        write_at(&path, &f, b"tail", 3 * ALIGN as u64).unwrap();
+        assert_eq!(read_buffered(&f, 2 * ALIGN as u64, 2 * ALIGN).unwrap().len(), ALIGN + 4);
+        let b = vec![9u8; ALIGN];
+        write_at(&path, &f, &b, 3 * ALIGN as u64).unwrap();
+        assert_eq!(read_buffered(&f, 3 * ALIGN as u64, 2 * ALIGN).unwrap(), b);
+    }
+}
