@@ -184,7 +184,8 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 
 impl Ctx {
     fn entry(&self, reply: ReplyEntry, e: Entry) {
-        reply.entry(&self.ttl, &fuse_attr(&e.attr), Generation(e.attr.generation));
+        let a = self.visible(e.attr);
+        reply.entry(&self.ttl, &fuse_attr(&a), Generation(a.generation));
     }
 
     /// Attributes as this mount's callers must see them: a file unlinked while open here lives
@@ -268,19 +269,25 @@ impl Ctx {
             }
         }
         Self::wait_writes(&st, None, false).await;
+        // `pending` stays set until the nodes have the new size, so that attributes this mount
+        // hands the kernel meanwhile (lookup, getattr) never show it a smaller file.
         let (failed, pending) = {
             let mut g = st.lock().expect("inode state");
-            (g.failed.take(), g.pending.take())
+            (g.failed.take(), g.pending.clone())
         };
         if let Some((end, cred)) = pending {
             match self.client.extend_size(&cred, ino, end, false).await {
-                Ok(e) => self.saw(&e.attr),
+                Ok(e) => {
+                    self.saw(&e.attr);
+                    let mut g = st.lock().expect("inode state");
+                    if g.pending.as_ref().is_some_and(|(p, _)| *p <= end) {
+                        g.pending = None;
+                    }
+                }
                 Err(e) => {
                     let mut g = st.lock().expect("inode state");
-                    if e.is_retryable() {
-                        // Nothing is lost yet: a later flush tries again.
-                        let end = g.pending.as_ref().map_or(end, |(p, _)| end.max(*p));
-                        g.pending = Some((end, cred));
+                    if !e.is_retryable() {
+                        g.pending = None;
                     }
                     if let Some(f) = failed {
                         g.failed.get_or_insert(f);
