@@ -57,11 +57,7 @@ else
   vm_args=(--files 300 --workers 1,2 --seq-mib 128 --rand-mib 32 --rand-secs 5)
 fi
 work=$(mktemp -d /var/tmp/sealfs-bench.XXXXXX)
-up_pid=""
-stop_sealfs() {
-  if [ -n "$up_pid" ]; then kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
-  up_pid=""
-}
+. "$top/scripts/local-cluster.sh"
 stop_gluster() {
   umount -l "$work/gluster/mnt" 2>/dev/null || true
   gluster --mode=script volume stop sealfsbench force >/dev/null 2>&1 || true
@@ -81,23 +77,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# `sealfs up` with 3 nodes; sets up_pid and pids (its processes).
-start_sealfs() {
-  "$bin/sealfs" up --dir "$work/sealfs" --nodes 3 --manager 127.0.0.1:0 --nfs-port "$1" --portmap-port 0 >"$work/up.log" 2>&1 &
-  up_pid=$!
-  for _ in $(seq 1 600); do
-    "$bin/sealfs" health --mount "$work/sealfs/mnt" >/dev/null 2>&1 && break
-    kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.log"; exit 1; }
-    sleep 0.1
-  done
-  pids=$(pgrep -f "$work/sealfs" | grep -v "^$up_pid$" | paste -sd, -)
-}
-
 echo "== local directory ($work/local)"
 "$bin/sealfs-bench" run --dir "$work/local" --label local --drop-caches "${args[@]}" --json "$out/local.json"
 
 echo "== sealfs through FUSE: 3 storage nodes, replication 3, on loopback"
-start_sealfs 0
+start_sealfs "$work/sealfs" 3 0
 "$bin/sealfs-bench" run --dir "$work/sealfs/mnt/bench" --label sealfs-fuse --drop-caches --pids "$pids" \
   "${args[@]}" --json "$out/sealfs-fuse.json"
 stop_sealfs
@@ -144,7 +128,7 @@ EOF
   }
   echo "== sealfs through the NFS gateway (kernel client in a VM)"
   nfs_port=$((20000 + RANDOM % 10000))
-  start_sealfs "$nfs_port"
+  start_sealfs "$work/sealfs" 3 "$nfs_port"
   PORT=$nfs_port vm_bench sealfs-nfs "$out/sealfs-nfs.json"
   "$bin/sealfs-bench" rss --report "$out/sealfs-nfs.json" --pids "$pids"
   stop_sealfs

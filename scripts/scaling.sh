@@ -17,25 +17,17 @@ cargo build --release --quiet --bins
 bin="$top/target/release"
 work=$(mktemp -d /var/tmp/sealfs-scaling.XXXXXX)
 files=()
-up_pid=""
+. "$top/scripts/local-cluster.sh"
 cleanup() {
-  if [ -n "$up_pid" ]; then kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+  stop_sealfs
   rm -rf "$work"
 }
 trap cleanup EXIT
 for n in "${nodes[@]}"; do
-  "$bin/sealfs" up --dir "$work/c$n" --nodes "$n" --manager 127.0.0.1:0 --nfs-port 0 --portmap-port 0 \
-    >"$work/up$n.log" 2>&1 &
-  up_pid=$!
-  for _ in $(seq 1 600); do
-    "$bin/sealfs" health --mount "$work/c$n/mnt" >/dev/null 2>&1 && break
-    kill -0 "$up_pid" 2>/dev/null || { cat "$work/up$n.log"; exit 1; }
-    sleep 0.1
-  done
-  pids=$(pgrep -f "$work/c$n" | grep -v "^$up_pid$" | paste -sd, -)
+  start_sealfs "$work/c$n" "$n" 0
   "$bin/sealfs-bench" run --dir "$work/c$n/mnt/bench" --label "nodes-$n" --workloads md-easy \
     --pids "$pids" "${extra[@]}" --json "$work/n$n.json" 2>/dev/null
-  kill -INT "$up_pid"; wait "$up_pid" || true; up_pid=""
+  stop_sealfs
   files+=("$work/n$n.json")
 done
 # One column per cluster size, each figure with its ratio to the smallest.

@@ -66,6 +66,29 @@ pub struct StatFs {
     pub inodes: u64,
 }
 
+/// The end of a write of `len` bytes at `offset`, or EFBIG past the largest file size.
+pub fn write_end(offset: u64, len: usize) -> FsResult<u64> {
+    offset
+        .checked_add(len as u64)
+        .filter(|e| *e <= MAX_FILE_SIZE)
+        .ok_or(FsError::FileTooBig)
+}
+
+/// `[offset, end)` of a file cut at its chunk boundaries: (chunk index, offset in the chunk,
+/// length) per piece. `chunk_size` is not 0.
+fn chunk_pieces(offset: u64, end: u64, chunk_size: u32) -> Vec<(u64, u32, u32)> {
+    let cs = u64::from(chunk_size);
+    let mut pieces = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let in_off = pos % cs;
+        let len = (cs - in_off).min(end - pos);
+        pieces.push((pos / cs, in_off as u32, len as u32));
+        pos += len;
+    }
+    pieces
+}
+
 /// Chunks written without being made durable yet, per partition, with what the partition's
 /// primary answered: its write verifier and map epoch. A commit hands them back, so the node that
 /// commits can tell whether those writes can still be on disk (it took them itself, or it was an
@@ -568,16 +591,7 @@ impl SealClient {
         if chunk_size == 0 {
             return Err(FsError::Io("file has no chunk size".into()));
         }
-        let cs = u64::from(chunk_size);
-        let mut pieces = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let index = pos / cs;
-            let in_off = pos % cs;
-            let len = (cs - in_off).min(end - pos);
-            pieces.push((index, in_off as u32, len as u32));
-            pos += len;
-        }
+        let pieces = chunk_pieces(offset, end, chunk_size);
         let map = self.router.map();
         let parts = try_join_all(pieces.iter().map(|&(index, off, len)| {
             let p = map.chunk_partition(ino, index);
@@ -629,10 +643,7 @@ impl SealClient {
             check_perm,
             known,
         } = mode;
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(FsError::FileTooBig)?;
+        let end = write_end(offset, data.len())?;
         if data.len() > MAX_IO_SIZE {
             return Err(FsError::Invalid(format!(
                 "write of {} bytes exceeds {MAX_IO_SIZE}",
@@ -682,22 +693,17 @@ impl SealClient {
         if chunk_size == 0 {
             return Err(FsError::Io("file has no chunk size".into()));
         }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(FsError::FileTooBig)?;
-        let cs = u64::from(chunk_size);
+        let end = write_end(offset, data.len())?;
         let map = self.router.map();
-        let mut pieces = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let index = pos / cs;
-            let in_off = pos % cs;
-            let len = (cs - in_off).min(end - pos);
-            let start = (pos - offset) as usize;
-            pieces.push((index, in_off as u32, data.slice(start..start + len as usize)));
-            pos += len;
-        }
+        let mut start = 0;
+        let pieces: Vec<_> = chunk_pieces(offset, end, chunk_size)
+            .into_iter()
+            .map(|(index, in_off, len)| {
+                let piece = data.slice(start..start + len as usize);
+                start += len as usize;
+                (index, in_off, piece)
+            })
+            .collect();
         let results = try_join_all(pieces.into_iter().map(|(index, off, piece)| {
             let p = map.chunk_partition(ino, index);
             async move {

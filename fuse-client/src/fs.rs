@@ -313,10 +313,7 @@ impl Ctx {
         data: Bytes,
         chunk_size: u32,
     ) -> FsResult<()> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(FsError::FileTooBig)?;
+        let end = sealfs_client::write_end(offset, data.len())?;
         if let Some(e) = st.lock().expect("inode state").failed.clone() {
             return Err(e);
         }
