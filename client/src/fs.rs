@@ -31,6 +31,24 @@ pub struct Entry {
     pub layout: Layout,
     /// Directories: the parent directory (0 when unknown).
     pub parent: InodeId,
+    /// Create, mkdir, symlink, link: how the parent directory changed, when the node saw it.
+    pub dir: Option<DirChange>,
+}
+
+/// A directory's attributes just before and just after one change to it, read atomically
+/// with the change (what NFSv3 calls weak cache consistency data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirChange {
+    pub before: FileAttr,
+    pub after: FileAttr,
+}
+
+/// What unlink, rmdir and rename changed: the (source) parent and, for a rename into another
+/// directory, the target parent. None where the node could not tell atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub dir: Option<DirChange>,
+    pub new_dir: Option<DirChange>,
 }
 
 /// How a write is done.
@@ -150,7 +168,31 @@ fn entry_of(a: Option<&pb::Attr>) -> FsResult<Entry> {
         attr,
         layout: layout_of(a),
         parent: a.parent,
+        dir: None,
     })
+}
+
+/// An entry with its parent's change, from a create-like reply.
+fn created_entry(r: &pb::EntryReply) -> FsResult<Entry> {
+    let mut e = entry_of(r.attr.as_ref())?;
+    e.dir = dir_change_of(r.dir.as_ref());
+    Ok(e)
+}
+
+/// A wire `DirChange`; malformed ones are dropped (the caller then just revalidates).
+fn dir_change_of(d: Option<&pb::DirChange>) -> Option<DirChange> {
+    let d = d?;
+    Some(DirChange {
+        before: sealfs_proto::attr_from_pb(d.before.as_ref()?).ok()?,
+        after: sealfs_proto::attr_from_pb(d.after.as_ref()?).ok()?,
+    })
+}
+
+fn changed_of(r: &pb::ChangeReply) -> Changed {
+    Changed {
+        dir: dir_change_of(r.dir.as_ref()),
+        new_dir: dir_change_of(r.new_dir.as_ref()),
+    }
 }
 
 fn tu(t: Option<TimeUpdate>) -> Option<pb::TimeUpdate> {
@@ -328,7 +370,7 @@ impl SealClient {
                 async move { c.create(req).await }
             })
             .await?;
-        entry_of(r.attr.as_ref())
+        created_entry(&r)
     }
 
     /// Create a directory.
@@ -346,13 +388,14 @@ impl SealClient {
                 async move { c.mkdir(req).await }
             })
             .await?;
-        entry_of(r.attr.as_ref())
+        created_entry(&r)
     }
 
     /// Remove a non-directory entry.
-    pub async fn unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<()> {
+    pub async fn unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Changed> {
         let name = Bytes::copy_from_slice(name);
-        self.router
+        let r = self
+            .router
             .call(self.ino_part(parent), |mut c, epoch| {
                 let req = pb::NameRequest {
                     ctx: Some(ctx(epoch, cred)),
@@ -362,13 +405,14 @@ impl SealClient {
                 async move { c.unlink(req).await }
             })
             .await?;
-        Ok(())
+        Ok(changed_of(&r))
     }
 
     /// Remove an empty directory.
-    pub async fn rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<()> {
+    pub async fn rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Changed> {
         let name = Bytes::copy_from_slice(name);
-        self.router
+        let r = self
+            .router
             .call(self.ino_part(parent), |mut c, epoch| {
                 let req = pb::NameRequest {
                     ctx: Some(ctx(epoch, cred)),
@@ -378,7 +422,7 @@ impl SealClient {
                 async move { c.rmdir(req).await }
             })
             .await?;
-        Ok(())
+        Ok(changed_of(&r))
     }
 
     /// Rename, with RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2) flags.
@@ -390,10 +434,11 @@ impl SealClient {
         new_parent: InodeId,
         new_name: &[u8],
         flags: u32,
-    ) -> FsResult<()> {
+    ) -> FsResult<Changed> {
         let name = Bytes::copy_from_slice(name);
         let new_name = Bytes::copy_from_slice(new_name);
-        self.router
+        let r = self
+            .router
             .call(self.ino_part(parent), |mut c, epoch| {
                 let req = pb::RenameRequest {
                     ctx: Some(ctx(epoch, cred)),
@@ -406,7 +451,7 @@ impl SealClient {
                 async move { c.rename(req).await }
             })
             .await?;
-        Ok(())
+        Ok(changed_of(&r))
     }
 
     /// Add a hard link to `ino` as `new_name` in `new_parent`.
@@ -430,7 +475,7 @@ impl SealClient {
                 async move { c.link(req).await }
             })
             .await?;
-        entry_of(r.attr.as_ref())
+        created_entry(&r)
     }
 
     /// One page of a directory listing after `cookie` (0: from the start).

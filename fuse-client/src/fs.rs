@@ -597,7 +597,7 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move { cx.client.rmdir(&cred, parent.0, &name).await },
-            |r, ()| r.ok(),
+            |r, _| r.ok(),
         );
     }
 
@@ -639,7 +639,7 @@ impl fuser::Filesystem for SealFs {
                     .rename(&cred, parent.0, &name, newparent.0, &newname, wire_flags)
                     .await
             },
-            |r, ()| r.ok(),
+            |r, _| r.ok(),
         );
     }
 

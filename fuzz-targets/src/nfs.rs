@@ -29,11 +29,24 @@ fn ino(fh: &nfs_fh3) -> NfsResult<u64> {
     sealfs_gateway::handle::parse(CLUSTER, fh)
 }
 
+/// A directory change with both halves, so replies encode pre-op attributes too.
+fn changed(dir: u64) -> DirWcc {
+    let a = attr(dir);
+    DirWcc {
+        before: Some(wcc_attr {
+            size: a.size,
+            mtime: a.mtime,
+            ctime: a.ctime,
+        }),
+        after: Some(a),
+    }
+}
+
 fn created(n: u64) -> Created {
     Created {
         handle: sealfs_gateway::handle::make(CLUSTER, n, 1),
         attr: Some(attr(n)),
-        dir_after: Some(attr(1)),
+        dir: changed(1),
     }
 }
 
@@ -119,10 +132,10 @@ impl NfsBackend for Backend {
         ino(dir)?;
         Ok(created(6))
     }
-    async fn remove(&self, _c: &Caller, dir: &nfs_fh3, _n: &[u8]) -> NfsResult<Option<fattr3>> {
-        Ok(Some(attr(ino(dir)?)))
+    async fn remove(&self, _c: &Caller, dir: &nfs_fh3, _n: &[u8]) -> NfsResult<DirWcc> {
+        Ok(changed(ino(dir)?))
     }
-    async fn rmdir(&self, _c: &Caller, dir: &nfs_fh3, _n: &[u8]) -> NfsResult<Option<fattr3>> {
+    async fn rmdir(&self, _c: &Caller, dir: &nfs_fh3, _n: &[u8]) -> NfsResult<DirWcc> {
         ino(dir)?;
         Err(nfsstat3::NFS3ERR_NOTEMPTY)
     }
@@ -133,17 +146,17 @@ impl NfsBackend for Backend {
         _fname: &[u8],
         to: &nfs_fh3,
         _tname: &[u8],
-    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)> {
-        Ok((Some(attr(ino(from)?)), Some(attr(ino(to)?))))
+    ) -> NfsResult<(DirWcc, DirWcc)> {
+        Ok((
+            changed(ino(from)?),
+            DirWcc {
+                before: None,
+                after: Some(attr(ino(to)?)),
+            },
+        ))
     }
-    async fn link(
-        &self,
-        _c: &Caller,
-        fh: &nfs_fh3,
-        dir: &nfs_fh3,
-        _n: &[u8],
-    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)> {
-        Ok((Some(attr(ino(fh)?)), Some(attr(ino(dir)?))))
+    async fn link(&self, _c: &Caller, fh: &nfs_fh3, dir: &nfs_fh3, _n: &[u8]) -> NfsResult<(Option<fattr3>, DirWcc)> {
+        Ok((Some(attr(ino(fh)?)), changed(ino(dir)?)))
     }
     async fn readdir(
         &self,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use nfsserve::mount::mountstat3;
 use nfsserve::nfs::*;
 use nfsserve::vfs::*;
-use sealfs_client::{DirtyChunks, Entry, SealClient, WriteMode};
+use sealfs_client::{DirChange, DirtyChunks, Entry, SealClient, WriteMode};
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{GatewayConfig, MAX_FILE_SIZE};
 use sealfs_core::perm::{self, Credentials};
@@ -217,11 +217,31 @@ impl Gateway {
         self.client.setattr(cred, e.attr.ino, &rest).await.map_err(err)
     }
 
-    fn created(&self, e: &Entry, dir_after: Option<fattr3>) -> Created {
+    /// The reply of a create-like call: the new object and its directory's change.
+    async fn created(&self, cred: &Credentials, e: &Entry, dir_ino: InodeId, dir: Option<DirChange>) -> Created {
         Created {
             handle: self.fh(e.attr.ino, e.attr.generation),
             attr: Some(self.fattr(&e.attr)),
-            dir_after,
+            dir: self.dir_wcc(cred, dir_ino, dir).await,
+        }
+    }
+
+    /// A directory's wcc data: before and after from the node when it read them atomically with
+    /// the change (the client then keeps its cached entries), else the attributes after alone.
+    async fn dir_wcc(&self, cred: &Credentials, dir_ino: InodeId, change: Option<DirChange>) -> DirWcc {
+        match change {
+            Some(c) => DirWcc {
+                before: Some(wcc_attr {
+                    size: c.before.size,
+                    mtime: nfs_time(c.before.mtime),
+                    ctime: nfs_time(c.before.ctime),
+                }),
+                after: Some(self.fattr(&c.after)),
+            },
+            None => DirWcc {
+                before: None,
+                after: self.attr_of(cred, dir_ino).await,
+            },
         }
     }
 
@@ -424,7 +444,7 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        let e = match how {
+        let (e, dir) = match how {
             CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
                 let exclusive = matches!(how, CreateHow::Guarded(_));
                 let e = self
@@ -441,7 +461,8 @@ impl NfsBackend for Gateway {
                     )
                     .await
                     .map_err(err)?;
-                self.apply_rest(&cred, e, &s).await?
+                let dir = e.dir.clone();
+                (self.apply_rest(&cred, e, &s).await?, dir)
             }
             CreateHow::Exclusive(verf) => {
                 // The verifier lives in the times until the client sets real ones, so that a
@@ -457,6 +478,7 @@ impl NfsBackend for Gateway {
                     .await
                 {
                     Ok(e) => {
+                        let dir = e.dir.clone();
                         let s = SetAttr {
                             atime: Some(TimeUpdate::Set(TimeSpec {
                                 sec: i64::from(a),
@@ -468,20 +490,20 @@ impl NfsBackend for Gateway {
                             })),
                             ..Default::default()
                         };
-                        self.client.setattr(&cred, e.attr.ino, &s).await.map_err(err)?
+                        (self.client.setattr(&cred, e.attr.ino, &s).await.map_err(err)?, dir)
                     }
                     Err(FsError::Exists) => {
                         let e = self.client.lookup(&cred, dir_ino, name).await.map_err(err)?;
                         if !stamp(&e) {
                             return Err(nfsstat3::NFS3ERR_EXIST);
                         }
-                        e
+                        (e, None)
                     }
                     Err(e) => return Err(err(e)),
                 }
             }
         };
-        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+        Ok(self.created(&cred, &e, dir_ino, dir).await)
     }
 
     async fn mkdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8], attr: sattr3) -> NfsResult<Created> {
@@ -493,8 +515,9 @@ impl NfsBackend for Gateway {
             .mkdir(&cred, dir_ino, name, mode_of(&attr, 0o755))
             .await
             .map_err(err)?;
+        let dir = e.dir.clone();
         let e = self.apply_rest(&cred, e, &attr).await?;
-        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+        Ok(self.created(&cred, &e, dir_ino, dir).await)
     }
 
     async fn symlink(&self, c: &Caller, dir: &nfs_fh3, name: &[u8], target: &[u8], attr: sattr3) -> NfsResult<Created> {
@@ -502,10 +525,11 @@ impl NfsBackend for Gateway {
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
         let e = self.client.symlink(&cred, dir_ino, name, target).await.map_err(err)?;
+        let dir = e.dir.clone();
         let mut rest = attr;
         rest.mode = set_mode3::Void;
         let e = self.apply_rest(&cred, e, &rest).await?;
-        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+        Ok(self.created(&cred, &e, dir_ino, dir).await)
     }
 
     async fn mknod(
@@ -530,24 +554,25 @@ impl NfsBackend for Gateway {
             .create(&cred, dir_ino, name, kind, mode_of(&attr, 0o644), rdev, true, 0)
             .await
             .map_err(err)?;
+        let dir = e.dir.clone();
         let e = self.apply_rest(&cred, e, &attr).await?;
-        Ok(self.created(&e, self.attr_of(&cred, dir_ino).await))
+        Ok(self.created(&cred, &e, dir_ino, dir).await)
     }
 
-    async fn remove(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<Option<fattr3>> {
+    async fn remove(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<DirWcc> {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        self.client.unlink(&cred, dir_ino, name).await.map_err(err)?;
-        Ok(self.attr_of(&cred, dir_ino).await)
+        let ch = self.client.unlink(&cred, dir_ino, name).await.map_err(err)?;
+        Ok(self.dir_wcc(&cred, dir_ino, ch.dir).await)
     }
 
-    async fn rmdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<Option<fattr3>> {
+    async fn rmdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<DirWcc> {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        self.client.rmdir(&cred, dir_ino, name).await.map_err(err)?;
-        Ok(self.attr_of(&cred, dir_ino).await)
+        let ch = self.client.rmdir(&cred, dir_ino, name).await.map_err(err)?;
+        Ok(self.dir_wcc(&cred, dir_ino, ch.dir).await)
     }
 
     async fn rename(
@@ -557,29 +582,31 @@ impl NfsBackend for Gateway {
         from_name: &[u8],
         to_dir: &nfs_fh3,
         to_name: &[u8],
-    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)> {
+    ) -> NfsResult<(DirWcc, DirWcc)> {
         self.writable()?;
         let (from, to) = (self.ino(from_dir)?, self.ino(to_dir)?);
         let cred = self.creds(c);
-        self.client
+        let ch = self
+            .client
             .rename(&cred, from, from_name, to, to_name, 0)
             .await
             .map_err(err)?;
-        Ok((self.attr_of(&cred, from).await, self.attr_of(&cred, to).await))
+        let from_wcc = self.dir_wcc(&cred, from, ch.dir).await;
+        let to_wcc = if from == to {
+            from_wcc
+        } else {
+            self.dir_wcc(&cred, to, ch.new_dir).await
+        };
+        Ok((from_wcc, to_wcc))
     }
 
-    async fn link(
-        &self,
-        c: &Caller,
-        fh: &nfs_fh3,
-        dir: &nfs_fh3,
-        name: &[u8],
-    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)> {
+    async fn link(&self, c: &Caller, fh: &nfs_fh3, dir: &nfs_fh3, name: &[u8]) -> NfsResult<(Option<fattr3>, DirWcc)> {
         self.writable()?;
         let (ino, dir_ino) = (self.ino(fh)?, self.ino(dir)?);
         let cred = self.creds(c);
         let e = self.client.link(&cred, ino, dir_ino, name).await.map_err(err)?;
-        Ok((Some(self.fattr(&e.attr)), self.attr_of(&cred, dir_ino).await))
+        let dir = e.dir.clone();
+        Ok((Some(self.fattr(&e.attr)), self.dir_wcc(&cred, dir_ino, dir).await))
     }
 
     async fn readdir(

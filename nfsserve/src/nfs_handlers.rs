@@ -352,7 +352,7 @@ pub async fn handle(
             };
             let mut r = Reply::new(xid, out)?;
             match res {
-                Ok(after) => r.status(nfsstat3::NFS3_OK)?.put(&wcc(after))?,
+                Ok(dir) => r.status(nfsstat3::NFS3_OK)?.put(&wcc_data::from(dir))?,
                 Err(e) => r.status(e)?.put(&wcc(None))?,
             };
         }
@@ -363,7 +363,10 @@ pub async fn handle(
                 .await;
             let mut r = Reply::new(xid, out)?;
             match res {
-                Ok((from, to)) => r.status(nfsstat3::NFS3_OK)?.put(&wcc(from))?.put(&wcc(to))?,
+                Ok((from, to)) => r
+                    .status(nfsstat3::NFS3_OK)?
+                    .put(&wcc_data::from(from))?
+                    .put(&wcc_data::from(to))?,
                 Err(e) => r.status(e)?.put(&wcc(None))?.put(&wcc(None))?,
             };
         }
@@ -372,7 +375,10 @@ pub async fn handle(
             let res = backend.link(caller, &a.file, &a.link.dir, &a.link.name).await;
             let mut r = Reply::new(xid, out)?;
             match res {
-                Ok((file, dir)) => r.status(nfsstat3::NFS3_OK)?.put(&post(file))?.put(&wcc(dir))?,
+                Ok((file, dir)) => r
+                    .status(nfsstat3::NFS3_OK)?
+                    .put(&post(file))?
+                    .put(&wcc_data::from(dir))?,
                 Err(e) => r.status(e)?.put(&post(None))?.put(&wcc(None))?,
             };
         }
@@ -506,7 +512,7 @@ fn created_reply(xid: u32, out: &mut Vec<u8>, res: NfsResult<Created>) -> std::i
             r.status(nfsstat3::NFS3_OK)?
                 .put(&post_op_fh3::handle(c.handle))?
                 .put(&post(c.attr))?
-                .put(&wcc(c.dir_after))?;
+                .put(&wcc_data::from(c.dir))?;
         }
         Err(e) => {
             r.status(e)?.put(&wcc(None))?;

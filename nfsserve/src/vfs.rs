@@ -22,12 +22,35 @@ pub struct Caller {
     pub addr: SocketAddr,
 }
 
-/// Attributes of an object after an operation, and of its directory before and after.
+/// A directory's attributes around a change (wcc_data). `before` only when it was read
+/// atomically with the change: a client whose cache matches it keeps its cached entries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirWcc {
+    pub before: Option<wcc_attr>,
+    pub after: Option<fattr3>,
+}
+
+impl From<DirWcc> for wcc_data {
+    fn from(d: DirWcc) -> wcc_data {
+        wcc_data {
+            before: match d.before {
+                Some(b) => pre_op_attr::attributes(b),
+                None => pre_op_attr::Void,
+            },
+            after: match d.after {
+                Some(a) => post_op_attr::attributes(a),
+                None => post_op_attr::Void,
+            },
+        }
+    }
+}
+
+/// Attributes of an object after an operation, and of its directory around it.
 #[derive(Debug, Clone, Default)]
 pub struct Created {
     pub handle: nfs_fh3,
     pub attr: Option<fattr3>,
-    pub dir_after: Option<fattr3>,
+    pub dir: DirWcc,
 }
 
 /// How a new regular file is created (CREATE's createhow3).
@@ -161,13 +184,13 @@ pub trait NfsBackend: Send + Sync + 'static {
         attr: sattr3,
     ) -> NfsResult<Created>;
 
-    /// REMOVE (non-directories); returns the directory's attributes after.
-    async fn remove(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<Option<fattr3>>;
+    /// REMOVE (non-directories); returns the directory's change.
+    async fn remove(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<DirWcc>;
 
-    /// RMDIR; returns the directory's attributes after.
-    async fn rmdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<Option<fattr3>>;
+    /// RMDIR; returns the directory's change.
+    async fn rmdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<DirWcc>;
 
-    /// RENAME; returns both directories' attributes after.
+    /// RENAME; returns both directories' changes.
     async fn rename(
         &self,
         c: &Caller,
@@ -175,16 +198,10 @@ pub trait NfsBackend: Send + Sync + 'static {
         from_name: &[u8],
         to_dir: &nfs_fh3,
         to_name: &[u8],
-    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)>;
+    ) -> NfsResult<(DirWcc, DirWcc)>;
 
-    /// LINK; returns the file's attributes and the directory's after.
-    async fn link(
-        &self,
-        c: &Caller,
-        fh: &nfs_fh3,
-        dir: &nfs_fh3,
-        name: &[u8],
-    ) -> NfsResult<(Option<fattr3>, Option<fattr3>)>;
+    /// LINK; returns the file's attributes and the directory's change.
+    async fn link(&self, c: &Caller, fh: &nfs_fh3, dir: &nfs_fh3, name: &[u8]) -> NfsResult<(Option<fattr3>, DirWcc)>;
 
     /// READDIR / READDIRPLUS: up to `max_entries` entries after `cookie`.
     async fn readdir(

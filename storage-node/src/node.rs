@@ -38,6 +38,13 @@ const INTENT_VERSION: u32 = 1;
 /// "busy, retry": two coordinators waiting on each other's locks thus back off, never deadlock.
 const STEP_LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// What [`Node::execute`] did: each step's result, and the attributes of the watched
+/// directories as the operation left them (None where not read atomically).
+pub struct Executed {
+    pub results: Vec<u64>,
+    pub watched: Vec<Option<FileAttr>>,
+}
+
 /// A storage node.
 pub struct Node {
     pub id: u64,
@@ -465,13 +472,18 @@ impl Node {
     /// Run a multi-step operation requested in partition `cp`. `steps` are applied in order;
     /// steps before `commit_at` may fail and abort. `held` are the locks of every inode served
     /// here that the steps change.
+    ///
+    /// The attributes of the `watch`ed directories are read after the last step, before the
+    /// locks go (for NFS weak cache consistency); None where that cannot be atomic (not served
+    /// here, or the locks had to be let go while a step waited).
     pub async fn execute(
         &self,
         cp: PartitionId,
         steps: Vec<Kind>,
         commit_at: usize,
         held: Held<'_>,
-    ) -> FsResult<Vec<u64>> {
+        watch: &[InodeId],
+    ) -> FsResult<Executed> {
         let mut parts = Vec::with_capacity(steps.len());
         for s in &steps {
             parts.push(step_partition(s).ok_or_else(|| FsError::Invalid("forget is not an operation step".into()))?);
@@ -485,9 +497,10 @@ impl Node {
                 results.push(self.apply_step(&mut tx, &s).await?);
             }
             self.commit(tx, true).await?;
+            let watched = self.watched(watch);
             drop(held);
             self.cleanup.notify_one();
-            return Ok(results);
+            return Ok(Executed { results, watched });
         }
         let id = self.new_intent_id().await?;
         let rec = pb::IntentRecord {
@@ -505,7 +518,23 @@ impl Node {
         let mut tx = Tx::new(&self.store);
         tx.put(keys::intent(cp, id), rec.encode_to_vec());
         self.commit(tx, true).await?;
-        self.run_intent(cp, id, &rec, Some(held)).await
+        let mut watched = vec![None; watch.len()];
+        let results = self
+            .run_intent(cp, id, &rec, Some(held), || watched = self.watched(watch))
+            .await?;
+        Ok(Executed { results, watched })
+    }
+
+    fn watched(&self, watch: &[InodeId]) -> Vec<Option<FileAttr>> {
+        watch
+            .iter()
+            .map(|&w| {
+                if !self.serves(ino_partition(w)) {
+                    return None;
+                }
+                self.store.get_inode(w).ok().flatten().map(|r| r.attr)
+            })
+            .collect()
     }
 
     /// Drive an intent to its end, first-hand (`held` set: a client waits, and a failure before
@@ -516,6 +545,7 @@ impl Node {
         id: u64,
         rec: &pb::IntentRecord,
         held: Option<Held<'_>>,
+        before_unlock: impl FnOnce(),
     ) -> FsResult<Vec<u64>> {
         let interactive = held.is_some();
         let mut held = held;
@@ -575,6 +605,9 @@ impl Node {
             }
             Ok(results)
         };
+        if outcome.is_ok() && held.is_some() {
+            before_unlock();
+        }
         drop(held);
         self.finish_intent(cp, id, rec).await;
         if marked {
@@ -670,7 +703,7 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             for (id, rec) in todo {
-                match node.run_intent(p, id, &rec, None).await {
+                match node.run_intent(p, id, &rec, None, || {}).await {
                     Ok(_) => debug!(intent = id, "replayed"),
                     Err(e) => info!(intent = id, "intent aborted on replay: {e}"),
                 }

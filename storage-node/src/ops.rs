@@ -34,6 +34,14 @@ fn kill_priv(attr: &mut FileAttr) {
     }
 }
 
+/// A directory's attributes around a change (None: `after` was not read atomically).
+fn dir_change(before: &FileAttr, after: Option<FileAttr>) -> Option<pb::DirChange> {
+    after.map(|a| pb::DirChange {
+        before: Some(attr_to_pb(before, false, 0)),
+        after: Some(attr_to_pb(&a, false, 0)),
+    })
+}
+
 fn live_dir(rec: InodeRecord) -> FsResult<InodeRecord> {
     if rec.attr.kind != FileKind::Directory {
         return Err(FsError::NotDir);
@@ -178,7 +186,12 @@ impl Node {
     }
 
     /// Create a non-directory in `parent` (or open the existing one when not exclusive).
-    pub async fn op_create(&self, cred: &Credentials, req: &pb::CreateRequest) -> FsResult<pb::Attr> {
+    /// Create (or, not exclusive, open) `req.name`; returns its attributes and the parent's change.
+    pub async fn op_create(
+        &self,
+        cred: &Credentials,
+        req: &pb::CreateRequest,
+    ) -> FsResult<(pb::Attr, Option<pb::DirChange>)> {
         validate_name(&req.name)?;
         let kind = kind_of(req.kind)?;
         if kind == FileKind::Directory {
@@ -207,7 +220,7 @@ impl Node {
                 return Err(FsError::IsDir);
             }
             perm::check_access(cred, &attr, perm::open_mask(req.open_flags))?;
-            return Ok(a);
+            return Ok((a, dir_change(&dir.attr, Some(dir.attr.clone()))));
         }
         perm::check_dir_write(cred, &dir.attr)?;
         let ino = self.alloc_ino(ino_partition(parent)).await?;
@@ -246,15 +259,22 @@ impl Node {
         rec.update_blocks();
         tx.put_inode(&rec);
         tx.put_dentry(parent, &req.name, DentryRecord { ino, kind });
+        let before = dir.attr.clone();
         dir.attr.mtime = now;
         dir.attr.ctime = now;
         tx.put_inode(&dir);
         self.commit(tx, true).await?;
-        Ok(rec_to_pb(&rec))
+        Ok((rec_to_pb(&rec), dir_change(&before, Some(dir.attr.clone()))))
     }
 
     /// mkdir: the new directory's inode goes to the partition hash(parent, name) picks.
-    pub async fn op_mkdir(&self, cred: &Credentials, parent: InodeId, name: &[u8], mode: u32) -> FsResult<pb::Attr> {
+    pub async fn op_mkdir(
+        &self,
+        cred: &Credentials,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<(pb::Attr, Option<pb::DirChange>)> {
         validate_name(name)?;
         self.check_not_pending(parent)?;
         let held = self.locks.lock(&[parent]).await;
@@ -302,11 +322,11 @@ impl Node {
                 expect_ino: 0,
             }),
         ];
-        let results = self.execute(ino_partition(parent), steps, 1, held).await?;
-        attr.ino = results[0];
+        let done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
+        attr.ino = done.results[0];
         let mut a = attr_to_pb(&attr, false, self.router.map().chunk_size);
         a.parent = parent;
-        Ok(a)
+        Ok((a, dir_change(&dir.attr, done.watched.into_iter().next().flatten())))
     }
 
     /// Lock `base` plus the inodes `discover` names (read under the lock), retrying until the
@@ -330,7 +350,7 @@ impl Node {
     }
 
     /// unlink(parent, name) of a non-directory.
-    pub async fn op_unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<()> {
+    pub async fn op_unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Option<pb::DirChange>> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -372,12 +392,12 @@ impl Node {
                 now: Some(time_to_pb(now)),
             }));
         }
-        self.execute(ino_partition(parent), steps, 1, held).await?;
-        Ok(())
+        let done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
+        Ok(dir_change(&dir.attr, done.watched.into_iter().next().flatten()))
     }
 
     /// rmdir(parent, name) of an empty directory.
-    pub async fn op_rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<()> {
+    pub async fn op_rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Option<pb::DirChange>> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -413,8 +433,8 @@ impl Node {
             }),
             Kind::DropInode(pb::DropInodeStep { ino: d.ino }),
         ];
-        self.execute(ino_partition(parent), steps, 1, held).await?;
-        Ok(())
+        let done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
+        Ok(dir_change(&dir.attr, done.watched.into_iter().next().flatten()))
     }
 
     /// link(ino, new_parent, new_name).
@@ -424,7 +444,7 @@ impl Node {
         ino: InodeId,
         new_parent: InodeId,
         new_name: &[u8],
-    ) -> FsResult<pb::Attr> {
+    ) -> FsResult<(pb::Attr, Option<pb::DirChange>)> {
         validate_name(new_name)?;
         self.check_not_pending(new_parent)?;
         let held = self.locks.lock(&[new_parent, ino]).await;
@@ -461,11 +481,17 @@ impl Node {
                 expect_ino: 0,
             }),
         ];
-        self.execute(ino_partition(new_parent), steps, 1, held).await?;
-        self.attr_pb_any(ino).await
+        let done = self
+            .execute(ino_partition(new_parent), steps, 1, held, &[new_parent])
+            .await?;
+        Ok((
+            self.attr_pb_any(ino).await?,
+            dir_change(&dir.attr, done.watched.into_iter().next().flatten()),
+        ))
     }
 
-    /// rename(parent, name, new_parent, new_name, flags), run by the source parent's node.
+    /// rename(parent, name, new_parent, new_name, flags), run by the source parent's node;
+    /// returns the changes of the source parent and, when another, the target parent.
     #[allow(clippy::too_many_arguments)]
     pub async fn op_rename(
         &self,
@@ -475,7 +501,7 @@ impl Node {
         new_parent: InodeId,
         new_name: &[u8],
         flags: u32,
-    ) -> FsResult<()> {
+    ) -> FsResult<pb::ChangeReply> {
         const NOREPLACE: u32 = 1;
         const EXCHANGE: u32 = 2;
         if flags & !(NOREPLACE | EXCHANGE) != 0 || flags == NOREPLACE | EXCHANGE {
@@ -529,8 +555,13 @@ impl Node {
         if exchange && dst.is_none() {
             return Err(FsError::NotFound);
         }
+        let moved = parent != new_parent;
+        let unchanged = |a: &FileAttr| dir_change(a, Some(a.clone()));
         if dst.is_some_and(|d| d.ino == src.ino) {
-            return Ok(());
+            return Ok(pb::ChangeReply {
+                dir: unchanged(&pdir.attr),
+                new_dir: if moved { unchanged(&npattr) } else { None },
+            });
         }
         let (src_attr, _) = self.remote_attr(src.ino).await?;
         perm::check_sticky(cred, &pdir.attr, &src_attr)?;
@@ -551,7 +582,6 @@ impl Node {
                 return Err(FsError::IsDir);
             }
         }
-        let moved = parent != new_parent;
         if moved && src_dir {
             perm::check_access(cred, &src_attr, perm::W_OK)?;
             self.check_not_ancestor(src.ino, new_parent).await?;
@@ -643,8 +673,15 @@ impl Node {
                 }
             }
         }
-        self.execute(ino_partition(parent), steps, commit_at, held).await?;
-        Ok(())
+        let done = self
+            .execute(ino_partition(parent), steps, commit_at, held, &[parent, new_parent])
+            .await?;
+        let mut watched = done.watched.into_iter();
+        let (pafter, npafter) = (watched.next().flatten(), watched.next().flatten());
+        Ok(pb::ChangeReply {
+            dir: dir_change(&pdir.attr, pafter),
+            new_dir: if moved { dir_change(&npattr, npafter) } else { None },
+        })
     }
 
     /// EINVAL if `dir` is `ancestor` or below it (a directory cannot move into itself).

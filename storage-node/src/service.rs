@@ -56,7 +56,10 @@ impl node_server::Node for NodeService {
                     .0
                     .op_lookup(&creds_from_ctx(r.ctx.as_ref()), r.parent, &r.name)
                     .await?;
-                Ok(pb::EntryReply { attr: Some(attr) })
+                Ok(pb::EntryReply {
+                    attr: Some(attr),
+                    dir: None,
+                })
             }
             .await,
         )
@@ -101,8 +104,8 @@ impl node_server::Node for NodeService {
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.parent).await?;
-                let attr = self.0.op_create(&creds_from_ctx(r.ctx.as_ref()), &r).await?;
-                Ok(pb::EntryReply { attr: Some(attr) })
+                let (attr, dir) = self.0.op_create(&creds_from_ctx(r.ctx.as_ref()), &r).await?;
+                Ok(pb::EntryReply { attr: Some(attr), dir })
             }
             .await,
         )
@@ -113,45 +116,47 @@ impl node_server::Node for NodeService {
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.parent).await?;
-                let attr = self
+                let (attr, dir) = self
                     .0
                     .op_mkdir(&creds_from_ctx(r.ctx.as_ref()), r.parent, &r.name, r.perm)
                     .await?;
-                Ok(pb::EntryReply { attr: Some(attr) })
+                Ok(pb::EntryReply { attr: Some(attr), dir })
             }
             .await,
         )
     }
 
-    async fn unlink(&self, req: Request<pb::NameRequest>) -> R<pb::Empty> {
+    async fn unlink(&self, req: Request<pb::NameRequest>) -> R<pb::ChangeReply> {
         let r = req.into_inner();
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.parent).await?;
-                self.0
+                let dir = self
+                    .0
                     .op_unlink(&creds_from_ctx(r.ctx.as_ref()), r.parent, &r.name)
                     .await?;
-                Ok(pb::Empty {})
+                Ok(pb::ChangeReply { dir, new_dir: None })
             }
             .await,
         )
     }
 
-    async fn rmdir(&self, req: Request<pb::NameRequest>) -> R<pb::Empty> {
+    async fn rmdir(&self, req: Request<pb::NameRequest>) -> R<pb::ChangeReply> {
         let r = req.into_inner();
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.parent).await?;
-                self.0
+                let dir = self
+                    .0
                     .op_rmdir(&creds_from_ctx(r.ctx.as_ref()), r.parent, &r.name)
                     .await?;
-                Ok(pb::Empty {})
+                Ok(pb::ChangeReply { dir, new_dir: None })
             }
             .await,
         )
     }
 
-    async fn rename(&self, req: Request<pb::RenameRequest>) -> R<pb::Empty> {
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> R<pb::ChangeReply> {
         let r = req.into_inner();
         done(
             async {
@@ -165,8 +170,7 @@ impl node_server::Node for NodeService {
                         &r.new_name,
                         r.flags,
                     )
-                    .await?;
-                Ok(pb::Empty {})
+                    .await
             }
             .await,
         )
@@ -177,11 +181,11 @@ impl node_server::Node for NodeService {
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.new_parent).await?;
-                let attr = self
+                let (attr, dir) = self
                     .0
                     .op_link(&creds_from_ctx(r.ctx.as_ref()), r.ino, r.new_parent, &r.new_name)
                     .await?;
-                Ok(pb::EntryReply { attr: Some(attr) })
+                Ok(pb::EntryReply { attr: Some(attr), dir })
             }
             .await,
         )

@@ -187,6 +187,66 @@ async fn rename_flags_and_hard_links() {
     cluster.stop().await;
 }
 
+/// Every change to a directory reports the directory's attributes just before and just after
+/// it (what the NFS gateway sends as wcc data): `before` is what a reader saw last, `after` is
+/// what the next reader sees, and a rename across partitions reports both directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_changes_report_attributes_before_and_after() {
+    let cluster = InProcessCluster::start(3, 16).await;
+    let c = cluster.client().await;
+    let seen = |ino| {
+        let c = &c;
+        async move { c.getattr(&root(), ino).await.unwrap().attr }
+    };
+    let d = c.mkdir(&root(), ROOT_INO, b"wcc", 0o755).await.unwrap();
+    let ch = d.dir.expect("mkdir reports the parent's change");
+    assert_eq!(ch.after, seen(ROOT_INO).await);
+    assert_ne!(ch.before.ctime, ch.after.ctime);
+    let d = d.attr.ino;
+    let mut last = seen(d).await;
+    let mut check = |ch: Option<sealfs_client::DirChange>, now: sealfs_core::attr::FileAttr, what: &str| {
+        let ch = ch.unwrap_or_else(|| panic!("{what}: no directory change"));
+        assert_eq!(ch.before, last, "{what}: before is the last state seen");
+        assert_eq!(ch.after, now, "{what}: after is the state now");
+        last = now;
+    };
+    let f = c
+        .create(&root(), d, b"f", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    check(f.dir, seen(d).await, "create");
+    let s = c.symlink(&root(), d, b"s", b"f").await.unwrap();
+    check(s.dir, seen(d).await, "symlink");
+    let l = c.link(&root(), f.attr.ino, d, b"l").await.unwrap();
+    check(l.dir, seen(d).await, "link");
+    let ch = c.rename(&root(), d, b"l", d, b"l2", 0).await.unwrap();
+    check(ch.dir, seen(d).await, "rename within");
+    let ch = c.unlink(&root(), d, b"l2").await.unwrap();
+    check(ch.dir, seen(d).await, "unlink");
+    let sub = c.mkdir(&root(), d, b"sub", 0o755).await.unwrap();
+    check(sub.dir, seen(d).await, "mkdir");
+    let ch = c.rmdir(&root(), d, b"sub").await.unwrap();
+    check(ch.dir, seen(d).await, "rmdir");
+    // Opening an existing file through a non-exclusive create changes nothing.
+    let again = c
+        .create(&root(), d, b"f", FileKind::Regular, 0o644, 0, false, libc::O_RDWR)
+        .await
+        .unwrap();
+    let ch = again.dir.expect("open-by-create reports the directory");
+    assert_eq!(ch.before, ch.after);
+    // Across directories: the source's change always, the target's when its node is the
+    // same one (otherwise None: the gateway then sends attributes after only).
+    let other = c.mkdir(&root(), ROOT_INO, b"other", 0o755).await.unwrap().attr.ino;
+    let other_before = seen(other).await;
+    let ch = c.rename(&root(), d, b"f", other, b"f", 0).await.unwrap();
+    check(ch.dir, seen(d).await, "rename out");
+    if let Some(n) = ch.new_dir {
+        assert_eq!(n.before, other_before);
+        assert_eq!(n.after, seen(other).await);
+    }
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_is_complete_and_stable_under_creates() {
     let cluster = InProcessCluster::start(2, 16).await;
