@@ -39,7 +39,9 @@ pub struct Entry {
 /// with the change (what NFSv3 calls weak cache consistency data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirChange {
+    /// The directory as it was just before the change.
     pub before: FileAttr,
+    /// The directory as the change left it.
     pub after: FileAttr,
 }
 
@@ -47,7 +49,9 @@ pub struct DirChange {
 /// directory, the target parent. None where the node could not tell atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
+    /// The (source) parent directory.
     pub dir: Option<DirChange>,
+    /// A rename's target directory, when it is another one.
     pub new_dir: Option<DirChange>,
 }
 

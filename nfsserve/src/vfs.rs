@@ -26,7 +26,9 @@ pub struct Caller {
 /// atomically with the change: a client whose cache matches it keeps its cached entries.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DirWcc {
+    /// Size and times just before the change.
     pub before: Option<wcc_attr>,
+    /// Attributes after the change.
     pub after: Option<fattr3>,
 }
 

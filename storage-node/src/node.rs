@@ -41,7 +41,9 @@ const STEP_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// What [`Node::execute`] did: each step's result, and the attributes of the watched
 /// directories as the operation left them (None where not read atomically).
 pub struct Executed {
+    /// One result per step (a new inode's id for CreateInode, else 0).
     pub results: Vec<u64>,
+    /// The watched directories' attributes, in the order they were asked for.
     pub watched: Vec<Option<FileAttr>>,
 }
 
