@@ -201,7 +201,8 @@ impl Gateway {
         self.client.getattr(cred, ino).await.ok().map(|e| self.fattr(&e.attr))
     }
 
-    /// Apply the attributes a create asked for beyond the mode (owner, size, times).
+    /// Apply the attributes a create asked for beyond the mode (owner, size, times); the entry
+    /// keeps the create's directory change.
     async fn apply_rest(&self, cred: &Credentials, e: Entry, s: &sattr3) -> NfsResult<Entry> {
         let mut rest = set_attr(s);
         rest.perm = None;
@@ -214,15 +215,17 @@ impl Gateway {
         if is_empty(&rest) {
             return Ok(e);
         }
-        self.client.setattr(cred, e.attr.ino, &rest).await.map_err(err)
+        let mut done = self.client.setattr(cred, e.attr.ino, &rest).await.map_err(err)?;
+        done.dir = e.dir;
+        Ok(done)
     }
 
     /// The reply of a create-like call: the new object and its directory's change.
-    async fn created(&self, cred: &Credentials, e: &Entry, dir_ino: InodeId, dir: Option<DirChange>) -> Created {
+    async fn created(&self, cred: &Credentials, e: Entry, dir_ino: InodeId) -> Created {
         Created {
             handle: self.fh(e.attr.ino, e.attr.generation),
             attr: Some(self.fattr(&e.attr)),
-            dir: self.dir_wcc(cred, dir_ino, dir).await,
+            dir: self.dir_wcc(cred, dir_ino, e.dir).await,
         }
     }
 
@@ -444,7 +447,7 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        let (e, dir) = match how {
+        let e = match how {
             CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
                 let exclusive = matches!(how, CreateHow::Guarded(_));
                 let e = self
@@ -461,8 +464,7 @@ impl NfsBackend for Gateway {
                     )
                     .await
                     .map_err(err)?;
-                let dir = e.dir.clone();
-                (self.apply_rest(&cred, e, &s).await?, dir)
+                self.apply_rest(&cred, e, &s).await?
             }
             CreateHow::Exclusive(verf) => {
                 // The verifier lives in the times until the client sets real ones, so that a
@@ -478,7 +480,6 @@ impl NfsBackend for Gateway {
                     .await
                 {
                     Ok(e) => {
-                        let dir = e.dir.clone();
                         let s = SetAttr {
                             atime: Some(TimeUpdate::Set(TimeSpec {
                                 sec: i64::from(a),
@@ -490,20 +491,22 @@ impl NfsBackend for Gateway {
                             })),
                             ..Default::default()
                         };
-                        (self.client.setattr(&cred, e.attr.ino, &s).await.map_err(err)?, dir)
+                        let mut stamped = self.client.setattr(&cred, e.attr.ino, &s).await.map_err(err)?;
+                        stamped.dir = e.dir;
+                        stamped
                     }
                     Err(FsError::Exists) => {
                         let e = self.client.lookup(&cred, dir_ino, name).await.map_err(err)?;
                         if !stamp(&e) {
                             return Err(nfsstat3::NFS3ERR_EXIST);
                         }
-                        (e, None)
+                        e
                     }
                     Err(e) => return Err(err(e)),
                 }
             }
         };
-        Ok(self.created(&cred, &e, dir_ino, dir).await)
+        Ok(self.created(&cred, e, dir_ino).await)
     }
 
     async fn mkdir(&self, c: &Caller, dir: &nfs_fh3, name: &[u8], attr: sattr3) -> NfsResult<Created> {
@@ -515,9 +518,8 @@ impl NfsBackend for Gateway {
             .mkdir(&cred, dir_ino, name, mode_of(&attr, 0o755))
             .await
             .map_err(err)?;
-        let dir = e.dir.clone();
         let e = self.apply_rest(&cred, e, &attr).await?;
-        Ok(self.created(&cred, &e, dir_ino, dir).await)
+        Ok(self.created(&cred, e, dir_ino).await)
     }
 
     async fn symlink(&self, c: &Caller, dir: &nfs_fh3, name: &[u8], target: &[u8], attr: sattr3) -> NfsResult<Created> {
@@ -525,11 +527,10 @@ impl NfsBackend for Gateway {
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
         let e = self.client.symlink(&cred, dir_ino, name, target).await.map_err(err)?;
-        let dir = e.dir.clone();
         let mut rest = attr;
         rest.mode = set_mode3::Void;
         let e = self.apply_rest(&cred, e, &rest).await?;
-        Ok(self.created(&cred, &e, dir_ino, dir).await)
+        Ok(self.created(&cred, e, dir_ino).await)
     }
 
     async fn mknod(
@@ -554,9 +555,8 @@ impl NfsBackend for Gateway {
             .create(&cred, dir_ino, name, kind, mode_of(&attr, 0o644), rdev, true, 0)
             .await
             .map_err(err)?;
-        let dir = e.dir.clone();
         let e = self.apply_rest(&cred, e, &attr).await?;
-        Ok(self.created(&cred, &e, dir_ino, dir).await)
+        Ok(self.created(&cred, e, dir_ino).await)
     }
 
     async fn remove(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<DirWcc> {
@@ -605,8 +605,7 @@ impl NfsBackend for Gateway {
         let (ino, dir_ino) = (self.ino(fh)?, self.ino(dir)?);
         let cred = self.creds(c);
         let e = self.client.link(&cred, ino, dir_ino, name).await.map_err(err)?;
-        let dir = e.dir.clone();
-        Ok((Some(self.fattr(&e.attr)), self.dir_wcc(&cred, dir_ino, dir).await))
+        Ok((Some(self.fattr(&e.attr)), self.dir_wcc(&cred, dir_ino, e.dir).await))
     }
 
     async fn readdir(

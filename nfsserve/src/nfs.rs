@@ -344,6 +344,12 @@ pub enum pre_op_attr {
 }
 xdr_bool_union!(pre_op_attr, attributes, wcc_attr);
 
+impl From<Option<wcc_attr>> for pre_op_attr {
+    fn from(a: Option<wcc_attr>) -> pre_op_attr {
+        a.map_or(pre_op_attr::Void, pre_op_attr::attributes)
+    }
+}
+
 #[allow(non_camel_case_types)]
 #[derive(Copy, Clone, Debug, Default)]
 #[repr(u32)]
@@ -353,6 +359,12 @@ pub enum post_op_attr {
     attributes(fattr3),
 }
 xdr_bool_union!(post_op_attr, attributes, fattr3);
+
+impl From<Option<fattr3>> for post_op_attr {
+    fn from(a: Option<fattr3>) -> post_op_attr {
+        a.map_or(post_op_attr::Void, post_op_attr::attributes)
+    }
+}
 
 #[allow(non_camel_case_types)]
 #[derive(Copy, Clone, Debug, Default)]

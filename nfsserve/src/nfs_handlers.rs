@@ -130,17 +130,12 @@ struct CommitArgs {
 xdr_struct!(CommitArgs, file, offset, count);
 
 fn post(a: Option<fattr3>) -> post_op_attr {
-    match a {
-        Some(a) => post_op_attr::attributes(a),
-        None => post_op_attr::Void,
-    }
+    a.into()
 }
 
+/// wcc data with the attributes after only (the client revalidates).
 fn wcc(after: Option<fattr3>) -> wcc_data {
-    wcc_data {
-        before: pre_op_attr::Void,
-        after: post(after),
-    }
+    DirWcc { before: None, after }.into()
 }
 
 /// An NFS reply under construction: the RPC success header, then the status.

@@ -35,14 +35,8 @@ pub struct DirWcc {
 impl From<DirWcc> for wcc_data {
     fn from(d: DirWcc) -> wcc_data {
         wcc_data {
-            before: match d.before {
-                Some(b) => pre_op_attr::attributes(b),
-                None => pre_op_attr::Void,
-            },
-            after: match d.after {
-                Some(a) => post_op_attr::attributes(a),
-                None => post_op_attr::Void,
-            },
+            before: d.before.into(),
+            after: d.after.into(),
         }
     }
 }

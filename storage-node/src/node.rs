@@ -47,6 +47,13 @@ pub struct Executed {
     pub watched: Vec<Option<FileAttr>>,
 }
 
+impl Executed {
+    /// Take the attributes of the `i`th watched directory.
+    pub fn take_watched(&mut self, i: usize) -> Option<FileAttr> {
+        self.watched.get_mut(i).and_then(Option::take)
+    }
+}
+
 /// A storage node.
 pub struct Node {
     pub id: u64,

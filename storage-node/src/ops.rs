@@ -185,8 +185,8 @@ impl Node {
         Ok(rec_to_pb(&rec))
     }
 
-    /// Create a non-directory in `parent` (or open the existing one when not exclusive).
-    /// Create (or, not exclusive, open) `req.name`; returns its attributes and the parent's change.
+    /// Create a non-directory in `parent` (or open the existing one when not exclusive);
+    /// returns its attributes and the parent's change.
     pub async fn op_create(
         &self,
         cred: &Credentials,
@@ -322,11 +322,11 @@ impl Node {
                 expect_ino: 0,
             }),
         ];
-        let done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
+        let mut done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
         attr.ino = done.results[0];
         let mut a = attr_to_pb(&attr, false, self.router.map().chunk_size);
         a.parent = parent;
-        Ok((a, dir_change(&dir.attr, done.watched.into_iter().next().flatten())))
+        Ok((a, dir_change(&dir.attr, done.take_watched(0))))
     }
 
     /// Lock `base` plus the inodes `discover` names (read under the lock), retrying until the
@@ -392,8 +392,8 @@ impl Node {
                 now: Some(time_to_pb(now)),
             }));
         }
-        let done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
-        Ok(dir_change(&dir.attr, done.watched.into_iter().next().flatten()))
+        let mut done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
+        Ok(dir_change(&dir.attr, done.take_watched(0)))
     }
 
     /// rmdir(parent, name) of an empty directory.
@@ -433,8 +433,8 @@ impl Node {
             }),
             Kind::DropInode(pb::DropInodeStep { ino: d.ino }),
         ];
-        let done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
-        Ok(dir_change(&dir.attr, done.watched.into_iter().next().flatten()))
+        let mut done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
+        Ok(dir_change(&dir.attr, done.take_watched(0)))
     }
 
     /// link(ino, new_parent, new_name).
@@ -481,12 +481,12 @@ impl Node {
                 expect_ino: 0,
             }),
         ];
-        let done = self
+        let mut done = self
             .execute(ino_partition(new_parent), steps, 1, held, &[new_parent])
             .await?;
         Ok((
             self.attr_pb_any(ino).await?,
-            dir_change(&dir.attr, done.watched.into_iter().next().flatten()),
+            dir_change(&dir.attr, done.take_watched(0)),
         ))
     }
 
@@ -673,11 +673,10 @@ impl Node {
                 }
             }
         }
-        let done = self
+        let mut done = self
             .execute(ino_partition(parent), steps, commit_at, held, &[parent, new_parent])
             .await?;
-        let mut watched = done.watched.into_iter();
-        let (pafter, npafter) = (watched.next().flatten(), watched.next().flatten());
+        let (pafter, npafter) = (done.take_watched(0), done.take_watched(1));
         Ok(pb::ChangeReply {
             dir: dir_change(&pdir.attr, pafter),
             new_dir: if moved { dir_change(&npattr, npafter) } else { None },
