@@ -22,8 +22,9 @@ use crate::sums::{self, io_err, Sums, BLOCK};
 #[derive(Clone)]
 pub struct ChunkStore {
     root: PathBuf,
-    /// Changes on every start: unstable writes acknowledged before a restart may be lost, and a
-    /// commit reports the new value so the writer knows.
+    /// Changes on every start after a crash: unstable writes acknowledged before it may be lost,
+    /// and a commit reports the new value so the writer knows. A clean stop syncs every chunk
+    /// first, so the next start keeps the value and commits of those writes still succeed.
     pub verifier: u64,
     /// Writers of a chunk and its checksums, striped by chunk: a partial block is read, checked
     /// and rewritten as one step.
@@ -34,6 +35,10 @@ const STRIPES: usize = 256;
 /// Present while a node runs; left behind by a crash. Holds the start time: chunks written
 /// since then may hold torn writes, whose checksums are recomputed at the next start.
 const RUNNING: &str = "RUNNING";
+/// Written by a clean stop once every chunk is synced: `v1 <verifier in hex>`. The next start
+/// takes the verifier over and removes the file.
+const CLEAN: &str = "CLEAN";
+const CLEAN_VERSION: &str = "v1";
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 'static) -> FsResult<T> {
     tokio::task::spawn_blocking(f)
@@ -53,12 +58,18 @@ impl ChunkStore {
     /// written during the last run are recomputed (a write cut short may have left data and
     /// checksum out of step; it was never acknowledged).
     pub fn open(root: &Path) -> ChunkStore {
+        let marker = root.join(RUNNING);
+        let clean = root.join(CLEAN);
+        let kept = match std::fs::read_to_string(&clean) {
+            Ok(text) if !marker.exists() => parse_clean(&text),
+            _ => None,
+        };
+        let _ = std::fs::remove_file(&clean);
         let store = ChunkStore {
             root: root.to_path_buf(),
-            verifier: rand::random::<u64>() | 1,
+            verifier: kept.unwrap_or_else(|| rand::random::<u64>() | 1),
             stripes: Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect()),
         };
-        let marker = root.join(RUNNING);
         if let Ok(text) = std::fs::read_to_string(&marker) {
             let since = text.trim().parse::<u64>().unwrap_or(0);
             match store.resum_since(since.saturating_sub(2)) {
@@ -75,9 +86,26 @@ impl ChunkStore {
         store
     }
 
-    /// Mark a clean stop (everything written is synced by then).
+    /// Mark a clean stop: sync every chunk (so unstable writes acknowledged by this run are
+    /// durable), then leave the verifier for the next start to keep. Blocks until synced.
     pub fn close(&self) {
+        let synced = File::open(&self.root)
+            .map_err(|e| e.to_string())
+            .and_then(|d| nix::unistd::syncfs(&d).map_err(|e| e.to_string()));
+        match synced {
+            Ok(()) => {
+                let text = format!("{CLEAN_VERSION} {:x}\n", self.verifier);
+                let written = File::create(self.root.join(CLEAN))
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all()));
+                if let Err(e) = written {
+                    warn!("cannot record the clean stop: {e}");
+                }
+            }
+            // Without the sync the next start must not vouch for this run's unstable writes.
+            Err(e) => warn!("cannot sync the chunks at stop: {e}"),
+        }
         let _ = std::fs::remove_file(self.root.join(RUNNING));
+        let _ = sync_dir(&self.root);
     }
 
     fn resum_since(&self, since: u64) -> FsResult<usize> {
@@ -465,6 +493,15 @@ fn parse_chunk_name(name: &str) -> Option<(InodeId, u64)> {
     Some((u64::from_str_radix(ino, 16).ok()?, index.parse().ok()?))
 }
 
+/// The verifier a clean stop left (None for an unknown version or a damaged file).
+fn parse_clean(text: &str) -> Option<u64> {
+    let (version, hex) = text.trim().split_once(' ')?;
+    if version != CLEAN_VERSION {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().filter(|v| *v != 0)
+}
+
 fn sync_dir(dir: &Path) -> FsResult<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -556,5 +593,28 @@ mod tests {
         assert_eq!(&r[10..14], b"torn");
         c.close();
         assert!(!d.path().join(RUNNING).exists());
+    }
+
+    #[tokio::test]
+    async fn a_clean_stop_keeps_the_verifier_and_a_crash_changes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ChunkStore::open(d.path());
+        let first = c.verifier;
+        c.write(3, 9, 0, 0, Bytes::from(pattern(2, 5000)), false).await.unwrap();
+        c.close();
+        let c = ChunkStore::open(d.path());
+        assert_eq!(c.verifier, first, "a clean stop keeps the verifier");
+        assert!(!d.path().join(CLEAN).exists(), "taken over once");
+        drop(c); // a crash: no close()
+        let c = ChunkStore::open(d.path());
+        assert_ne!(c.verifier, first, "after a crash the verifier changes");
+        // A clean record left beside a crash marker is not trusted.
+        std::fs::write(d.path().join(CLEAN), format!("v1 {:x}\n", c.verifier)).unwrap();
+        let again = ChunkStore::open(d.path());
+        assert_ne!(again.verifier, c.verifier);
+        assert_eq!(parse_clean("v2 ff"), None);
+        assert_eq!(parse_clean("v1 zz"), None);
+        assert_eq!(parse_clean("v1 0"), None);
+        assert_eq!(parse_clean("v1 1f\n"), Some(0x1f));
     }
 }
