@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
 use futures::future::try_join_all;
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeUpdate};
 use sealfs_core::config::{ClientConfig, INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE};
@@ -80,6 +81,35 @@ pub struct DirEntry {
     pub attr: Option<FileAttr>,
 }
 
+/// Metadata changes other processes made, as one node sends them ([`SealClient::watch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Inodes whose attributes changed, or that are gone.
+    pub inodes: Vec<InodeId>,
+    /// Directory entries added, removed or replaced: (parent, name).
+    pub entries: Vec<(InodeId, Bytes)>,
+    /// Changes were dropped (this client fell behind): anything cached may be stale.
+    pub reset: bool,
+}
+
+/// A live stream of one node's changes.
+pub struct ChangeStream(tonic::Streaming<pb::WatchEvents>);
+
+impl ChangeStream {
+    /// The next batch; None when the node ended the stream.
+    pub async fn next(&mut self) -> FsResult<Option<Changes>> {
+        match self.0.message().await {
+            Ok(Some(m)) => Ok(Some(Changes {
+                inodes: m.inodes,
+                entries: m.entries.into_iter().map(|e| (e.parent, e.name)).collect(),
+                reset: m.reset,
+            })),
+            Ok(None) => Ok(None),
+            Err(s) => Err(sealfs_proto::error_from_status(&s)),
+        }
+    }
+}
+
 /// Cluster capacity.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatFs {
@@ -110,6 +140,37 @@ fn chunk_pieces(offset: u64, end: u64, chunk_size: u32) -> Vec<(u64, u32, u32)> 
     }
     pieces
 }
+
+/// Join chunk pieces (data, wanted length) into the first `total` bytes they cover. A short
+/// piece is a hole read as zeros when `holes`; otherwise a short piece gives None.
+fn assemble(parts: &[(Bytes, u32)], total: u64, holes: bool) -> Option<Bytes> {
+    if !holes && parts.iter().any(|(d, len)| d.len() < *len as usize) {
+        // Only the pieces inside `total` matter: a short last piece beyond it is fine.
+        let mut covered = 0u64;
+        for (d, len) in parts {
+            let need = u64::from(*len).min(total.saturating_sub(covered));
+            if (d.len() as u64) < need {
+                return None;
+            }
+            covered += u64::from(*len);
+        }
+    }
+    if parts.len() == 1 && parts[0].0.len() as u64 >= total {
+        return Some(parts[0].0.slice(..total as usize));
+    }
+    let mut out = BytesMut::with_capacity(total as usize);
+    for (data, len) in parts {
+        let n = data.len().min(*len as usize);
+        out.extend_from_slice(&data[..n]);
+        // A short chunk is a hole: zeros up to the file size.
+        out.resize(out.len() + (*len as usize - n), 0);
+    }
+    out.truncate(total as usize);
+    Some(out.freeze())
+}
+
+/// How many chunked files' layouts a client remembers (a few MiB at most).
+const LAYOUT_CACHE_MAX: usize = 100_000;
 
 /// Chunks written without being made durable yet, per partition, with what the partition's
 /// primary answered: its write verifier and map epoch. A commit hands them back, so the node that
@@ -213,19 +274,22 @@ fn tu(t: Option<TimeUpdate>) -> Option<pb::TimeUpdate> {
 #[derive(Clone)]
 pub struct SealClient {
     router: Arc<Router>,
+    /// Chunk sizes of files known to be chunked (immutable facts, see `read_checked`).
+    layouts: Arc<DashMap<InodeId, u32>>,
 }
 
 impl SealClient {
     /// Connect to the cluster whose manager the config names, waiting up to `wait` for it.
     pub async fn connect(config: ClientConfig, wait: Duration) -> FsResult<SealClient> {
-        Ok(SealClient {
-            router: Router::connect(config, wait).await?,
-        })
+        Ok(SealClient::from_router(Router::connect(config, wait).await?))
     }
 
     /// A client over an existing router (storage nodes share theirs).
     pub fn from_router(router: Arc<Router>) -> SealClient {
-        SealClient { router }
+        SealClient {
+            router,
+            layouts: Arc::new(DashMap::new()),
+        }
     }
 
     /// The router underneath.
@@ -240,6 +304,17 @@ impl SealClient {
 
     fn ino_part(&self, ino: InodeId) -> PartitionId {
         self.router.map().inode_partition(ino)
+    }
+
+    /// Subscribe to the metadata changes that the node at `addr` commits for other processes.
+    /// The first batch is empty: from then on the stream misses nothing of that node's.
+    pub async fn watch(&self, addr: &str) -> FsResult<ChangeStream> {
+        let mut c = self.router.stream_client(addr)?;
+        let req = pb::WatchRequest {
+            ctx: Some(ctx(self.router.map().epoch, &Credentials::root())),
+        };
+        let s = c.watch(req).await.map_err(|s| sealfs_proto::error_from_status(&s))?;
+        Ok(ChangeStream(s.into_inner()))
     }
 
     /// Look `name` up in `parent`.
@@ -609,29 +684,56 @@ impl SealClient {
         check_perm: bool,
     ) -> FsResult<(Bytes, FileAttr)> {
         let size = size.min(MAX_IO_SIZE as u32);
-        let r = self
-            .router
-            .call(self.ino_part(ino), |mut c, epoch| {
-                let req = pb::ReadRequest {
-                    ctx: Some(ctx(epoch, cred)),
-                    ino,
-                    offset,
-                    size,
-                    check_perm,
-                };
-                async move { c.read(req).await }
-            })
-            .await?;
+        let inode = self.router.call(self.ino_part(ino), |mut c, epoch| {
+            let req = pb::ReadRequest {
+                ctx: Some(ctx(epoch, cred)),
+                ino,
+                offset,
+                size,
+                check_perm,
+            };
+            async move { c.read(req).await }
+        });
+        // A chunked file stays chunked with the same chunk size for life, so once its layout is
+        // known the chunks can be read while the inode is checked: one round trip, not two.
+        let known = self.layouts.get(&ino).map(|c| *c);
+        let (r, early) = match known {
+            Some(cs) if size > 0 => {
+                let end = offset.saturating_add(u64::from(size));
+                let (r, pieces) = tokio::join!(inode, self.chunk_pieces_raw(ino, offset, end, cs));
+                (r?, Some(pieces))
+            }
+            _ => (inode.await?, None),
+        };
         let attr = required_attr(r.attr.as_ref())?;
         let a = r.attr.as_ref().expect("checked by required_attr");
         if a.inline {
             return Ok((r.data, attr));
         }
+        let cs = a.chunk_size.max(1);
+        self.remember_layout(ino, cs);
         let end = (offset + u64::from(size)).min(a.size);
         if offset >= end {
             return Ok((Bytes::new(), attr));
         }
-        Ok((self.read_chunks(ino, offset, end, a.chunk_size.max(1)).await?, attr))
+        if let Some(Ok(pieces)) = early {
+            // The chunks were read before the size was: a piece that came back short may be a
+            // write that landed in between (data before size), so only full pieces are used.
+            if let Some(data) = assemble(&pieces, end - offset, false) {
+                return Ok((data, attr));
+            }
+        }
+        Ok((self.read_chunks(ino, offset, end, cs).await?, attr))
+    }
+
+    /// Note that `ino` is chunked with chunk size `cs` (see `read_checked`).
+    fn remember_layout(&self, ino: InodeId, cs: u32) {
+        if self.layouts.len() >= LAYOUT_CACHE_MAX {
+            // Ids are never reused and layouts never change, so dropping entries only costs
+            // round trips; a full clear keeps this simple and bounded.
+            self.layouts.clear();
+        }
+        self.layouts.insert(ino, cs);
     }
 
     /// Read `[offset, end)` of a chunked file straight from its chunks (`chunk_size` from its
@@ -640,9 +742,22 @@ impl SealClient {
         if chunk_size == 0 {
             return Err(FsError::Io("file has no chunk size".into()));
         }
+        let parts = self.chunk_pieces_raw(ino, offset, end, chunk_size).await?;
+        Ok(assemble(&parts, end - offset, true).expect("holes allowed"))
+    }
+
+    /// The pieces of `[offset, end)` as the chunks' nodes returned them: (data, wanted length);
+    /// data is shorter where a chunk ends early (a hole, or past the chunk's end).
+    async fn chunk_pieces_raw(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        end: u64,
+        chunk_size: u32,
+    ) -> FsResult<Vec<(Bytes, u32)>> {
         let pieces = chunk_pieces(offset, end, chunk_size);
         let map = self.router.map();
-        let parts = try_join_all(pieces.iter().map(|&(index, off, len)| {
+        try_join_all(pieces.iter().map(|&(index, off, len)| {
             let p = map.chunk_partition(ino, index);
             async move {
                 let r = self
@@ -661,18 +776,7 @@ impl SealClient {
                 Ok::<_, FsError>((r.data, len))
             }
         }))
-        .await?;
-        if parts.len() == 1 && parts[0].0.len() == parts[0].1 as usize {
-            return Ok(parts.into_iter().next().expect("one").0);
-        }
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for (data, len) in parts {
-            let n = data.len().min(len as usize);
-            out.extend_from_slice(&data[..n]);
-            // A short chunk is a hole: zeros up to the file size.
-            out.resize(out.len() + (len as usize - n), 0);
-        }
-        Ok(out.freeze())
+        .await
     }
 
     /// Write `data` at `offset`. Small files are written inline and durably in one round trip.

@@ -5,5 +5,8 @@
 mod fs;
 mod router;
 
-pub use fs::{write_end, Changed, DirChange, DirEntry, DirtyChunks, Entry, Layout, SealClient, StatFs, WriteMode};
+pub use fs::{
+    write_end, ChangeStream, Changed, Changes, DirChange, DirEntry, DirtyChunks, Entry, Layout, SealClient, StatFs,
+    WriteMode,
+};
 pub use router::{manager_client, node_client, Router};

@@ -34,9 +34,11 @@ pub fn manager_client(security: &Security, addr: &str, timeout: Duration) -> FsR
 
 /// A client of the node at `addr`, signed and (when configured) over TLS.
 pub fn node_client(security: &Security, addr: &str, timeout: Duration) -> FsResult<NodeClient<AuthChannel>> {
-    Ok(NodeClient::new(security.channel(endpoint(security, addr, timeout)?))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+    Ok(
+        NodeClient::new(security.node_channel(addr, endpoint(security, addr, timeout)?, timeout))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    )
 }
 
 fn endpoint(security: &Security, addr: &str, timeout: Duration) -> FsResult<Endpoint> {
@@ -174,6 +176,16 @@ impl Router {
         let client = node_client(&self.security, addr, timeout)?;
         self.conns.insert(addr.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// A client for the node at `addr` over HTTP/2, for streaming calls (which the framed
+    /// transport does not carry); its own connection, not pooled.
+    pub fn stream_client(&self, addr: &str) -> FsResult<NodeClient<AuthChannel>> {
+        let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
+        Ok(
+            NodeClient::new(self.security.channel(endpoint(&self.security, addr, timeout)?))
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+        )
     }
 
     /// Note a failed call to `addr`: after a transport failure the pooled connection is dropped,

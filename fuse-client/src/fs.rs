@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use crate::state::{hidden_name, DirStream, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
+use crate::watch::CacheTtl;
 
 /// Entries fetched per directory listing call.
 const DIR_PAGE: u32 = 256;
@@ -33,13 +34,14 @@ const BLKSIZE: u32 = 1 << 20;
 pub struct SealFs {
     client: SealClient,
     rt: Handle,
-    ttl: Duration,
+    ttl: Arc<CacheTtl>,
     state: Arc<State>,
 }
 
 impl SealFs {
-    /// A file system over `client`, running its work on `rt`.
-    pub fn new(client: SealClient, rt: Handle, ttl: Duration) -> SealFs {
+    /// A file system over `client`, running its work on `rt`, telling the kernel to cache what
+    /// it replies for as long as `ttl` says.
+    pub fn new(client: SealClient, rt: Handle, ttl: Arc<CacheTtl>) -> SealFs {
         SealFs {
             client,
             rt,
@@ -59,7 +61,7 @@ impl SealFs {
         let cx = Ctx {
             client: self.client.clone(),
             state: self.state.clone(),
-            ttl: self.ttl,
+            ttl: self.ttl.clone(),
         };
         self.rt.spawn(async move {
             match f(cx).await {
@@ -82,7 +84,7 @@ impl SealFs {
 struct Ctx {
     client: SealClient,
     state: Arc<State>,
-    ttl: Duration,
+    ttl: Arc<CacheTtl>,
 }
 
 /// Replies that can carry an error.
@@ -185,7 +187,7 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 impl Ctx {
     fn entry(&self, reply: ReplyEntry, e: Entry) {
         let a = self.visible(e.attr);
-        reply.entry(&self.ttl, &fuse_attr(&a), Generation(a.generation));
+        reply.entry(&self.ttl.get(), &fuse_attr(&a), Generation(a.generation));
     }
 
     /// Attributes as this mount's callers must see them: a file unlinked while open here lives
@@ -463,7 +465,7 @@ impl fuser::Filesystem for SealFs {
             reply,
             move |cx| async move {
                 let e = cx.client.getattr(&cred, ino.0).await?;
-                Ok((cx.visible(e.attr), cx.ttl))
+                Ok((cx.visible(e.attr), cx.ttl.get()))
             },
             |r, (a, ttl)| r.attr(&ttl, &fuse_attr(&a)),
         );
@@ -520,7 +522,7 @@ impl fuser::Filesystem for SealFs {
                     }
                     cx.saw(&e.attr);
                 }
-                Ok((cx.visible(e.attr), cx.ttl))
+                Ok((cx.visible(e.attr), cx.ttl.get()))
             },
             |r, (a, ttl)| r.attr(&ttl, &fuse_attr(&a)),
         );
@@ -873,7 +875,7 @@ impl fuser::Filesystem for SealFs {
         let cred = creds(req);
         self.spawn(
             reply,
-            move |cx| async move { Ok((cx.fill_dir(&cred, ino.0, fh.0, offset, true).await?, cx.ttl)) },
+            move |cx| async move { Ok((cx.fill_dir(&cred, ino.0, fh.0, offset, true).await?, cx.ttl.get())) },
             move |mut r, ((entries, dir), ttl)| {
                 if let Some(d) = &dir {
                     let a = fuse_attr(&d.attr);
@@ -1052,7 +1054,7 @@ impl fuser::Filesystem for SealFs {
                 }
                 cx.saw(&e.attr);
                 let fh = cx.state.open_file(e.attr.ino, flags, e.layout);
-                Ok((e, fh, cx.ttl))
+                Ok((e, fh, cx.ttl.get()))
             },
             |r, (e, fh, ttl)| {
                 r.created(

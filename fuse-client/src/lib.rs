@@ -3,6 +3,7 @@
 
 pub mod fs;
 pub mod state;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,8 +37,11 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
     let client = SealClient::connect(config.client.clone(), config.connect_wait)
         .await
         .with_context(|| format!("cannot reach the cluster through manager {}", config.client.manager))?;
-    let ttl = Duration::from_millis(config.client.attr_ttl_ms);
-    let fs = fs::SealFs::new(client.clone(), tokio::runtime::Handle::current(), ttl);
+    let ttl = watch::CacheTtl::new(
+        Duration::from_millis(config.client.attr_ttl_ms),
+        Duration::from_millis(config.client.watched_ttl_ms),
+    );
+    let fs = fs::SealFs::new(client.clone(), tokio::runtime::Handle::current(), ttl.clone());
     let mut options = vec![
         MountOption::FSName(format!("sealfs:{}", config.client.manager)),
         MountOption::Subtype("sealfs".into()),
@@ -61,16 +65,20 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
         .await?
         .with_context(|| format!("cannot mount on {}", config.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let watching = cancel.child_token();
+    watch::start(client.clone(), ttl, session.notifier(), watching.clone());
     info!(mountpoint = %config.mountpoint.display(), cluster = format!("{:#x}", client.cluster_id()), "mounted");
     let mut serve = tokio::task::spawn_blocking(move || session.run());
     tokio::select! {
         r = &mut serve => {
+            watching.cancel();
             info!("unmounted from outside");
             r??;
             return Ok(());
         }
         _ = cancel.cancelled() => {}
     }
+    watching.cancel();
     info!(mountpoint = %config.mountpoint.display(), "unmounting");
     if let Err(e) = unmounter.unmount() {
         // Busy (a process has its working directory in the mount): detach it lazily instead.

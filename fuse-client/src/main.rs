@@ -31,6 +31,10 @@ struct Args {
     /// Attribute and entry cache time in milliseconds.
     #[arg(long, env = "SEALFS_ATTR_TTL_MS")]
     attr_ttl_ms: Option<u64>,
+    /// Attribute and entry cache time in milliseconds while the mount hears every node's
+    /// changes (0: no change streams, always --attr-ttl-ms).
+    #[arg(long, env = "SEALFS_WATCHED_TTL_MS")]
+    watched_ttl_ms: Option<u64>,
     /// Seconds to wait for the cluster at start-up.
     #[arg(long, env = "SEALFS_CONNECT_WAIT", default_value_t = 60)]
     connect_wait: u64,
@@ -54,6 +58,9 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.attr_ttl_ms {
         client.attr_ttl_ms = v;
+    }
+    if let Some(v) = args.watched_ttl_ms {
+        client.watched_ttl_ms = v;
     }
     args.security.apply(&mut client.security);
     client.validate()?;

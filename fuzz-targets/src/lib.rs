@@ -33,6 +33,17 @@ pub fn rpc_decode(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
+    if which >= 0xF0 {
+        // A frame of the framed transport (after its length prefix), as a server or a client
+        // would decode it.
+        let mut frame = bytes::Bytes::copy_from_slice(body);
+        if which & 1 == 0 {
+            let _ = sealfs_proto::framed::decode_request(&mut frame);
+        } else {
+            let _ = sealfs_proto::framed::decode_reply(&mut frame);
+        }
+        return;
+    }
     match which % 12 {
         0 => {
             if let Ok(m) = pb::ClusterMapMsg::decode(body) {

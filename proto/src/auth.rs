@@ -20,6 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Status};
 use tracing::warn;
 
+use crate::framed::FramedChannel;
 use crate::process::LogGate;
 
 /// The metadata key carrying the proof.
@@ -231,9 +232,26 @@ impl Security {
         }
     }
 
-    /// A channel to `addr` that signs every call (connects lazily).
+    /// A channel to `addr` that signs every call (connects lazily), over HTTP/2.
     pub fn channel(&self, endpoint: Endpoint) -> AuthChannel {
-        InterceptedService::new(endpoint.connect_lazy(), self.client_auth())
+        InterceptedService::new(Transport::Http2(endpoint.connect_lazy()), self.client_auth())
+    }
+
+    /// A channel for the calls to a storage node at `addr`: over the framed transport
+    /// ([`crate::framed`]) unless TLS is on or `SEALFS_TRANSPORT=http2` asks for HTTP/2 (then
+    /// `endpoint` is used), signed either way.
+    pub fn node_channel(&self, addr: &str, endpoint: Endpoint, timeout: Duration) -> AuthChannel {
+        if self.tls.is_some() || !framed_allowed() {
+            return self.channel(endpoint);
+        }
+        let ch = FramedChannel::new(addr, timeout, Duration::from_secs(2));
+        InterceptedService::new(Transport::Framed(ch), self.client_auth())
+    }
+
+    /// Whether this process's servers take framed connections (never with TLS: the framed
+    /// transport has no encryption).
+    pub fn serves_framed(&self) -> bool {
+        self.tls.is_none()
     }
 
     /// The interceptor that signs outgoing calls.
@@ -272,9 +290,107 @@ impl Security {
 }
 
 /// A gRPC channel whose calls carry the cluster proof.
-pub type AuthChannel = InterceptedService<Channel, ClientAuth>;
+pub type AuthChannel = InterceptedService<Transport, ClientAuth>;
 
-/// Adds the proof to each outgoing call (recomputed once a second, not per call).
+/// Environment variable choosing the transport of node calls: `http2` turns the framed
+/// transport off (to compare the two, or to rule it out).
+pub const TRANSPORT_ENV: &str = "SEALFS_TRANSPORT";
+
+fn framed_allowed() -> bool {
+    std::env::var(TRANSPORT_ENV).map(|v| v != "http2").unwrap_or(true)
+}
+
+/// How a channel carries calls: HTTP/2 (tonic's channel; always with TLS) or framed.
+#[derive(Clone)]
+pub enum Transport {
+    /// tonic's HTTP/2 channel.
+    Http2(Channel),
+    /// The framed transport of [`crate::framed`].
+    Framed(FramedChannel),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Transport {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        match self {
+            Transport::Http2(c) => c.poll_ready(cx).map_err(Into::into),
+            Transport::Framed(f) => f.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        match self {
+            Transport::Http2(c) => {
+                let fut = c.call(req);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }
+            Transport::Framed(f) => f.call(req),
+        }
+    }
+}
+
+/// The metadata key naming the calling process (a random id each process draws), so a node can
+/// leave a caller's own changes out of the change stream it sends that caller.
+pub const CLIENT_HEADER: &str = "x-sealfs-client";
+
+tokio::task_local! {
+    /// The process whose request is being served on this task (from its `x-sealfs-client`
+    /// header). Calls a node makes while serving it carry it on.
+    pub static ORIGIN: u64;
+}
+
+/// This process's client id (random, drawn once, never 0).
+pub fn process_client_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| rand::random::<u64>() | 1)
+}
+
+/// The process whose request this task serves, if it serves one.
+pub fn current_origin() -> Option<u64> {
+    ORIGIN.try_with(|o| *o).ok()
+}
+
+/// A server's service whose calls each run in the scope of their caller's [`ORIGIN`].
+#[derive(Clone)]
+pub struct WithOrigin<S>(pub S);
+
+impl<S, B> tower_service::Service<http::Request<B>> for WithOrigin<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let origin = req
+            .headers()
+            .get(CLIENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Box::pin(ORIGIN.scope(origin, self.0.call(req)))
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithOrigin<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// Adds the caller's id and the proof to each outgoing call (the proof recomputed once a second,
+/// not per call).
 #[derive(Clone)]
 pub struct ClientAuth {
     secret: Option<Secret>,
@@ -286,6 +402,8 @@ type CachedToken = (u64, MetadataValue<Ascii>);
 
 impl Interceptor for ClientAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let origin = current_origin().unwrap_or_else(process_client_id);
+        req.metadata_mut().insert(CLIENT_HEADER, MetadataValue::from(origin));
         let Some(secret) = &self.secret else {
             return Ok(req);
         };

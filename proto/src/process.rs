@@ -206,6 +206,18 @@ pub struct LimitedConn {
     _guard: ConnGuard,
 }
 
+impl LimitedConn {
+    /// The TCP stream underneath (to peek at the protocol).
+    pub fn stream(&self) -> &tokio::net::TcpStream {
+        &self.stream
+    }
+
+    /// The stream, and the slot it holds (keep it for as long as the connection is served).
+    pub fn into_parts(self) -> (tokio::net::TcpStream, ConnGuard) {
+        (self.stream, self._guard)
+    }
+}
+
 impl tonic::transport::server::Connected for LimitedConn {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {

@@ -252,6 +252,10 @@ pub struct ClientConfig {
     pub retry_deadline_ms: u64,
     /// How long the FUSE kernel may cache attributes and entries.
     pub attr_ttl_ms: u64,
+    /// How long it may cache them while the mount hears every node's changes (change streams
+    /// up: other processes' changes are invalidated as they commit). It bounds how stale a
+    /// cache can get only when a stream breaks. 0, or at most `attr_ttl_ms`: streams off.
+    pub watched_ttl_ms: u64,
     /// Cluster secret and TLS.
     pub security: SecurityConfig,
 }
@@ -263,6 +267,7 @@ impl Default for ClientConfig {
             rpc_timeout_ms: 5_000,
             retry_deadline_ms: 30_000,
             attr_ttl_ms: 1000,
+            watched_ttl_ms: 10_000,
             security: SecurityConfig::default(),
         }
     }
@@ -282,6 +287,12 @@ impl ClientConfig {
             return Err(ConfigError::Invalid {
                 field: "attr_ttl_ms",
                 msg: "must be at most 60000".into(),
+            });
+        }
+        if self.watched_ttl_ms > 600_000 {
+            return Err(ConfigError::Invalid {
+                field: "watched_ttl_ms",
+                msg: "must be at most 600000".into(),
             });
         }
         Ok(())

@@ -101,6 +101,14 @@ pub fn dentry_seek(p: PartitionId, parent: InodeId, cookie: u64) -> Vec<u8> {
     k
 }
 
+/// The inode of an inode record's key.
+pub fn parse_inode(key: &[u8]) -> Option<InodeId> {
+    if key.len() != 11 || key[2] != INODE {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[3..11].try_into().ok()?))
+}
+
 /// Split a dentry key into (parent, cookie, name).
 pub fn parse_dentry(key: &[u8]) -> Option<(InodeId, u64, &[u8])> {
     if key.len() < 19 || key[2] != DENTRY {

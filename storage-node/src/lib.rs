@@ -16,5 +16,6 @@ pub mod service;
 pub mod store;
 pub mod sums;
 pub mod tx;
+pub mod watch;
 
 pub use server::run;

@@ -70,6 +70,8 @@ pub struct Node {
     pub cleanup: Notify,
     /// Forwarding, fencing and fills (replication.rs).
     pub repl: crate::replication::Replication,
+    /// Committed metadata changes, for the clients watching them (watch.rs).
+    pub changes: crate::watch::Changes,
 }
 
 /// The partition a step changes (None: a Forget, which names it in the request).

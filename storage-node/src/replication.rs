@@ -270,6 +270,7 @@ impl Node {
             return Ok(());
         }
         let by_part = split_ops(&ops);
+        let change = self.changes.of(&ops);
         let local = self.store.write_ops(ops, sync);
         let remote = join_all(by_part.into_iter().map(|(p, (puts, dels))| async move {
             let req = move |epoch: u64| pb::ReplicateMetaRequest {
@@ -288,6 +289,8 @@ impl Node {
         }));
         let (l, r) = tokio::join!(local, remote);
         l?;
+        // Published once it is applied here, even if a replica failed: reads here show it.
+        self.changes.publish(change);
         r.into_iter().collect()
     }
 

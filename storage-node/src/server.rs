@@ -159,6 +159,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
         pending_gc: Default::default(),
         cleanup: Default::default(),
         repl: Default::default(),
+        changes: Default::default(),
     });
     // Registration was the manager's word: the node may lead partitions from here on, for as long
     // as it keeps heartbeating (see Replication::was_away).
@@ -191,18 +192,84 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     let svc = NodeServer::new(NodeService(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let svc = sealfs_proto::auth::WithOrigin(InterceptedService::new(svc, security.server_auth()));
     let incoming = sealfs_proto::process::incoming(listener, config.max_connections_per_client);
+    // Framed connections (see sealfs_proto::framed) are served here; the rest go on to tonic.
+    let (h2_tx, h2_rx) = tokio::sync::mpsc::channel(64);
+    let framed_calls = tokio_util::task::TaskTracker::new();
+    tokio::spawn(sort_connections(
+        incoming,
+        security.serves_framed(),
+        svc.clone(),
+        h2_tx,
+        framed_calls.clone(),
+        cancel.clone(),
+    ));
     security
         .server()?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        .add_service(InterceptedService::new(svc, security.server_auth()))
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled())
+        .add_service(svc)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(h2_rx), cancel.cancelled())
         .await?;
+    // tonic waited for its calls; wait for the framed ones too before the final sync.
+    framed_calls.close();
+    if tokio::time::timeout(Duration::from_secs(10), framed_calls.wait())
+        .await
+        .is_err()
+    {
+        warn!("calls still running 10 s after the stop; stopping anyway");
+    }
     node.store.sync().await.ok();
     node.chunks.close();
     info!(node = id, "stopped");
     Ok(())
+}
+
+/// The node's server-streaming methods, which the framed transport does not carry.
+const STREAMING: &[&str] = &["/sealfs.v1.Node/Watch"];
+
+type NodeSvc =
+    sealfs_proto::auth::WithOrigin<InterceptedService<NodeServer<NodeService>, sealfs_proto::auth::ServerAuth>>;
+
+/// Accept connections and send each to the protocol it speaks: framed ones are served here,
+/// HTTP/2 (and TLS) ones go to tonic through `h2`.
+async fn sort_connections(
+    mut incoming: sealfs_proto::process::Incoming,
+    framed: bool,
+    svc: NodeSvc,
+    h2: tokio::sync::mpsc::Sender<std::io::Result<sealfs_proto::process::LimitedConn>>,
+    calls: tokio_util::task::TaskTracker,
+    cancel: CancellationToken,
+) {
+    use tokio_stream::StreamExt;
+    loop {
+        let conn = tokio::select! {
+            c = incoming.next() => c,
+            _ = cancel.cancelled() => return,
+        };
+        let Some(conn) = conn else { return };
+        let Ok(conn) = conn else { continue };
+        if !framed {
+            if h2.send(Ok(conn)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let (svc, h2, calls, cancel) = (svc.clone(), h2.clone(), calls.clone(), cancel.clone());
+        tokio::spawn(async move {
+            match sealfs_proto::framed::is_framed(conn.stream()).await {
+                Some(true) => {
+                    let (stream, _slot) = conn.into_parts();
+                    sealfs_proto::framed::serve(stream, svc, STREAMING, calls, cancel).await;
+                }
+                Some(false) => {
+                    let _ = h2.send(Ok(conn)).await;
+                }
+                None => {}
+            }
+        });
+    }
 }
 
 async fn heartbeat_loop(

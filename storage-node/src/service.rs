@@ -489,6 +489,15 @@ impl node_server::Node for NodeService {
         )
     }
 
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvents, Status>>;
+
+    async fn watch(&self, _req: Request<pb::WatchRequest>) -> R<Self::WatchStream> {
+        let subscriber = sealfs_proto::auth::current_origin().unwrap_or(0);
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            self.0.changes.watch(subscriber),
+        )))
+    }
+
     async fn stat_fs(&self, _req: Request<pb::Ctx>) -> R<pb::StatFsReply> {
         let (total, free) = self.0.chunks.space();
         done(Ok(pb::StatFsReply {

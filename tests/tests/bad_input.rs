@@ -118,12 +118,29 @@ impl Decoder for RawCodec {
     }
 }
 
-async fn raw_call(sec: &Security, addr: &str, method: &'static str, body: Bytes) -> Result<Bytes, Status> {
-    let chan = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+/// Call `method` with a raw body, over HTTP/2 or over the framed transport.
+async fn raw_call(
+    sec: &Security,
+    framed: bool,
+    addr: &str,
+    method: &'static str,
+    body: Bytes,
+) -> Result<Bytes, Status> {
+    let chan = if framed {
+        sealfs_proto::auth::Transport::Framed(sealfs_proto::framed::FramedChannel::new(
+            addr,
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        ))
+    } else {
+        sealfs_proto::auth::Transport::Http2(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    };
     let chan = tonic::service::interceptor::InterceptedService::new(chan, sec.client_auth());
     let mut grpc = tonic::client::Grpc::new(chan).max_encoding_message_size(usize::MAX);
     grpc.ready().await.unwrap();
@@ -157,19 +174,56 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
     s.write_all(&pattern(1, 4096)).unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
+    // The framed transport's magic, then frames that do not parse or are too large: closed.
+    for frame in [
+        // Too large, too small for a call id, a call id and nothing else, a path longer than
+        // the frame, a header count with no headers.
+        [&u32::MAX.to_le_bytes()[..], &pattern(4, 64)].concat(),
+        [&3u32.to_le_bytes()[..], &[0u8; 3][..]].concat(),
+        [&8u32.to_le_bytes()[..], &[0u8; 8][..]].concat(),
+        [&12u32.to_le_bytes()[..], &[0u8; 8][..], &[0xff, 0xff, 1, 2][..]].concat(),
+        [&13u32.to_le_bytes()[..], &[0u8; 8][..], &[1, 0, b'/', 9, 0][..]].concat(),
+    ] {
+        let mut s = std::net::TcpStream::connect(&node).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(sealfs_proto::framed::MAGIC).unwrap();
+        s.write_all(&frame).unwrap();
+        let mut buf = Vec::new();
+        // A read timeout would be an error here: the node must close the connection.
+        s.read_to_end(&mut buf)
+            .expect("the node closes a connection sending garbage frames");
+    }
 
+    for framed in [false, true] {
+        malformed_calls(&sec, framed, &cluster.manager_addr, &addrs, keep.attr.ino).await;
+    }
+
+    // Everything still works, nothing was lost.
+    let again = client.lookup(&root, ROOT_INO, b"keep").await.unwrap();
+    assert_eq!(again.attr.ino, keep.attr.ino);
+    client.mkdir(&root, ROOT_INO, b"after", 0o755).await.unwrap();
+    cluster.stop().await;
+}
+
+/// Garbage, oversized and out-of-range calls over one transport: each gets an error reply.
+async fn malformed_calls(sec: &Security, framed: bool, manager: &str, addrs: &[String], keep: u64) {
+    let node = addrs[0].clone();
     // A garbage protobuf body is a decode error, answered as such.
     for method in [
         "/sealfs.v1.Node/Lookup",
         "/sealfs.v1.Node/ApplyStep",
         "/sealfs.v1.Manager/Register",
     ] {
+        if method.contains("Manager") && framed {
+            // The manager speaks HTTP/2 only.
+            continue;
+        }
         let target = if method.contains("Manager") {
-            cluster.manager_addr.clone()
+            manager.to_string()
         } else {
             node.clone()
         };
-        let st = raw_call(&sec, &target, method, Bytes::from(pattern(2, 333)))
+        let st = raw_call(sec, framed, &target, method, Bytes::from(pattern(2, 333)))
             .await
             .unwrap_err();
         assert!(
@@ -179,7 +233,7 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
     }
     // An oversized message is refused before it is decoded.
     let big = Bytes::from(vec![0u8; MAX_MESSAGE_SIZE + 1024]);
-    let st = raw_call(&sec, &node, "/sealfs.v1.Node/WriteChunk", big)
+    let st = raw_call(sec, framed, &node, "/sealfs.v1.Node/WriteChunk", big)
         .await
         .unwrap_err();
     assert!(
@@ -221,10 +275,7 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
             "/sealfs.v1.Node/WriteChunk",
             pb::WriteChunkRequest {
                 ctx: ctx.clone(),
-                chunk: Some(pb::ChunkId {
-                    ino: keep.attr.ino,
-                    index: 0,
-                }),
+                chunk: Some(pb::ChunkId { ino: keep, index: 0 }),
                 offset: u32::MAX,
                 data: vec![1u8; 100].into(),
                 stable: true,
@@ -259,7 +310,7 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
             "/sealfs.v1.Node/Write",
             pb::WriteRequest {
                 ctx: ctx.clone(),
-                ino: keep.attr.ino,
+                ino: keep,
                 offset: u64::MAX - 3,
                 length: 100,
                 ..Default::default()
@@ -279,31 +330,22 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
     ];
     for (method, body) in cases {
         // Either node may own the inode: ask both, each must answer with an error.
-        for a in &addrs {
-            let st = raw_call(&sec, a, method, body.clone()).await.unwrap_err();
+        for a in addrs {
+            let st = raw_call(sec, framed, a, method, body.clone()).await.unwrap_err();
             assert_ne!(st.code(), tonic::Code::Unknown, "{method} on {a}: {st:?}");
         }
     }
     // A huge read is capped, not an allocation of 4 GiB.
     let r = pb::ReadChunkRequest {
         ctx,
-        chunk: Some(pb::ChunkId {
-            ino: keep.attr.ino,
-            index: 0,
-        }),
+        chunk: Some(pb::ChunkId { ino: keep, index: 0 }),
         offset: 0,
         size: u32::MAX,
         from_replica: false,
     };
-    for a in &addrs {
-        let _ = raw_call(&sec, a, "/sealfs.v1.Node/ReadChunk", r.encode_to_vec().into()).await;
+    for a in addrs {
+        let _ = raw_call(sec, framed, a, "/sealfs.v1.Node/ReadChunk", r.encode_to_vec().into()).await;
     }
-
-    // Everything still works, nothing was lost.
-    let again = client.lookup(&root, ROOT_INO, b"keep").await.unwrap();
-    assert_eq!(again.attr.ino, keep.attr.ino);
-    client.mkdir(&root, ROOT_INO, b"after", 0o755).await.unwrap();
-    cluster.stop().await;
 }
 
 #[test]

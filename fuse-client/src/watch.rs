@@ -1,0 +1,205 @@
+//! Keeps the kernel's caches right while it holds entries and attributes for long. The mount
+//! keeps one change stream per storage node (`SealClient::watch`) and passes every change that
+//! another process makes to the kernel as an invalidation (an inode's attributes, a directory
+//! entry), as soon as the node commits it. While every node that is up has a live stream, replies
+//! may be cached for the long TTL (`watched_ttl_ms`); otherwise, and from the moment a stream
+//! breaks, only for the short one (`attr_ttl_ms`).
+//!
+//! The kernel orders an invalidation after a reply that was already on its way (it drops the
+//! attributes of a request older than the invalidation, and waits for a lookup in progress before
+//! dropping an entry), so a change is never hidden behind a reply read just before it.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use fuser::{INodeNo, Notifier};
+use sealfs_client::SealClient;
+use sealfs_core::placement::NodeState;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How long the kernel may cache what the mount replies.
+pub struct CacheTtl {
+    short: Duration,
+    long: Duration,
+    /// Every node that is up has a live change stream.
+    watched: AtomicBool,
+}
+
+impl CacheTtl {
+    /// `short` without change streams, `long` while they are all live.
+    pub fn new(short: Duration, long: Duration) -> Arc<CacheTtl> {
+        Arc::new(CacheTtl {
+            short,
+            long,
+            watched: AtomicBool::new(false),
+        })
+    }
+
+    /// The cache time for a reply sent now.
+    pub fn get(&self) -> Duration {
+        if self.watched.load(Ordering::SeqCst) {
+            self.long
+        } else {
+            self.short
+        }
+    }
+
+    /// Whether replies are cached for long right now.
+    pub fn is_watched(&self) -> bool {
+        self.watched.load(Ordering::SeqCst)
+    }
+}
+
+/// One invalidation for the kernel.
+enum Inval {
+    Inode(u64),
+    Entry(u64, Bytes),
+}
+
+/// Start the change streams and the thread that hands their invalidations to the kernel; they
+/// stop when `cancel` fires. Does nothing when the long TTL is not longer than the short one.
+pub fn start(client: SealClient, ttl: Arc<CacheTtl>, notifier: Notifier, cancel: CancellationToken) {
+    if ttl.long <= ttl.short {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Inval>();
+    // Its own thread: an entry invalidation waits in the kernel for lookups of that directory in
+    // progress, whose replies the runtime's tasks must still be free to send.
+    let spawned = std::thread::Builder::new().name("sealfs-inval".into()).spawn(move || {
+        for i in rx {
+            // ENOENT: the kernel does not hold that inode or entry; nothing to drop.
+            let _ = match i {
+                Inval::Inode(ino) => notifier.inval_inode(INodeNo(ino), -1, 0),
+                Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name)),
+            };
+        }
+    });
+    if let Err(e) = spawned {
+        warn!(
+            "cannot start the invalidation thread ({e}); caching for {:?} only",
+            ttl.short
+        );
+        return;
+    }
+    tokio::spawn(supervise(client, ttl, tx, cancel));
+}
+
+/// Keep one stream per node of the map, and say whether all nodes that are up have one.
+async fn supervise(
+    client: SealClient,
+    ttl: Arc<CacheTtl>,
+    tx: std::sync::mpsc::Sender<Inval>,
+    cancel: CancellationToken,
+) {
+    let live: Arc<DashMap<String, bool>> = Arc::new(DashMap::new());
+    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    let mut was = false;
+    loop {
+        let map = client.router().map();
+        for n in &map.nodes {
+            if !running.contains_key(&n.addr) {
+                let stop = cancel.child_token();
+                running.insert(n.addr.clone(), stop.clone());
+                tokio::spawn(watch_node(
+                    client.clone(),
+                    n.addr.clone(),
+                    live.clone(),
+                    ttl.clone(),
+                    tx.clone(),
+                    stop,
+                ));
+            }
+        }
+        running.retain(|addr, stop| {
+            let keep = map.nodes.iter().any(|n| &n.addr == addr);
+            if !keep {
+                stop.cancel();
+                live.remove(addr);
+            }
+            keep
+        });
+        let all = !map.nodes.is_empty()
+            && map
+                .nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Up)
+                .all(|n| live.get(&n.addr).is_some_and(|l| *l));
+        ttl.watched.store(all, Ordering::SeqCst);
+        if all != was {
+            info!(
+                "change streams {}: caching entries and attributes for {:?}",
+                if all { "live" } else { "not all live" },
+                ttl.get()
+            );
+            was = all;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Follow the change stream of the node at `addr`, reconnecting when it breaks.
+async fn watch_node(
+    client: SealClient,
+    addr: String,
+    live: Arc<DashMap<String, bool>>,
+    ttl: Arc<CacheTtl>,
+    tx: std::sync::mpsc::Sender<Inval>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            s = client.watch(&addr) => s,
+            _ = cancel.cancelled() => return,
+        };
+        match stream {
+            Ok(mut s) => loop {
+                let next = tokio::select! {
+                    n = s.next() => n,
+                    _ = cancel.cancelled() => return,
+                };
+                match next {
+                    Ok(Some(c)) => {
+                        live.insert(addr.clone(), true);
+                        if c.reset {
+                            // Changes were lost: nothing cached can be trusted for long.
+                            warn!(node = %addr, "change stream fell behind; caching briefly until it is live again");
+                            break;
+                        }
+                        for ino in c.inodes {
+                            let _ = tx.send(Inval::Inode(ino));
+                        }
+                        for (parent, name) in c.entries {
+                            let _ = tx.send(Inval::Entry(parent, name));
+                        }
+                    }
+                    Ok(None) => {
+                        debug!(node = %addr, "change stream ended");
+                        break;
+                    }
+                    Err(e) => {
+                        debug!(node = %addr, "change stream broke: {e}");
+                        break;
+                    }
+                }
+            },
+            Err(e) => debug!(node = %addr, "no change stream: {e}"),
+        }
+        // From now on replies are cached briefly, until the supervisor sees every stream live.
+        live.insert(addr.clone(), false);
+        ttl.watched.store(false, Ordering::SeqCst);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

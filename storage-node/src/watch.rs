@@ -1,0 +1,182 @@
+//! Change notifications for caching clients. Every metadata batch this node commits as a primary
+//! is published (inodes whose records changed, directory entries added or removed, and which
+//! process asked for the change), and each `Watch` stream sends a client the changes other
+//! processes made, so it can drop exactly those from its kernel's cache and cache the rest for
+//! long. A client that falls behind is told to drop everything (`reset`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sealfs_proto::pb;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use crate::keys;
+use crate::store::KvOps;
+
+/// Changes kept for watchers that are behind; past that they get a reset.
+const BACKLOG: usize = 8192;
+/// Changes sent in one message at most.
+const BATCH: usize = 512;
+
+/// One committed metadata batch, as watchers see it.
+#[derive(Debug)]
+pub struct Change {
+    /// The process that asked for it (0: unknown, or the node itself).
+    pub origin: u64,
+    /// Inodes whose record was written or deleted.
+    pub inodes: Vec<u64>,
+    /// Directory entries written or deleted: (parent, name).
+    pub entries: Vec<(u64, Bytes)>,
+}
+
+/// Where committed changes are published.
+pub struct Changes {
+    tx: broadcast::Sender<Arc<Change>>,
+}
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes {
+            tx: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+impl Changes {
+    /// What watchers must hear of `ops`, or None when nobody watches or nothing of it is cached
+    /// by clients. Called before the batch is written (the batch is consumed by the write).
+    pub fn of(&self, ops: &KvOps) -> Option<Change> {
+        if self.tx.receiver_count() == 0 {
+            return None;
+        }
+        let mut c = Change {
+            origin: sealfs_proto::auth::current_origin().unwrap_or(0),
+            inodes: Vec::new(),
+            entries: Vec::new(),
+        };
+        for (k, _) in ops {
+            if let Some(ino) = keys::parse_inode(k) {
+                c.inodes.push(ino);
+            } else if let Some((parent, _, name)) = keys::parse_dentry(k) {
+                c.entries.push((parent, Bytes::copy_from_slice(name)));
+            }
+        }
+        (!c.inodes.is_empty() || !c.entries.is_empty()).then_some(c)
+    }
+
+    /// Tell the watchers about a change that committed.
+    pub fn publish(&self, c: Option<Change>) {
+        if let Some(c) = c {
+            // An error only means nobody watches any more.
+            let _ = self.tx.send(Arc::new(c));
+        }
+    }
+
+    /// A stream of the changes that processes other than `subscriber` make from now on. Its
+    /// first message is empty (the stream is live); it ends when the client goes away.
+    pub fn watch(&self, subscriber: u64) -> mpsc::Receiver<Result<pb::WatchEvents, Status>> {
+        let mut rx = self.tx.subscribe();
+        let (out, stream) = mpsc::channel(16);
+        tokio::spawn(async move {
+            if out.send(Ok(pb::WatchEvents::default())).await.is_err() {
+                return;
+            }
+            loop {
+                let mut batch = pb::WatchEvents::default();
+                let mut taken = 0;
+                let first = rx.recv().await;
+                let mut next = Some(first);
+                while let Some(r) = next.take() {
+                    match r {
+                        Ok(c) => {
+                            if c.origin != subscriber || subscriber == 0 {
+                                batch.inodes.extend_from_slice(&c.inodes);
+                                batch
+                                    .entries
+                                    .extend(c.entries.iter().map(|(parent, name)| pb::WatchEntry {
+                                        parent: *parent,
+                                        name: name.clone(),
+                                    }));
+                            }
+                            taken += 1;
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => batch.reset = true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                    if taken < BATCH {
+                        next = match rx.try_recv() {
+                            Ok(c) => Some(Ok(c)),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                Some(Err(broadcast::error::RecvError::Lagged(n)))
+                            }
+                            Err(_) => None,
+                        };
+                    }
+                }
+                if batch.reset {
+                    batch.inodes.clear();
+                    batch.entries.clear();
+                }
+                if batch.inodes.is_empty() && batch.entries.is_empty() && !batch.reset {
+                    continue;
+                }
+                if out.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops() -> KvOps {
+        vec![
+            (keys::inode(3, (3 << 48) | 7), Some(vec![1])),
+            (keys::dentry(3, (3 << 48) | 1, b"name"), None),
+            (keys::counter(3), Some(vec![0; 8])),
+        ]
+    }
+
+    #[tokio::test]
+    async fn watchers_hear_others_changes_but_not_their_own() {
+        let ch = Changes::default();
+        assert!(ch.of(&ops()).is_none(), "nobody watches: nothing to build");
+        let mut mine = ch.watch(42);
+        let mut other = ch.watch(7);
+        assert_eq!(mine.recv().await.unwrap().unwrap(), pb::WatchEvents::default());
+        assert_eq!(other.recv().await.unwrap().unwrap(), pb::WatchEvents::default());
+        let c = sealfs_proto::auth::ORIGIN.scope(42, async { ch.of(&ops()) }).await;
+        ch.publish(c);
+        let got = other.recv().await.unwrap().unwrap();
+        assert_eq!(got.inodes, vec![(3 << 48) | 7]);
+        assert_eq!(got.entries.len(), 1);
+        assert_eq!(got.entries[0].parent, (3 << 48) | 1);
+        assert_eq!(&got.entries[0].name[..], b"name");
+        // The origin's own stream stays quiet: the next thing it hears is another's change.
+        let c = sealfs_proto::auth::ORIGIN.scope(7, async { ch.of(&ops()) }).await;
+        ch.publish(c);
+        let got = mine.recv().await.unwrap().unwrap();
+        assert_eq!(got.inodes, vec![(3 << 48) | 7]);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_to_reset() {
+        let ch = Changes::default();
+        let mut w = ch.watch(1);
+        let _ = w.recv().await;
+        // Fill the backlog and the stream's own buffer without reading.
+        for _ in 0..(BACKLOG * 3) {
+            ch.publish(ch.of(&ops()));
+        }
+        let mut reset = false;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(std::time::Duration::from_secs(2), w.recv()).await {
+            reset |= m.reset;
+        }
+        assert!(reset, "a watcher that missed changes must be told so");
+    }
+}

@@ -1,0 +1,138 @@
+//! Two FUSE mounts of one cluster, each letting its kernel cache entries and attributes for five
+//! minutes while its change streams are live: each sees the other's changes (size, mode, rename,
+//! unlink, rmdir) as they commit, not when a cache time runs out.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sealfs_tests::TestCluster;
+
+/// Five minutes: a change seen within the deadline below was invalidated, not expired.
+const LONG_TTL_MS: &str = "300000";
+/// How long a change may take to show on the other mount (a bound on correctness, far below
+/// the cache time, not a speed figure).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct SecondMount {
+    child: Child,
+    mnt: PathBuf,
+}
+
+impl SecondMount {
+    fn start(c: &TestCluster, mnt: &Path, log: &Path) -> SecondMount {
+        std::fs::create_dir_all(mnt).unwrap();
+        let bin = c.cluster.spec.bin_dir.join("sealfs-fuse");
+        let child = Command::new(bin)
+            .arg("--manager")
+            .arg(&c.cluster.manager_addr)
+            .arg("--secret-file")
+            .arg(c.dir.path().join("secret"))
+            .arg("--watched-ttl-ms")
+            .arg(LONG_TTL_MS)
+            .arg(mnt)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start a second sealfs-fuse");
+        let m = SecondMount {
+            child,
+            mnt: mnt.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sealfs_cli::cluster::is_fuse_mounted(mnt) {
+            assert!(Instant::now() < deadline, "second mount did not appear");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+}
+
+impl Drop for SecondMount {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        if sealfs_cli::cluster::is_fuse_mounted(&self.mnt) {
+            let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Wait until a mount's log says its change streams are live (so it caches for long).
+fn wait_live(log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("change streams live") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "change streams never went live:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Wait until `ok()` holds, failing with `what` past the deadline.
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < DEADLINE, "{what}: not seen within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn meta(p: &Path) -> Option<(u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.len(), m.mode() & 0o7777))
+}
+
+#[test]
+fn two_mounts_see_each_others_changes_despite_long_caching() {
+    let c = TestCluster::start_with(3, true, |s| {
+        s.fuse_args = vec!["--watched-ttl-ms".into(), LONG_TTL_MS.into()];
+    });
+    let a = c.mnt();
+    let b_log = c.dir.path().join("logs/fuse-b.log");
+    let b_mount = SecondMount::start(&c, &c.dir.path().join("mnt-b"), &b_log);
+    let b = b_mount.mnt.clone();
+    wait_live(&c.dir.path().join("logs/fuse.log"));
+    wait_live(&b_log);
+
+    // B caches f's attributes and entry; A changes its size and mode.
+    std::fs::write(a.join("f"), b"one").unwrap();
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), b"one");
+    assert_eq!(meta(&b.join("f")).map(|m| m.0), Some(3));
+    std::fs::write(a.join("f"), b"one two three").unwrap();
+    std::fs::set_permissions(a.join("f"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    eventually("size and mode change", || meta(&b.join("f")) == Some((13, 0o600)));
+    // Close-to-open: B opens it again and reads the new bytes.
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), b"one two three");
+
+    // A renames it: B's cached name goes, the new one appears.
+    std::fs::rename(a.join("f"), a.join("g")).unwrap();
+    eventually("rename", || {
+        meta(&b.join("f")).is_none() && meta(&b.join("g")).is_some()
+    });
+
+    // B makes a folder with a file; A caches both; B removes them.
+    std::fs::create_dir(b.join("d")).unwrap();
+    std::fs::write(b.join("d/x"), b"x").unwrap();
+    assert_eq!(meta(&a.join("d/x")).map(|m| m.0), Some(1));
+    assert!(a.join("d").is_dir());
+    std::fs::remove_file(b.join("d/x")).unwrap();
+    eventually("unlink", || meta(&a.join("d/x")).is_none());
+    std::fs::remove_dir(b.join("d")).unwrap();
+    eventually("rmdir", || meta(&a.join("d")).is_none());
+
+    // B removes g, which A holds in its cache.
+    assert!(meta(&a.join("g")).is_some());
+    std::fs::remove_file(b.join("g")).unwrap();
+    eventually("unlink of a renamed file", || meta(&a.join("g")).is_none());
+
+    // A's own changes never wait on anything: it sees them at once.
+    std::fs::write(a.join("h"), b"h").unwrap();
+    assert_eq!(meta(&a.join("h")).map(|m| m.0), Some(1));
+    drop(b_mount);
+}
