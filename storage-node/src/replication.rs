@@ -117,6 +117,10 @@ pub struct Replication {
     /// manager waits before it replaces a silent node.
     pub heartbeat_started_ms: AtomicU64,
     pub failure_timeout_ms: AtomicU64,
+    /// Held shared by every change from before it picks its forward targets until it is applied
+    /// here; a fill takes it exclusively once, after it starts forwarding and before it copies,
+    /// so no change can miss both the forwarding and the copy.
+    pub commit_gate: tokio::sync::RwLock<()>,
 }
 
 /// Now, in milliseconds since 1970.
@@ -271,7 +275,12 @@ impl Node {
         }
         let by_part = split_ops(&ops);
         let change = self.changes.of(&ops);
-        let local = self.store.write_ops(ops, sync);
+        let gate = self.repl.commit_gate.read().await;
+        let local = async {
+            let r = self.store.write_ops(ops, sync).await;
+            drop(gate);
+            r
+        };
         let remote = join_all(by_part.into_iter().map(|(p, (puts, dels))| async move {
             let req = move |epoch: u64| pb::ReplicateMetaRequest {
                 ctx: Some(ctx(epoch, &Credentials::root())),
@@ -296,7 +305,9 @@ impl Node {
 
     /// Apply a chunk change here and on every other replica of partition `p`.
     pub async fn chunk_op(&self, p: PartitionId, ino: InodeId, index: u64, op: ChunkOp) -> FsResult<()> {
+        let gate = self.repl.commit_gate.read().await;
         let local = async {
+            let _applied_here = gate;
             match &op {
                 ChunkOp::Write { offset, data, stable } => {
                     self.chunks
@@ -671,6 +682,9 @@ impl Node {
         // From here on every change of the partition goes to the target too; what the snapshot
         // below copies is at least as old as what it gets that way.
         state.begun.store(true, Ordering::SeqCst);
+        // A change that picked its targets before `begun` may still be landing here: wait for
+        // those, so the copy below has them (later ones are forwarded to the target).
+        drop(self.repl.commit_gate.write().await);
         let chunks = self.chunks.list(p).await?;
         state
             .bytes_total
