@@ -47,6 +47,10 @@ pub const MAGIC: &[u8; 8] = b"SEALRPC1";
 const MAX_FRAME: usize = sealfs_core::config::MAX_MESSAGE_SIZE + (64 << 10);
 /// Calls one server connection runs at once; past that the server stops reading from it.
 const MAX_IN_FLIGHT: usize = 256;
+/// Request bytes (in KiB) one server connection holds at once, read and not yet answered: past
+/// that it stops reading, as an HTTP/2 connection window would (without it a fast writer fills
+/// the node's memory with requests waiting for the disk).
+const MAX_IN_FLIGHT_KIB: usize = 32 << 10;
 /// Bodies up to this size are copied behind the frame's head to go out in one write.
 const COALESCE: usize = 16 << 10;
 
@@ -103,6 +107,14 @@ fn get_headers(buf: &mut Bytes) -> Result<HeaderMap, FrameError> {
 
 /// Read one frame (without its length prefix); None at a clean end of the stream.
 async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Option<Bytes>> {
+    match read_len(rd).await? {
+        Some(len) => read_body(rd, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Read a frame's length prefix; None at a clean end of the stream.
+async fn read_len<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Option<usize>> {
     let len = match rd.read_u32_le().await {
         Ok(n) => n as usize,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -114,6 +126,11 @@ async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Option<
             format!("frame of {len} bytes refused"),
         ));
     }
+    Ok(Some(len))
+}
+
+/// Read the `len` bytes of a frame after its length prefix.
+async fn read_body<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
         let want = len - buf.len();
@@ -122,7 +139,7 @@ async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Option<
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
-    Ok(Some(buf.freeze()))
+    Ok(buf.freeze())
 }
 
 /// A frame's head (length prefix filled in for `body_len` more bytes) and its body, written as
@@ -456,14 +473,26 @@ pub async fn serve<S, B>(
     }
     let writer = Arc::new(tokio::sync::Mutex::new(wr));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_KIB));
     loop {
-        let frame = tokio::select! {
-            f = read_frame(&mut rd) => f,
+        let len = tokio::select! {
+            l = read_len(&mut rd) => l,
             _ = cancel.cancelled() => break,
         };
-        let mut frame = match frame {
-            Ok(Some(f)) => f,
+        let len = match len {
+            Ok(Some(l)) => l,
             Ok(None) => break,
+            Err(e) => {
+                debug!(?peer, "framed connection closed: {e}");
+                break;
+            }
+        };
+        let kib = len.div_ceil(1024).clamp(1, MAX_IN_FLIGHT_KIB) as u32;
+        let Ok(held) = bytes.clone().acquire_many_owned(kib).await else {
+            break;
+        };
+        let mut frame = match read_body(&mut rd, len).await {
+            Ok(f) => f,
             Err(e) => {
                 debug!(?peer, "framed connection closed: {e}");
                 break;
@@ -493,7 +522,7 @@ pub async fn serve<S, B>(
         let mut svc = svc.clone();
         let writer = writer.clone();
         tasks.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, held);
             let reply = match std::future::poll_fn(|cx| svc.poll_ready(cx)).await {
                 Ok(()) => match svc.call(req).await {
                     Ok(resp) => encode_reply(id, resp).await,
