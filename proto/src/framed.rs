@@ -530,6 +530,8 @@ pub async fn serve<S, B>(
                 },
                 Err(e) => encode_status(id, Status::from_error(e.into())),
             };
+            // A reply that cannot be framed (too large) still gets an answer: its error.
+            let reply = reply.or_else(|s| encode_status(id, s));
             let Ok((head, body)) = reply else { return };
             let mut w = writer.lock().await;
             if let Err(e) = write_frame(&mut *w, &head, &body).await {

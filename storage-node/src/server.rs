@@ -197,6 +197,15 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     // Framed connections (see sealfs_proto::framed) are served here; the rest go on to tonic.
     let (h2_tx, h2_rx) = tokio::sync::mpsc::channel(64);
     let framed_calls = tokio_util::task::TaskTracker::new();
+    {
+        // The server's graceful stop waits for every stream to end; change streams never end on
+        // their own.
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            node.changes.close();
+        });
+    }
     tokio::spawn(sort_connections(
         incoming,
         security.serves_framed(),

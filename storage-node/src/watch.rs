@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sealfs_proto::pb;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::keys;
@@ -33,17 +34,25 @@ pub struct Change {
 /// Where committed changes are published.
 pub struct Changes {
     tx: broadcast::Sender<Arc<Change>>,
+    /// Ends every stream (the node is stopping: its server waits for streams to end).
+    closed: CancellationToken,
 }
 
 impl Default for Changes {
     fn default() -> Changes {
         Changes {
             tx: broadcast::channel(BACKLOG).0,
+            closed: CancellationToken::new(),
         }
     }
 }
 
 impl Changes {
+    /// End every stream, now and from now on (a stopping node's clients then watch elsewhere).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
     /// What watchers must hear of `ops`, or None when nobody watches or nothing of it is cached
     /// by clients. Called before the batch is written (the batch is consumed by the write).
     pub fn of(&self, ops: &KvOps) -> Option<Change> {
@@ -78,14 +87,18 @@ impl Changes {
     pub fn watch(&self, subscriber: u64) -> mpsc::Receiver<Result<pb::WatchEvents, Status>> {
         let mut rx = self.tx.subscribe();
         let (out, stream) = mpsc::channel(16);
+        let closed = self.closed.clone();
         tokio::spawn(async move {
-            if out.send(Ok(pb::WatchEvents::default())).await.is_err() {
+            if closed.is_cancelled() || out.send(Ok(pb::WatchEvents::default())).await.is_err() {
                 return;
             }
             loop {
                 let mut batch = pb::WatchEvents::default();
                 let mut taken = 0;
-                let first = rx.recv().await;
+                let first = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = closed.cancelled() => return,
+                };
                 let mut next = Some(first);
                 while let Some(r) = next.take() {
                     match r {
@@ -121,8 +134,9 @@ impl Changes {
                 if batch.inodes.is_empty() && batch.entries.is_empty() && !batch.reset {
                     continue;
                 }
-                if out.send(Ok(batch)).await.is_err() {
-                    return;
+                tokio::select! {
+                    r = out.send(Ok(batch)) => if r.is_err() { return },
+                    _ = closed.cancelled() => return,
                 }
             }
         });
@@ -162,6 +176,18 @@ mod tests {
         ch.publish(c);
         let got = mine.recv().await.unwrap().unwrap();
         assert_eq!(got.inodes, vec![(3 << 48) | 7]);
+    }
+
+    #[tokio::test]
+    async fn closing_ends_every_stream() {
+        let ch = Changes::default();
+        let mut w = ch.watch(1);
+        let _ = w.recv().await;
+        ch.close();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), w.recv()).await;
+        assert!(matches!(end, Ok(None)), "the stream must end when the node stops");
+        let mut late = ch.watch(2);
+        assert!(late.recv().await.is_none(), "no new stream after close");
     }
 
     #[tokio::test]

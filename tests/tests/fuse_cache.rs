@@ -1,6 +1,7 @@
 //! Two FUSE mounts of one cluster, each letting its kernel cache entries and attributes for five
 //! minutes while its change streams are live: each sees the other's changes (size, mode, rename,
-//! unlink, rmdir) as they commit, not when a cache time runs out.
+//! unlink, rmdir) as they commit, not when a cache time runs out; and a node they watch still stops
+//! cleanly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -134,5 +135,16 @@ fn two_mounts_see_each_others_changes_despite_long_caching() {
     // A's own changes never wait on anything: it sees them at once.
     std::fs::write(a.join("h"), b"h").unwrap();
     assert_eq!(meta(&a.join("h")).map(|m| m.0), Some(1));
+
+    // A node with both mounts watching it still stops cleanly on SIGTERM (its server waits for
+    // streams to end, so it must end them), rather than being killed after the grace period.
+    let mut c = c;
+    let clean = c.dir.path().join("node0/data/CLEAN");
+    assert!(!clean.exists());
+    c.cluster.stop_node(0, nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        clean.exists(),
+        "node 0 did not stop cleanly on SIGTERM while mounts watched it"
+    );
     drop(b_mount);
 }
