@@ -50,11 +50,6 @@ impl CacheTtl {
             self.short
         }
     }
-
-    /// Whether replies are cached for long right now.
-    pub fn is_watched(&self) -> bool {
-        self.watched.load(Ordering::SeqCst)
-    }
 }
 
 /// One invalidation for the kernel.

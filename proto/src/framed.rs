@@ -208,10 +208,15 @@ impl Conn {
     /// Stop using the connection: calls waiting on it fail at once (their reply senders are
     /// dropped) and the next call connects afresh.
     fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
         if let Some(r) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
             r.abort();
         }
+        self.fail_calls();
+    }
+
+    /// Mark the connection unusable and fail the calls waiting on it.
+    fn fail_calls(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
@@ -384,8 +389,7 @@ async fn read_replies(conn: Arc<Conn>, rd: OwnedReadHalf, addr: String) {
             }
         }
     }
-    conn.closed.store(true, Ordering::SeqCst);
-    conn.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    conn.fail_calls();
 }
 
 /// TCP keepalive, so a peer that vanished without closing (a cut network) is noticed on an idle
