@@ -54,6 +54,9 @@ pub struct Changed {
     pub dir: Option<DirChange>,
     /// A rename's target directory, when it is another one.
     pub new_dir: Option<DirChange>,
+    /// Other inodes whose attributes changed (the unlinked, renamed or replaced one). Empty
+    /// from a node that does not say: then any inode may have changed.
+    pub touched: Vec<InodeId>,
 }
 
 /// How a write is done.
@@ -257,6 +260,7 @@ fn changed_of(r: &pb::ChangeReply) -> Changed {
     Changed {
         dir: dir_change_of(r.dir.as_ref()),
         new_dir: dir_change_of(r.new_dir.as_ref()),
+        touched: r.touched.clone(),
     }
 }
 

@@ -15,13 +15,14 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use sealfs_client::{DirEntry, DirtyChunks, Entry, SealClient, WriteMode};
+use sealfs_client::{Changed, DirEntry, DirtyChunks, Entry, SealClient, WriteMode};
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{MAX_FILE_SIZE, MAX_IO_SIZE};
 use sealfs_core::{Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
+use crate::attrs::{AttrCache, Ticket};
 use crate::state::{hidden_name, DirStream, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
 use crate::watch::CacheTtl;
 
@@ -35,18 +36,29 @@ pub struct SealFs {
     client: SealClient,
     rt: Handle,
     ttl: Arc<CacheTtl>,
+    attrs: Arc<AttrCache>,
     state: Arc<State>,
 }
 
 impl SealFs {
     /// A file system over `client`, running its work on `rt`, telling the kernel to cache what
-    /// it replies for as long as `ttl` says.
-    pub fn new(client: SealClient, rt: Handle, ttl: Arc<CacheTtl>) -> SealFs {
+    /// it replies for as long as `ttl` says, and answering getattr from `attrs` when it can.
+    pub fn new(client: SealClient, rt: Handle, ttl: Arc<CacheTtl>, attrs: Arc<AttrCache>) -> SealFs {
         SealFs {
             client,
             rt,
             ttl,
+            attrs,
             state: Arc::new(State::default()),
+        }
+    }
+
+    fn cx(&self) -> Ctx {
+        Ctx {
+            client: self.client.clone(),
+            state: self.state.clone(),
+            ttl: self.ttl.clone(),
+            attrs: self.attrs.clone(),
         }
     }
 
@@ -58,11 +70,7 @@ impl SealFs {
         T: Send + 'static,
         R: ErrorReply + Send + 'static,
     {
-        let cx = Ctx {
-            client: self.client.clone(),
-            state: self.state.clone(),
-            ttl: self.ttl.clone(),
-        };
+        let cx = self.cx();
         self.rt.spawn(async move {
             match f(cx).await {
                 Ok(v) => ok(reply, v),
@@ -85,6 +93,7 @@ struct Ctx {
     client: SealClient,
     state: Arc<State>,
     ttl: Arc<CacheTtl>,
+    attrs: Arc<AttrCache>,
 }
 
 /// Replies that can carry an error.
@@ -208,6 +217,34 @@ impl Ctx {
         a
     }
 
+    /// A name made in `parent` by a request sent at `t`: the directory changed, and the new
+    /// inode's attributes are the reply's.
+    fn created(&self, t: Ticket, parent: InodeId, r: FsResult<Entry>) -> FsResult<Entry> {
+        self.attrs.changed(t, parent, None);
+        let e = r?;
+        self.attrs.changed(t, e.attr.ino, Some(&e.attr));
+        Ok(e)
+    }
+
+    /// Tell the attribute cache that a change this mount made to `ino` (sent at `t`) ended.
+    fn changed(&self, t: Ticket, ino: InodeId, r: &FsResult<Entry>) {
+        self.attrs.changed(t, ino, r.as_ref().ok().map(|e| &e.attr));
+    }
+
+    /// The same, for a change of names in `dirs` (unlink, rmdir, rename): the directories and
+    /// every inode the node says it touched. When that is not known, nothing cached is trusted.
+    fn names_changed(&self, t: Ticket, dirs: &[InodeId], r: &FsResult<Changed>) {
+        for d in dirs {
+            self.attrs.changed(t, *d, None);
+        }
+        match r {
+            Ok(c) if !c.touched.is_empty() => c.touched.iter().for_each(|i| self.attrs.changed(t, *i, None)),
+            // Nothing changed.
+            Err(FsError::NotFound | FsError::Exists | FsError::NotEmpty | FsError::Access | FsError::Perm) => {}
+            _ => self.attrs.clear(),
+        }
+    }
+
     /// Remember the data version this mount saw, for close-to-open caching.
     fn saw(&self, a: &FileAttr) {
         if a.kind == FileKind::Regular {
@@ -278,7 +315,10 @@ impl Ctx {
             (g.failed.take(), g.pending.clone())
         };
         if let Some((end, cred)) = pending {
-            match self.client.extend_size(&cred, ino, end, false).await {
+            let t = self.attrs.ticket();
+            let r = self.client.extend_size(&cred, ino, end, false).await;
+            self.changed(t, ino, &r);
+            match r {
                 Ok(e) => {
                     self.saw(&e.attr);
                     let mut g = st.lock().expect("inode state");
@@ -381,7 +421,10 @@ impl Ctx {
             return Ok(false);
         }
         let hidden = hidden_name(e.attr.ino);
-        self.client.rename(cred, parent, name, parent, &hidden, 1).await?;
+        let t = self.attrs.ticket();
+        let r = self.client.rename(cred, parent, name, parent, &hidden, 1).await;
+        self.names_changed(t, &[parent], &r);
+        r?;
         st.lock().expect("inode state").hidden = Some((parent, hidden));
         Ok(true)
     }
@@ -445,7 +488,12 @@ impl fuser::Filesystem for SealFs {
         let name = name_bytes(name);
         self.spawn(
             reply,
-            move |cx| async move { Ok((cx.client.lookup(&cred, parent.0, &name).await?, cx)) },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let e = cx.client.lookup(&cred, parent.0, &name).await?;
+                cx.attrs.offer(t, &e.attr);
+                Ok((e, cx))
+            },
             |r, (e, cx)| cx.entry(r, e),
         );
     }
@@ -457,14 +505,21 @@ impl fuser::Filesystem for SealFs {
         if !self.state.is_open(ino.0) {
             self.state.versions.remove(&ino.0);
         }
+        self.attrs.forget(ino.0);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(a) = self.attrs.get(ino.0) {
+            // Answered here, on the thread that read the request: no task, no round trip.
+            return reply.attr(&self.ttl.get(), &fuse_attr(&self.cx().visible(a)));
+        }
         let cred = creds(req);
         self.spawn(
             reply,
             move |cx| async move {
+                let t = cx.attrs.ticket();
                 let e = cx.client.getattr(&cred, ino.0).await?;
+                cx.attrs.offer(t, &e.attr);
                 Ok((cx.visible(e.attr), cx.ttl.get()))
             },
             |r, (a, ttl)| r.attr(&ttl, &fuse_attr(&a)),
@@ -515,7 +570,10 @@ impl fuser::Filesystem for SealFs {
                     // The owed size update must not undo a mode change (set-id bits).
                     cx.settle(ino.0).await?;
                 }
-                let e = cx.client.setattr(&cred, ino.0, &s).await?;
+                let t = cx.attrs.ticket();
+                let r = cx.client.setattr(&cred, ino.0, &s).await;
+                cx.changed(t, ino.0, &r);
+                let e = r?;
                 if s.size.is_some() {
                     if let Some(st) = cx.state.inode(ino.0) {
                         st.lock().expect("inode state").layout = Some(e.layout);
@@ -558,10 +616,12 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
-                let e = cx
+                let t = cx.attrs.ticket();
+                let r = cx
                     .client
                     .create(&cred, parent.0, &name, kind, mode & 0o7777, u64::from(rdev), true, 0)
-                    .await?;
+                    .await;
+                let e = cx.created(t, parent.0, r)?;
                 Ok((e, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
@@ -573,7 +633,11 @@ impl fuser::Filesystem for SealFs {
         let name = name_bytes(name);
         self.spawn(
             reply,
-            move |cx| async move { Ok((cx.client.mkdir(&cred, parent.0, &name, mode & 0o7777).await?, cx)) },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let r = cx.client.mkdir(&cred, parent.0, &name, mode & 0o7777).await;
+                Ok((cx.created(t, parent.0, r)?, cx))
+            },
             |r, (e, cx)| cx.entry(r, e),
         );
     }
@@ -585,7 +649,10 @@ impl fuser::Filesystem for SealFs {
             reply,
             move |cx| async move {
                 if !cx.hide_if_open(&cred, parent.0, &name).await? {
-                    cx.client.unlink(&cred, parent.0, &name).await?;
+                    let t = cx.attrs.ticket();
+                    let r = cx.client.unlink(&cred, parent.0, &name).await;
+                    cx.names_changed(t, &[parent.0], &r);
+                    r?;
                 }
                 Ok(())
             },
@@ -598,7 +665,12 @@ impl fuser::Filesystem for SealFs {
         let name = name_bytes(name);
         self.spawn(
             reply,
-            move |cx| async move { cx.client.rmdir(&cred, parent.0, &name).await },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let r = cx.client.rmdir(&cred, parent.0, &name).await;
+                cx.names_changed(t, &[parent.0], &r);
+                r
+            },
             |r, _| r.ok(),
         );
     }
@@ -609,7 +681,11 @@ impl fuser::Filesystem for SealFs {
         let target = target.as_os_str().as_bytes().to_vec();
         self.spawn(
             reply,
-            move |cx| async move { Ok((cx.client.symlink(&cred, parent.0, &name, &target).await?, cx)) },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let r = cx.client.symlink(&cred, parent.0, &name, &target).await;
+                Ok((cx.created(t, parent.0, r)?, cx))
+            },
             |r, (e, cx)| cx.entry(r, e),
         );
     }
@@ -637,9 +713,13 @@ impl fuser::Filesystem for SealFs {
                 }
                 let wire_flags = u32::from(flags & libc::RENAME_NOREPLACE != 0)
                     | (u32::from(flags & libc::RENAME_EXCHANGE != 0) << 1);
-                cx.client
+                let t = cx.attrs.ticket();
+                let r = cx
+                    .client
                     .rename(&cred, parent.0, &name, newparent.0, &newname, wire_flags)
-                    .await
+                    .await;
+                cx.names_changed(t, &[parent.0, newparent.0], &r);
+                r
             },
             |r, _| r.ok(),
         );
@@ -650,7 +730,14 @@ impl fuser::Filesystem for SealFs {
         let name = name_bytes(newname);
         self.spawn(
             reply,
-            move |cx| async move { Ok((cx.client.link(&cred, ino.0, newparent.0, &name).await?, cx)) },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let r = cx.client.link(&cred, ino.0, newparent.0, &name).await;
+                if r.is_err() {
+                    cx.attrs.changed(t, ino.0, None);
+                }
+                Ok((cx.created(t, newparent.0, r)?, cx))
+            },
             |r, (e, cx)| cx.entry(r, e),
         );
     }
@@ -661,7 +748,11 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
-                let e = cx.client.open(&cred, ino.0, flags).await?;
+                // A change when it truncates; either way its reply is current.
+                let t = cx.attrs.ticket();
+                let r = cx.client.open(&cred, ino.0, flags).await;
+                cx.changed(t, ino.0, &r);
+                let e = r?;
                 // Close-to-open: keep the page cache only if the file is as this mount last saw it.
                 let keep = cx
                     .state
@@ -751,7 +842,8 @@ impl fuser::Filesystem for SealFs {
                 // An inline (small) file, or one not open here: written through, as one call.
                 cx.settle(ino.0).await?;
                 let mut dirty = DirtyChunks::default();
-                let e = cx
+                let t = cx.attrs.ticket();
+                let r = cx
                     .client
                     .write(
                         &cred,
@@ -764,7 +856,9 @@ impl fuser::Filesystem for SealFs {
                         },
                         &mut dirty,
                     )
-                    .await?;
+                    .await;
+                cx.changed(t, ino.0, &r);
+                let e = r?;
                 if let Some(st) = st {
                     let mut st = st.lock().expect("inode state");
                     st.layout = Some(e.layout);
@@ -806,7 +900,10 @@ impl fuser::Filesystem for SealFs {
                     return Ok(());
                 };
                 if let Some((parent, name)) = hidden {
-                    if let Err(e) = cx.client.unlink(&Credentials::root(), parent, &name).await {
+                    let t = cx.attrs.ticket();
+                    let r = cx.client.unlink(&Credentials::root(), parent, &name).await;
+                    cx.names_changed(t, &[parent], &r);
+                    if let Err(e) = r {
                         warn!(ino, "cannot remove the hidden name of an unlinked file: {e}");
                     }
                 }
@@ -962,7 +1059,12 @@ impl fuser::Filesystem for SealFs {
         let flags = (flags as u32) & 3;
         self.spawn(
             reply,
-            move |cx| async move { cx.client.setxattr(&cred, ino.0, &name, &value, flags).await },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let r = cx.client.setxattr(&cred, ino.0, &name, &value, flags).await;
+                cx.attrs.changed(t, ino.0, None);
+                r
+            },
             |r, ()| r.ok(),
         );
     }
@@ -998,7 +1100,12 @@ impl fuser::Filesystem for SealFs {
         let name = name_bytes(name);
         self.spawn(
             reply,
-            move |cx| async move { cx.client.removexattr(&cred, ino.0, &name).await },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let r = cx.client.removexattr(&cred, ino.0, &name).await;
+                cx.attrs.changed(t, ino.0, None);
+                r
+            },
             |r, ()| r.ok(),
         );
     }
@@ -1029,7 +1136,8 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
-                let e = cx
+                let t = cx.attrs.ticket();
+                let r = cx
                     .client
                     .create(
                         &cred,
@@ -1041,8 +1149,8 @@ impl fuser::Filesystem for SealFs {
                         exclusive,
                         flags,
                     )
-                    .await?;
-                let mut e = e;
+                    .await;
+                let mut e = cx.created(t, parent.0, r)?;
                 if !exclusive && flags & libc::O_TRUNC != 0 && e.attr.size > 0 {
                     // An existing file opened with O_TRUNC.
                     let s = SetAttr {
@@ -1050,7 +1158,10 @@ impl fuser::Filesystem for SealFs {
                         via_open_handle: true,
                         ..Default::default()
                     };
-                    e = cx.client.setattr(&cred, e.attr.ino, &s).await?;
+                    let t = cx.attrs.ticket();
+                    let r = cx.client.setattr(&cred, e.attr.ino, &s).await;
+                    cx.changed(t, e.attr.ino, &r);
+                    e = r?;
                 }
                 cx.saw(&e.attr);
                 let fh = cx.state.open_file(e.attr.ino, flags, e.layout);
@@ -1098,7 +1209,10 @@ impl fuser::Filesystem for SealFs {
                         via_open_handle: true,
                         ..Default::default()
                     };
-                    let e = cx.client.setattr(&cred, ino.0, &s).await?;
+                    let t = cx.attrs.ticket();
+                    let r = cx.client.setattr(&cred, ino.0, &s).await;
+                    cx.changed(t, ino.0, &r);
+                    let e = r?;
                     if let Some(st) = cx.state.inode(ino.0) {
                         st.lock().expect("inode state").layout = Some(e.layout);
                     }

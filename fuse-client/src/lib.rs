@@ -1,6 +1,7 @@
 //! sealfs-fuse: mounts a sealfs cluster with FUSE. `fs` adapts fuser's callbacks to SealClient;
 //! `state` holds what must outlive one request (open files, listings in progress).
 
+pub mod attrs;
 pub mod fs;
 pub mod state;
 pub mod watch;
@@ -41,7 +42,13 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
         Duration::from_millis(config.client.attr_ttl_ms),
         Duration::from_millis(config.client.watched_ttl_ms),
     );
-    let fs = fs::SealFs::new(client.clone(), tokio::runtime::Handle::current(), ttl.clone());
+    let attrs = attrs::AttrCache::new(ttl.clone());
+    let fs = fs::SealFs::new(
+        client.clone(),
+        tokio::runtime::Handle::current(),
+        ttl.clone(),
+        attrs.clone(),
+    );
     let mut options = vec![
         MountOption::FSName(format!("sealfs:{}", config.client.manager)),
         MountOption::Subtype("sealfs".into()),
@@ -66,7 +73,7 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("cannot mount on {}", config.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let watching = cancel.child_token();
-    watch::start(client.clone(), ttl, session.notifier(), watching.clone());
+    watch::start(client.clone(), ttl, attrs, session.notifier(), watching.clone());
     info!(mountpoint = %config.mountpoint.display(), cluster = format!("{:#x}", client.cluster_id()), "mounted");
     let mut serve = tokio::task::spawn_blocking(move || session.run());
     tokio::select! {

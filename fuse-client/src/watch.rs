@@ -5,6 +5,8 @@
 //! may be cached for the long TTL (`watched_ttl_ms`); otherwise, and from the moment a stream
 //! breaks, only for the short one (`attr_ttl_ms`).
 //!
+//! The mount's own attribute cache (`attrs`) follows the same streams.
+//!
 //! The kernel orders an invalidation after a reply that was already on its way (it drops the
 //! attributes of a request older than the invalidation, and waits for a lookup in progress before
 //! dropping an entry), so a change is never hidden behind a reply read just before it.
@@ -20,6 +22,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use fuser::{INodeNo, Notifier};
 use sealfs_client::SealClient;
+
+use crate::attrs::AttrCache;
 use sealfs_core::placement::NodeState;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -42,6 +46,16 @@ impl CacheTtl {
         })
     }
 
+    /// The long TTL while every change stream is live; None otherwise.
+    pub fn watched_ttl(&self) -> Option<Duration> {
+        self.watched.load(Ordering::SeqCst).then_some(self.long)
+    }
+
+    /// Say whether every node that is up has a live change stream.
+    pub fn set_watched(&self, all: bool) {
+        self.watched.store(all, Ordering::SeqCst);
+    }
+
     /// The cache time for a reply sent now.
     pub fn get(&self) -> Duration {
         if self.watched.load(Ordering::SeqCst) {
@@ -60,7 +74,13 @@ enum Inval {
 
 /// Start the change streams and the thread that hands their invalidations to the kernel; they
 /// stop when `cancel` fires. Does nothing when the long TTL is not longer than the short one.
-pub fn start(client: SealClient, ttl: Arc<CacheTtl>, notifier: Notifier, cancel: CancellationToken) {
+pub fn start(
+    client: SealClient,
+    ttl: Arc<CacheTtl>,
+    attrs: Arc<AttrCache>,
+    notifier: Notifier,
+    cancel: CancellationToken,
+) {
     if ttl.long <= ttl.short {
         return;
     }
@@ -83,13 +103,14 @@ pub fn start(client: SealClient, ttl: Arc<CacheTtl>, notifier: Notifier, cancel:
         );
         return;
     }
-    tokio::spawn(supervise(client, ttl, tx, cancel));
+    tokio::spawn(supervise(client, ttl, attrs, tx, cancel));
 }
 
 /// Keep one stream per node of the map, and say whether all nodes that are up have one.
 async fn supervise(
     client: SealClient,
     ttl: Arc<CacheTtl>,
+    attrs: Arc<AttrCache>,
     tx: std::sync::mpsc::Sender<Inval>,
     cancel: CancellationToken,
 ) {
@@ -107,6 +128,7 @@ async fn supervise(
                     n.addr.clone(),
                     live.clone(),
                     ttl.clone(),
+                    attrs.clone(),
                     tx.clone(),
                     stop,
                 ));
@@ -126,7 +148,7 @@ async fn supervise(
                 .iter()
                 .filter(|n| n.state == NodeState::Up)
                 .all(|n| live.get(&n.addr).is_some_and(|l| *l));
-        ttl.watched.store(all, Ordering::SeqCst);
+        ttl.set_watched(all);
         if all != was {
             info!(
                 "change streams {}: caching entries and attributes for {:?}",
@@ -148,6 +170,7 @@ async fn watch_node(
     addr: String,
     live: Arc<DashMap<String, bool>>,
     ttl: Arc<CacheTtl>,
+    attrs: Arc<AttrCache>,
     tx: std::sync::mpsc::Sender<Inval>,
     cancel: CancellationToken,
 ) {
@@ -156,6 +179,7 @@ async fn watch_node(
             s = client.watch(&addr) => s,
             _ = cancel.cancelled() => return,
         };
+        let mut first = true;
         match stream {
             Ok(mut s) => loop {
                 let next = tokio::select! {
@@ -164,6 +188,11 @@ async fn watch_node(
                 };
                 match next {
                     Ok(Some(c)) => {
+                        if std::mem::take(&mut first) {
+                            // From this batch on nothing is missed; what the mount cached while
+                            // the stream was not there may be stale.
+                            attrs.clear();
+                        }
                         live.insert(addr.clone(), true);
                         if c.reset {
                             // Changes were lost: nothing cached can be trusted for long.
@@ -171,6 +200,7 @@ async fn watch_node(
                             break;
                         }
                         for ino in c.inodes {
+                            attrs.invalidate(ino);
                             let _ = tx.send(Inval::Inode(ino));
                         }
                         for (parent, name) in c.entries {
@@ -191,7 +221,8 @@ async fn watch_node(
         }
         // From now on replies are cached briefly, until the supervisor sees every stream live.
         live.insert(addr.clone(), false);
-        ttl.watched.store(false, Ordering::SeqCst);
+        ttl.set_watched(false);
+        attrs.clear();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = cancel.cancelled() => return,

@@ -350,7 +350,7 @@ impl Node {
     }
 
     /// unlink(parent, name) of a non-directory.
-    pub async fn op_unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Option<pb::DirChange>> {
+    pub async fn op_unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<pb::ChangeReply> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -393,11 +393,15 @@ impl Node {
             }));
         }
         let mut done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
-        Ok(dir_change(&dir.attr, done.take_watched(0)))
+        Ok(pb::ChangeReply {
+            dir: dir_change(&dir.attr, done.take_watched(0)),
+            new_dir: None,
+            touched: vec![d.ino],
+        })
     }
 
     /// rmdir(parent, name) of an empty directory.
-    pub async fn op_rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Option<pb::DirChange>> {
+    pub async fn op_rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<pb::ChangeReply> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -434,7 +438,11 @@ impl Node {
             Kind::DropInode(pb::DropInodeStep { ino: d.ino }),
         ];
         let mut done = self.execute(ino_partition(parent), steps, 1, held, &[parent]).await?;
-        Ok(dir_change(&dir.attr, done.take_watched(0)))
+        Ok(pb::ChangeReply {
+            dir: dir_change(&dir.attr, done.take_watched(0)),
+            new_dir: None,
+            touched: vec![d.ino],
+        })
     }
 
     /// link(ino, new_parent, new_name).
@@ -561,6 +569,7 @@ impl Node {
             return Ok(pb::ChangeReply {
                 dir: unchanged(&pdir.attr),
                 new_dir: if moved { unchanged(&npattr) } else { None },
+                touched: Vec::new(),
             });
         }
         let (src_attr, _) = self.remote_attr(src.ino).await?;
@@ -680,6 +689,7 @@ impl Node {
         Ok(pb::ChangeReply {
             dir: dir_change(&pdir.attr, pafter),
             new_dir: if moved { dir_change(&npattr, npafter) } else { None },
+            touched: std::iter::once(src.ino).chain(dst.map(|d| d.ino)).collect(),
         })
     }
 

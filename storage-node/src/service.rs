@@ -131,11 +131,9 @@ impl node_server::Node for NodeService {
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.parent).await?;
-                let dir = self
-                    .0
+                self.0
                     .op_unlink(&creds_from_ctx(r.ctx.as_ref()), r.parent, &r.name)
-                    .await?;
-                Ok(pb::ChangeReply { dir, new_dir: None })
+                    .await
             }
             .await,
         )
@@ -146,11 +144,9 @@ impl node_server::Node for NodeService {
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.parent).await?;
-                let dir = self
-                    .0
+                self.0
                     .op_rmdir(&creds_from_ctx(r.ctx.as_ref()), r.parent, &r.name)
-                    .await?;
-                Ok(pb::ChangeReply { dir, new_dir: None })
+                    .await
             }
             .await,
         )

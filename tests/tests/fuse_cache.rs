@@ -135,6 +135,19 @@ fn two_mounts_see_each_others_changes_despite_long_caching() {
     // A's own changes never wait on anything: it sees them at once.
     std::fs::write(a.join("h"), b"h").unwrap();
     assert_eq!(meta(&a.join("h")).map(|m| m.0), Some(1));
+    // ...including the ones that reach an inode through a name (link counts), which the kernel
+    // asks the mount about and the mount answers from its own cache.
+    own_changes_show_at_once(&a);
+    // And B, which holds h's attributes in its own cache now, sees A's later changes to it.
+    assert_eq!(meta(&b.join("h")).map(|m| m.0), Some(1));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.join("h"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"hh"))
+        .unwrap();
+    eventually("append on the other mount", || {
+        meta(&b.join("h")).map(|m| m.0) == Some(3)
+    });
 
     // A node with both mounts watching it still stops cleanly on SIGTERM (its server waits for
     // streams to end, so it must end them), rather than being killed after the grace period.
@@ -147,4 +160,36 @@ fn two_mounts_see_each_others_changes_despite_long_caching() {
         "node 0 did not stop cleanly on SIGTERM while mounts watched it"
     );
     drop(b_mount);
+}
+
+/// One mount's own changes, each checked by a stat right after it.
+fn own_changes_show_at_once(a: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let nlink = |p: &Path| std::fs::metadata(p).unwrap().nlink();
+    let f = a.join("own");
+    std::fs::write(&f, b"12345").unwrap();
+    assert_eq!(meta(&f).map(|m| m.0), Some(5));
+    std::fs::hard_link(&f, a.join("own2")).unwrap();
+    assert_eq!(nlink(&f), 2);
+    std::fs::remove_file(a.join("own2")).unwrap();
+    assert_eq!(nlink(&f), 1);
+    std::fs::write(a.join("other"), b"o").unwrap();
+    std::fs::hard_link(&f, a.join("keep")).unwrap();
+    // A rename over "keep" takes a link from f's inode.
+    std::fs::rename(a.join("other"), a.join("keep")).unwrap();
+    assert_eq!(nlink(&f), 1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(2)
+        .unwrap();
+    assert_eq!(meta(&f).map(|m| m.0), Some(2));
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    assert_eq!(meta(&f), Some((2, 0o640)));
+    let big = vec![7u8; 300_000];
+    std::fs::write(&f, &big).unwrap();
+    assert_eq!(meta(&f).map(|m| m.0), Some(300_000));
+    std::fs::remove_file(&f).unwrap();
+    std::fs::remove_file(a.join("keep")).unwrap();
 }

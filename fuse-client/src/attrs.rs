@@ -1,0 +1,261 @@
+//! The mount's own cache of inode attributes, so a getattr the kernel sends after dropping its
+//! copy (it does after every write to a file, and after unlink, link and rename) is answered
+//! without a round trip. Kept right the way the kernel's cache is: this mount's own changes
+//! replace or drop an entry when they finish, other processes' changes drop it when their change
+//! stream says so (`watch`), and nothing is served unless every node's stream is live. An entry
+//! lives no longer than the long TTL the kernel itself would keep it for.
+//!
+//! Ordering: every reply is stored with a ticket taken before its request was sent, and every
+//! change bumps a counter for its inode's slot when it ends. An entry is served only if its
+//! ticket is not older than the last change of its slot (nor the last `clear`), so a reply read
+//! before a change finished can never hide it, however the two race.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use sealfs_core::attr::FileAttr;
+use sealfs_core::InodeId;
+
+use crate::watch::CacheTtl;
+
+/// Slots of change counters; inodes share them by hash (a shared slot only costs a miss).
+const SLOTS: usize = 16384;
+/// Entries kept at most; past that the cache starts over (the kernel forgets inodes too).
+const CAPACITY: usize = 200_000;
+
+/// Taken before a request is sent; orders its reply against changes that end meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+struct Cached {
+    attr: FileAttr,
+    ticket: u64,
+    at: Instant,
+}
+
+/// Inode attributes this mount saw, valid while nothing changed them.
+pub struct AttrCache {
+    ttl: Arc<CacheTtl>,
+    /// Bumped by every change and every `clear`.
+    seq: AtomicU64,
+    /// Per slot: the `seq` of the last change that ended for an inode of that slot.
+    changed: Box<[AtomicU64]>,
+    /// The `seq` of the last `clear`.
+    cleared: AtomicU64,
+    entries: DashMap<InodeId, Cached>,
+}
+
+fn slot(ino: InodeId) -> usize {
+    // Fibonacci hashing: inode ids are spread already, but not necessarily in the low bits.
+    (ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 50) as usize % SLOTS
+}
+
+impl AttrCache {
+    /// An empty cache, serving entries while `ttl` says every change stream is live.
+    pub fn new(ttl: Arc<CacheTtl>) -> Arc<AttrCache> {
+        Arc::new(AttrCache {
+            ttl,
+            seq: AtomicU64::new(1),
+            changed: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            cleared: AtomicU64::new(0),
+            entries: DashMap::new(),
+        })
+    }
+
+    /// Take before sending a request whose reply may be stored.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.seq.load(Ordering::SeqCst))
+    }
+
+    fn valid(&self, ino: InodeId, ticket: u64) -> bool {
+        ticket >= self.changed[slot(ino)].load(Ordering::SeqCst) && ticket >= self.cleared.load(Ordering::SeqCst)
+    }
+
+    /// The attributes of `ino`, if they are known to be current.
+    pub fn get(&self, ino: InodeId) -> Option<FileAttr> {
+        let max_age = self.ttl.watched_ttl()?;
+        let e = self.entries.get(&ino)?;
+        (e.at.elapsed() < max_age && self.valid(ino, e.ticket)).then(|| e.attr.clone())
+    }
+
+    /// Remember what a read (lookup, getattr, open) returned for a request sent at `t`.
+    pub fn offer(&self, t: Ticket, attr: &FileAttr) {
+        if !self.valid(attr.ino, t.0) {
+            return;
+        }
+        self.put(attr, t.0);
+    }
+
+    fn put(&self, attr: &FileAttr, ticket: u64) {
+        if self.entries.len() >= CAPACITY {
+            self.entries.clear();
+        }
+        let now = Instant::now();
+        self.entries
+            .entry(attr.ino)
+            .and_modify(|e| {
+                // A reply read earlier than the one kept must not replace it.
+                if ticket >= e.ticket {
+                    *e = Cached {
+                        attr: attr.clone(),
+                        ticket,
+                        at: now,
+                    };
+                }
+            })
+            .or_insert(Cached {
+                attr: attr.clone(),
+                ticket,
+                at: now,
+            });
+    }
+
+    /// This mount changed `ino` with a request sent at `t` (whether or not it succeeded):
+    /// `after` is what it returned, kept only if no other change of the inode ended meanwhile.
+    pub fn changed(&self, t: Ticket, ino: InodeId, after: Option<&FileAttr>) {
+        let v = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let c = &self.changed[slot(ino)];
+        let mut last = c.load(Ordering::SeqCst);
+        loop {
+            if last > t.0 || after.is_none() {
+                // Another change ended while this one ran: which is newer is unknown.
+                c.fetch_max(v, Ordering::SeqCst);
+                return;
+            }
+            match c.compare_exchange(last, v, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(now) => last = now,
+            }
+        }
+        if let Some(a) = after.filter(|a| a.ino == ino) {
+            self.put(a, v);
+        }
+    }
+
+    /// Another process changed `ino` (its change stream said so).
+    pub fn invalidate(&self, ino: InodeId) {
+        let v = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed[slot(ino)].fetch_max(v, Ordering::SeqCst);
+    }
+
+    /// Forget everything: changes may have been missed, or which inodes a change touched is
+    /// not known.
+    pub fn clear(&self) {
+        let v = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.cleared.fetch_max(v, Ordering::SeqCst);
+        self.entries.clear();
+    }
+
+    /// The kernel forgot `ino`: so does the cache.
+    pub fn forget(&self, ino: InodeId) {
+        self.entries.remove(&ino);
+    }
+
+    /// Entries held (for tests).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealfs_core::attr::{FileKind, TimeSpec};
+    use std::time::Duration;
+
+    fn attr(ino: InodeId, size: u64) -> FileAttr {
+        let t = TimeSpec::default();
+        FileAttr {
+            ino,
+            kind: FileKind::Regular,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            generation: 1,
+        }
+    }
+
+    fn cache() -> Arc<AttrCache> {
+        let ttl = CacheTtl::new(Duration::from_secs(1), Duration::from_secs(60));
+        ttl.set_watched(true);
+        AttrCache::new(ttl)
+    }
+
+    #[test]
+    fn a_read_is_served_until_a_change_ends() {
+        let c = cache();
+        let t = c.ticket();
+        c.offer(t, &attr(7, 1));
+        assert_eq!(c.get(7).map(|a| a.size), Some(1));
+        c.invalidate(7);
+        assert!(c.get(7).is_none());
+        // A read sent before the change ended must not be stored after it.
+        c.offer(t, &attr(7, 1));
+        assert!(c.get(7).is_none());
+        let t2 = c.ticket();
+        c.offer(t2, &attr(7, 2));
+        assert_eq!(c.get(7).map(|a| a.size), Some(2));
+    }
+
+    #[test]
+    fn an_own_change_keeps_its_result_unless_another_raced_it() {
+        let c = cache();
+        let t = c.ticket();
+        c.changed(t, 9, Some(&attr(9, 10)));
+        assert_eq!(c.get(9).map(|a| a.size), Some(10));
+        // Two changes in flight at once: neither result can be trusted to be the last.
+        let ta = c.ticket();
+        let tb = c.ticket();
+        c.changed(tb, 9, Some(&attr(9, 20)));
+        c.changed(ta, 9, Some(&attr(9, 15)));
+        assert!(c.get(9).is_none());
+        // A change with no result drops the entry.
+        let t = c.ticket();
+        c.offer(t, &attr(9, 30));
+        assert!(c.get(9).is_some());
+        c.changed(c.ticket(), 9, None);
+        assert!(c.get(9).is_none());
+    }
+
+    #[test]
+    fn a_read_in_flight_across_an_own_change_is_not_kept() {
+        let c = cache();
+        let read = c.ticket();
+        c.changed(c.ticket(), 3, Some(&attr(3, 5)));
+        c.offer(read, &attr(3, 0));
+        assert_eq!(c.get(3).map(|a| a.size), Some(5));
+    }
+
+    #[test]
+    fn nothing_is_served_without_live_streams_or_after_a_clear() {
+        let c = cache();
+        c.offer(c.ticket(), &attr(4, 1));
+        c.ttl.set_watched(false);
+        assert!(c.get(4).is_none());
+        c.ttl.set_watched(true);
+        assert!(c.get(4).is_some());
+        let before = c.ticket();
+        c.clear();
+        assert!(c.get(4).is_none() && c.is_empty());
+        c.offer(before, &attr(4, 1));
+        assert!(c.get(4).is_none());
+        c.offer(c.ticket(), &attr(4, 1));
+        assert_eq!(c.len(), 1);
+        c.forget(4);
+        assert!(c.get(4).is_none());
+    }
+}
