@@ -23,8 +23,9 @@ use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use crate::attrs::{AttrCache, Ticket};
+use crate::names::KnownDirs;
 use crate::state::{hidden_name, DirStream, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
-use crate::watch::CacheTtl;
+use crate::watch::{CacheTtl, Caches};
 
 /// Entries fetched per directory listing call.
 const DIR_PAGE: u32 = 256;
@@ -37,18 +38,21 @@ pub struct SealFs {
     rt: Handle,
     ttl: Arc<CacheTtl>,
     attrs: Arc<AttrCache>,
+    names: Arc<KnownDirs>,
     state: Arc<State>,
 }
 
 impl SealFs {
     /// A file system over `client`, running its work on `rt`, telling the kernel to cache what
-    /// it replies for as long as `ttl` says, and answering getattr from `attrs` when it can.
-    pub fn new(client: SealClient, rt: Handle, ttl: Arc<CacheTtl>, attrs: Arc<AttrCache>) -> SealFs {
+    /// it replies for as long as `caches.ttl` says, answering getattr from `caches.attrs` and
+    /// lookups of free names from `caches.names` when it can.
+    pub fn new(client: SealClient, rt: Handle, caches: Caches) -> SealFs {
         SealFs {
             client,
             rt,
-            ttl,
-            attrs,
+            ttl: caches.ttl,
+            attrs: caches.attrs,
+            names: caches.names,
             state: Arc::new(State::default()),
         }
     }
@@ -59,6 +63,7 @@ impl SealFs {
             state: self.state.clone(),
             ttl: self.ttl.clone(),
             attrs: self.attrs.clone(),
+            names: self.names.clone(),
         }
     }
 
@@ -94,6 +99,7 @@ struct Ctx {
     state: Arc<State>,
     ttl: Arc<CacheTtl>,
     attrs: Arc<AttrCache>,
+    names: Arc<KnownDirs>,
 }
 
 /// Replies that can carry an error.
@@ -217,10 +223,11 @@ impl Ctx {
         a
     }
 
-    /// A name made in `parent` by a request sent at `t`: the directory changed, and the new
-    /// inode's attributes are the reply's.
-    fn created(&self, t: Ticket, parent: InodeId, r: FsResult<Entry>) -> FsResult<Entry> {
+    /// `name` made in `parent` by a request sent at `t`: the directory changed, the name may
+    /// exist now, and the new inode's attributes are the reply's.
+    fn created(&self, t: Ticket, parent: InodeId, name: &[u8], r: FsResult<Entry>) -> FsResult<Entry> {
         self.attrs.changed(t, parent, None);
+        self.names.touched(parent, name);
         let e = r?;
         self.attrs.changed(t, e.attr.ino, Some(&e.attr));
         Ok(e)
@@ -424,6 +431,11 @@ impl Ctx {
         let t = self.attrs.ticket();
         let r = self.client.rename(cred, parent, name, parent, &hidden, 1).await;
         self.names_changed(t, &[parent], &r);
+        self.names.touched(parent, &hidden);
+        match &r {
+            Ok(_) => self.names.removed(parent, name),
+            Err(_) => self.names.touched(parent, name),
+        }
         r?;
         st.lock().expect("inode state").hidden = Some((parent, hidden));
         Ok(true)
@@ -484,8 +496,12 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let cred = creds(req);
         let name = name_bytes(name);
+        if self.names.absent(parent.0, &name) {
+            // A folder this mount made, and no process made this name in it.
+            return reply.error(Errno::ENOENT);
+        }
+        let cred = creds(req);
         self.spawn(
             reply,
             move |cx| async move {
@@ -506,6 +522,7 @@ impl fuser::Filesystem for SealFs {
             self.state.versions.remove(&ino.0);
         }
         self.attrs.forget(ino.0);
+        self.names.forget(ino.0);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -621,7 +638,7 @@ impl fuser::Filesystem for SealFs {
                     .client
                     .create(&cred, parent.0, &name, kind, mode & 0o7777, u64::from(rdev), true, 0)
                     .await;
-                let e = cx.created(t, parent.0, r)?;
+                let e = cx.created(t, parent.0, &name, r)?;
                 Ok((e, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
@@ -636,7 +653,9 @@ impl fuser::Filesystem for SealFs {
             move |cx| async move {
                 let t = cx.attrs.ticket();
                 let r = cx.client.mkdir(&cred, parent.0, &name, mode & 0o7777).await;
-                Ok((cx.created(t, parent.0, r)?, cx))
+                let e = cx.created(t, parent.0, &name, r)?;
+                cx.names.made(e.attr.ino);
+                Ok((e, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
         );
@@ -652,6 +671,10 @@ impl fuser::Filesystem for SealFs {
                     let t = cx.attrs.ticket();
                     let r = cx.client.unlink(&cred, parent.0, &name).await;
                     cx.names_changed(t, &[parent.0], &r);
+                    match &r {
+                        Ok(_) => cx.names.removed(parent.0, &name),
+                        Err(_) => cx.names.touched(parent.0, &name),
+                    }
                     r?;
                 }
                 Ok(())
@@ -669,6 +692,13 @@ impl fuser::Filesystem for SealFs {
                 let t = cx.attrs.ticket();
                 let r = cx.client.rmdir(&cred, parent.0, &name).await;
                 cx.names_changed(t, &[parent.0], &r);
+                match &r {
+                    Ok(c) => {
+                        cx.names.removed(parent.0, &name);
+                        c.touched.iter().for_each(|d| cx.names.forget(*d));
+                    }
+                    Err(_) => cx.names.touched(parent.0, &name),
+                }
                 r
             },
             |r, _| r.ok(),
@@ -684,7 +714,7 @@ impl fuser::Filesystem for SealFs {
             move |cx| async move {
                 let t = cx.attrs.ticket();
                 let r = cx.client.symlink(&cred, parent.0, &name, &target).await;
-                Ok((cx.created(t, parent.0, r)?, cx))
+                Ok((cx.created(t, parent.0, &name, r)?, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
         );
@@ -719,6 +749,12 @@ impl fuser::Filesystem for SealFs {
                     .rename(&cred, parent.0, &name, newparent.0, &newname, wire_flags)
                     .await;
                 cx.names_changed(t, &[parent.0, newparent.0], &r);
+                cx.names.touched(newparent.0, &newname);
+                if r.is_ok() && flags & libc::RENAME_EXCHANGE == 0 {
+                    cx.names.removed(parent.0, &name);
+                } else {
+                    cx.names.touched(parent.0, &name);
+                }
                 r
             },
             |r, _| r.ok(),
@@ -736,7 +772,7 @@ impl fuser::Filesystem for SealFs {
                 if r.is_err() {
                     cx.attrs.changed(t, ino.0, None);
                 }
-                Ok((cx.created(t, newparent.0, r)?, cx))
+                Ok((cx.created(t, newparent.0, &name, r)?, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
         );
@@ -903,6 +939,9 @@ impl fuser::Filesystem for SealFs {
                     let t = cx.attrs.ticket();
                     let r = cx.client.unlink(&Credentials::root(), parent, &name).await;
                     cx.names_changed(t, &[parent], &r);
+                    if r.is_ok() {
+                        cx.names.removed(parent, &name);
+                    }
                     if let Err(e) = r {
                         warn!(ino, "cannot remove the hidden name of an unlinked file: {e}");
                     }
@@ -1150,7 +1189,7 @@ impl fuser::Filesystem for SealFs {
                         flags,
                     )
                     .await;
-                let mut e = cx.created(t, parent.0, r)?;
+                let mut e = cx.created(t, parent.0, &name, r)?;
                 if !exclusive && flags & libc::O_TRUNC != 0 && e.attr.size > 0 {
                     // An existing file opened with O_TRUNC.
                     let s = SetAttr {

@@ -3,6 +3,7 @@
 
 pub mod attrs;
 pub mod fs;
+pub mod names;
 pub mod state;
 pub mod watch;
 
@@ -38,17 +39,11 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
     let client = SealClient::connect(config.client.clone(), config.connect_wait)
         .await
         .with_context(|| format!("cannot reach the cluster through manager {}", config.client.manager))?;
-    let ttl = watch::CacheTtl::new(
+    let caches = watch::Caches::new(
         Duration::from_millis(config.client.attr_ttl_ms),
         Duration::from_millis(config.client.watched_ttl_ms),
     );
-    let attrs = attrs::AttrCache::new(ttl.clone());
-    let fs = fs::SealFs::new(
-        client.clone(),
-        tokio::runtime::Handle::current(),
-        ttl.clone(),
-        attrs.clone(),
-    );
+    let fs = fs::SealFs::new(client.clone(), tokio::runtime::Handle::current(), caches.clone());
     let mut options = vec![
         MountOption::FSName(format!("sealfs:{}", config.client.manager)),
         MountOption::Subtype("sealfs".into()),
@@ -73,7 +68,7 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("cannot mount on {}", config.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let watching = cancel.child_token();
-    watch::start(client.clone(), ttl, attrs, session.notifier(), watching.clone());
+    watch::start(client.clone(), caches, session.notifier(), watching.clone());
     info!(mountpoint = %config.mountpoint.display(), cluster = format!("{:#x}", client.cluster_id()), "mounted");
     let mut serve = tokio::task::spawn_blocking(move || session.run());
     tokio::select! {

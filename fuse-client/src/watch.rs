@@ -5,7 +5,8 @@
 //! may be cached for the long TTL (`watched_ttl_ms`); otherwise, and from the moment a stream
 //! breaks, only for the short one (`attr_ttl_ms`).
 //!
-//! The mount's own attribute cache (`attrs`) follows the same streams.
+//! The mount's own attribute cache (`attrs`) and its directories known whole (`names`) follow the
+//! same streams.
 //!
 //! The kernel orders an invalidation after a reply that was already on its way (it drops the
 //! attributes of a request older than the invalidation, and waits for a lookup in progress before
@@ -24,6 +25,7 @@ use fuser::{INodeNo, Notifier};
 use sealfs_client::SealClient;
 
 use crate::attrs::AttrCache;
+use crate::names::KnownDirs;
 use sealfs_core::placement::NodeState;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -66,6 +68,32 @@ impl CacheTtl {
     }
 }
 
+/// What the mount caches that the change streams keep right.
+#[derive(Clone)]
+pub struct Caches {
+    pub ttl: Arc<CacheTtl>,
+    pub attrs: Arc<AttrCache>,
+    pub names: Arc<KnownDirs>,
+}
+
+impl Caches {
+    /// Empty caches; the kernel's cache time is `short`, or `long` while the streams are live.
+    pub fn new(short: Duration, long: Duration) -> Caches {
+        let ttl = CacheTtl::new(short, long);
+        Caches {
+            attrs: AttrCache::new(ttl.clone()),
+            names: KnownDirs::new(ttl.clone()),
+            ttl,
+        }
+    }
+
+    /// Changes may have been missed: trust nothing cached so far.
+    fn clear(&self) {
+        self.attrs.clear();
+        self.names.clear();
+    }
+}
+
 /// One invalidation for the kernel.
 enum Inval {
     Inode(u64),
@@ -74,13 +102,8 @@ enum Inval {
 
 /// Start the change streams and the thread that hands their invalidations to the kernel; they
 /// stop when `cancel` fires. Does nothing when the long TTL is not longer than the short one.
-pub fn start(
-    client: SealClient,
-    ttl: Arc<CacheTtl>,
-    attrs: Arc<AttrCache>,
-    notifier: Notifier,
-    cancel: CancellationToken,
-) {
+pub fn start(client: SealClient, caches: Caches, notifier: Notifier, cancel: CancellationToken) {
+    let ttl = &caches.ttl;
     if ttl.long <= ttl.short {
         return;
     }
@@ -103,17 +126,12 @@ pub fn start(
         );
         return;
     }
-    tokio::spawn(supervise(client, ttl, attrs, tx, cancel));
+    tokio::spawn(supervise(client, caches, tx, cancel));
 }
 
 /// Keep one stream per node of the map, and say whether all nodes that are up have one.
-async fn supervise(
-    client: SealClient,
-    ttl: Arc<CacheTtl>,
-    attrs: Arc<AttrCache>,
-    tx: std::sync::mpsc::Sender<Inval>,
-    cancel: CancellationToken,
-) {
+async fn supervise(client: SealClient, caches: Caches, tx: std::sync::mpsc::Sender<Inval>, cancel: CancellationToken) {
+    let ttl = caches.ttl.clone();
     let live: Arc<DashMap<String, bool>> = Arc::new(DashMap::new());
     let mut running: HashMap<String, CancellationToken> = HashMap::new();
     let mut was = false;
@@ -127,8 +145,7 @@ async fn supervise(
                     client.clone(),
                     n.addr.clone(),
                     live.clone(),
-                    ttl.clone(),
-                    attrs.clone(),
+                    caches.clone(),
                     tx.clone(),
                     stop,
                 ));
@@ -169,8 +186,7 @@ async fn watch_node(
     client: SealClient,
     addr: String,
     live: Arc<DashMap<String, bool>>,
-    ttl: Arc<CacheTtl>,
-    attrs: Arc<AttrCache>,
+    caches: Caches,
     tx: std::sync::mpsc::Sender<Inval>,
     cancel: CancellationToken,
 ) {
@@ -191,7 +207,7 @@ async fn watch_node(
                         if std::mem::take(&mut first) {
                             // From this batch on nothing is missed; what the mount cached while
                             // the stream was not there may be stale.
-                            attrs.clear();
+                            caches.clear();
                         }
                         live.insert(addr.clone(), true);
                         if c.reset {
@@ -200,10 +216,11 @@ async fn watch_node(
                             break;
                         }
                         for ino in c.inodes {
-                            attrs.invalidate(ino);
+                            caches.attrs.invalidate(ino);
                             let _ = tx.send(Inval::Inode(ino));
                         }
                         for (parent, name) in c.entries {
+                            caches.names.touched(parent, &name);
                             let _ = tx.send(Inval::Entry(parent, name));
                         }
                     }
@@ -221,8 +238,8 @@ async fn watch_node(
         }
         // From now on replies are cached briefly, until the supervisor sees every stream live.
         live.insert(addr.clone(), false);
-        ttl.set_watched(false);
-        attrs.clear();
+        caches.ttl.set_watched(false);
+        caches.clear();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = cancel.cancelled() => return,

@@ -127,6 +127,26 @@ fn two_mounts_see_each_others_changes_despite_long_caching() {
     std::fs::remove_dir(b.join("d")).unwrap();
     eventually("rmdir", || meta(&a.join("d")).is_none());
 
+    // A makes a folder, so it answers lookups of names it never made there by itself; a name B
+    // makes in it shows on A all the same, and so do A's own.
+    std::fs::create_dir(a.join("k")).unwrap();
+    assert!(meta(&a.join("k/new")).is_none());
+    std::fs::write(b.join("k/new"), b"from b").unwrap();
+    eventually("a name another mount made in a folder this one made", || {
+        meta(&a.join("k/new")).map(|m| m.0) == Some(6)
+    });
+    std::fs::write(a.join("k/mine"), b"m").unwrap();
+    std::fs::rename(a.join("k/mine"), a.join("k/moved")).unwrap();
+    assert!(meta(&a.join("k/mine")).is_none());
+    assert_eq!(meta(&a.join("k/moved")).map(|m| m.0), Some(1));
+    eventually("a name made in a folder the other mount made", || {
+        meta(&b.join("k/moved")).is_some()
+    });
+    for n in ["new", "moved"] {
+        std::fs::remove_file(a.join("k").join(n)).unwrap();
+    }
+    std::fs::remove_dir(a.join("k")).unwrap();
+
     // B removes g, which A holds in its cache.
     assert!(meta(&a.join("g")).is_some());
     std::fs::remove_file(b.join("g")).unwrap();

@@ -1,0 +1,154 @@
+//! Directories whose names this mount knows all of: the ones it made itself. The kernel looks a
+//! name up before it creates it, so every create would cost a round trip to learn that the name
+//! is free; in a directory this mount made, a name it never made (and no other process made, as
+//! the change streams tell) is free without asking.
+//!
+//! A name in a known directory's set means only "it may exist: ask the node". Every name an own
+//! change touches goes in (whatever the outcome), every name another process changes goes in, and
+//! a name leaves only when this mount's own unlink, rmdir or rename of it succeeded. Nothing is
+//! answered unless every node's change stream is live, and a break forgets every directory, as
+//! the attribute cache does.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use sealfs_core::name::validate_name;
+use sealfs_core::InodeId;
+
+use crate::watch::CacheTtl;
+
+/// Names kept over all known directories; past it, a directory that grows is forgotten.
+const MAX_NAMES: usize = 262_144;
+
+/// The directories this mount made, with every name that may exist in each.
+pub struct KnownDirs {
+    ttl: Arc<CacheTtl>,
+    dirs: DashMap<InodeId, HashSet<Box<[u8]>>>,
+    names: AtomicUsize,
+}
+
+impl KnownDirs {
+    /// None known yet; answers only while `ttl` says every change stream is live.
+    pub fn new(ttl: Arc<CacheTtl>) -> Arc<KnownDirs> {
+        Arc::new(KnownDirs {
+            ttl,
+            dirs: DashMap::new(),
+            names: AtomicUsize::new(0),
+        })
+    }
+
+    /// This mount made `dir` (so it is empty), while the change streams were live.
+    pub fn made(&self, dir: InodeId) {
+        if self.ttl.watched_ttl().is_some() {
+            self.dirs.entry(dir).or_default();
+        }
+    }
+
+    /// Whether `name` is known not to exist in `dir`. A name that cannot exist (too long,
+    /// say) is not: the node tells why.
+    pub fn absent(&self, dir: InodeId, name: &[u8]) -> bool {
+        self.ttl.watched_ttl().is_some()
+            && validate_name(name).is_ok()
+            && self.dirs.get(&dir).is_some_and(|d| !d.contains(name))
+    }
+
+    /// `name` in `dir` may exist now (a change of it, by this mount or another, ended).
+    pub fn touched(&self, dir: InodeId, name: &[u8]) {
+        let Some(mut d) = self.dirs.get_mut(&dir) else { return };
+        if d.contains(name) {
+            return;
+        }
+        if self.names.fetch_add(1, Ordering::SeqCst) >= MAX_NAMES {
+            let n = d.len() + 1;
+            drop(d);
+            self.dirs.remove(&dir);
+            self.names.fetch_sub(n, Ordering::SeqCst);
+            return;
+        }
+        d.insert(name.into());
+    }
+
+    /// This mount removed `name` from `dir`.
+    pub fn removed(&self, dir: InodeId, name: &[u8]) {
+        if let Some(mut d) = self.dirs.get_mut(&dir) {
+            if d.remove(name) {
+                self.names.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Stop answering for `dir` (it is gone, or the kernel forgot it).
+    pub fn forget(&self, dir: InodeId) {
+        if let Some((_, d)) = self.dirs.remove(&dir) {
+            self.names.fetch_sub(d.len(), Ordering::SeqCst);
+        }
+    }
+
+    /// Forget every directory: changes may have been missed.
+    pub fn clear(&self) {
+        self.dirs.retain(|_, d| {
+            self.names.fetch_sub(d.len(), Ordering::SeqCst);
+            false
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn known() -> (Arc<CacheTtl>, Arc<KnownDirs>) {
+        let ttl = CacheTtl::new(Duration::from_secs(1), Duration::from_secs(60));
+        ttl.set_watched(true);
+        (ttl.clone(), KnownDirs::new(ttl))
+    }
+
+    #[test]
+    fn only_names_never_touched_in_a_made_directory_are_absent() {
+        let (_, k) = known();
+        assert!(!k.absent(5, b"a"), "a directory this mount did not make");
+        k.made(5);
+        assert!(k.absent(5, b"a"));
+        assert!(!k.absent(5, &[b'a'; 256]), "too long: the node says ENAMETOOLONG");
+        k.touched(5, b"a");
+        assert!(!k.absent(5, b"a"));
+        assert!(k.absent(5, b"b"));
+        k.removed(5, b"a");
+        assert!(k.absent(5, b"a"));
+        // Another process's change of a name: it may exist.
+        k.touched(5, b"c");
+        assert!(!k.absent(5, b"c"));
+        k.forget(5);
+        assert!(!k.absent(5, b"b"));
+        assert_eq!(k.names.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn nothing_is_answered_without_live_streams() {
+        let (ttl, k) = known();
+        k.made(1);
+        ttl.set_watched(false);
+        assert!(!k.absent(1, b"x"));
+        k.made(2);
+        ttl.set_watched(true);
+        assert!(k.absent(1, b"x"));
+        assert!(!k.absent(2, b"x"), "made while the streams were down");
+        k.touched(1, b"y");
+        k.clear();
+        assert!(!k.absent(1, b"x"));
+        assert_eq!(k.names.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_directory_past_the_bound_is_forgotten() {
+        let (_, k) = known();
+        k.made(1);
+        k.names.store(MAX_NAMES, Ordering::SeqCst);
+        k.touched(1, b"x");
+        assert!(!k.absent(1, b"z"));
+        assert_eq!(k.names.load(Ordering::SeqCst), MAX_NAMES);
+    }
+}
