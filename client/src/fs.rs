@@ -643,6 +643,12 @@ impl SealClient {
     /// Check that `cred` may open `ino` with `flags` (and truncate it for O_TRUNC); returns
     /// fresh attributes (close-to-open consistency).
     pub async fn open(&self, cred: &Credentials, ino: InodeId, flags: i32) -> FsResult<Entry> {
+        Ok(self.open_inline(cred, ino, flags).await?.0)
+    }
+
+    /// [`open`](Self::open), also returning the whole data of a small file kept in its inode
+    /// when opened for reading (read in the same step as the attributes, so they agree).
+    pub async fn open_inline(&self, cred: &Credentials, ino: InodeId, flags: i32) -> FsResult<(Entry, Option<Bytes>)> {
         let r = self
             .router
             .call(self.ino_part(ino), |mut c, epoch| {
@@ -654,7 +660,11 @@ impl SealClient {
                 async move { c.open(req).await }
             })
             .await?;
-        entry_of(r.attr.as_ref())
+        let e = entry_of(r.attr.as_ref())?;
+        // Sent only for reading; a node that does not send it sends none (and an empty file's
+        // data is empty either way).
+        let whole = e.layout.inline && r.inline_data.len() as u64 == e.attr.size;
+        Ok((e, whole.then_some(r.inline_data)))
     }
 
     /// access(2): check `mask` (R_OK 4, W_OK 2, X_OK 1) for `cred`.

@@ -80,6 +80,11 @@ impl AttrCache {
         (e.at.elapsed() < max_age && self.valid(ino, e.ticket)).then(|| e.attr.clone())
     }
 
+    /// Whether no change of `ino` ended (and nothing was cleared) since `t` was taken.
+    pub fn unchanged_since(&self, t: Ticket, ino: InodeId) -> bool {
+        self.valid(ino, t.0)
+    }
+
     /// Remember what a read (lookup, getattr, open) returned for a request sent at `t`.
     pub fn offer(&self, t: Ticket, attr: &FileAttr) {
         if !self.valid(attr.ino, t.0) {

@@ -233,9 +233,15 @@ impl Ctx {
         Ok(e)
     }
 
-    /// Tell the attribute cache that a change this mount made to `ino` (sent at `t`) ended.
+    /// Tell the attribute cache that a change this mount made to `ino` (sent at `t`) ended,
+    /// and stop serving reads from the data its last open read.
     fn changed(&self, t: Ticket, ino: InodeId, r: &FsResult<Entry>) {
         self.attrs.changed(t, ino, r.as_ref().ok().map(|e| &e.attr));
+        // After the cache's change count moved, so that an open finishing now either sees the
+        // count moved or has its data dropped here (both under the inode's lock).
+        if let Some(st) = self.state.inode(ino) {
+            st.lock().expect("inode state").inline = None;
+        }
     }
 
     /// The same, for a change of names in `dirs` (unlink, rmdir, rename): the directories and
@@ -784,11 +790,9 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
-                // A change when it truncates; either way its reply is current.
                 let t = cx.attrs.ticket();
-                let r = cx.client.open(&cred, ino.0, flags).await;
-                cx.changed(t, ino.0, &r);
-                let e = r?;
+                let (e, data) = cx.client.open_inline(&cred, ino.0, flags).await?;
+                cx.attrs.offer(t, &e.attr);
                 // Close-to-open: keep the page cache only if the file is as this mount last saw it.
                 let keep = cx
                     .state
@@ -796,7 +800,10 @@ impl fuser::Filesystem for SealFs {
                     .get(&ino.0)
                     .is_some_and(|v| *v == (e.attr.mtime, e.attr.size));
                 cx.saw(&e.attr);
-                let fh = cx.state.open_file(ino.0, flags, e.layout);
+                // The data is kept only if no change of the file ended while it was read.
+                let fh = cx
+                    .state
+                    .open_file_with(ino.0, flags, e.layout, data, || cx.attrs.unchanged_since(t, ino.0));
                 Ok((fh, keep))
             },
             |r, (fh, keep)| {
@@ -832,7 +839,18 @@ impl fuser::Filesystem for SealFs {
                 };
                 // Reads see this mount's own writes: let write-behind land first.
                 cx.settle(ino.0).await?;
-                let layout = st.lock().expect("inode state").layout;
+                let (layout, inline) = {
+                    let g = st.lock().expect("inode state");
+                    (g.layout, g.inline.clone())
+                };
+                if let (Some(l), Some(data)) = (layout, inline) {
+                    if l.inline {
+                        // A small file read whole at open, unchanged by this mount since.
+                        let start = offset.min(data.len() as u64) as usize;
+                        let end = offset.saturating_add(u64::from(size)).min(data.len() as u64) as usize;
+                        return Ok(data.slice(start..end));
+                    }
+                }
                 let known_size = cx.state.versions.get(&ino.0).map(|v| v.1);
                 let end = offset.saturating_add(u64::from(size));
                 match (layout, known_size) {

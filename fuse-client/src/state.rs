@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use sealfs_client::{DirEntry, DirtyChunks, Layout};
 use sealfs_core::attr::TimeSpec;
@@ -41,6 +42,9 @@ pub struct OpenInode {
     pub failed: Option<FsError>,
     /// Woken whenever an in-flight write ends.
     pub settled: Arc<Notify>,
+    /// The whole data of a small file kept in its inode, as the last open here read it (with
+    /// the attributes); reads are served from it until this mount changes the file.
+    pub inline: Option<Bytes>,
     /// Held while the owed size update is being sent: a concurrent reader must not read the
     /// old size in between (the kernel shrinks its idea of the file on a short read).
     pub settling: Arc<tokio::sync::Mutex<()>>,
@@ -114,12 +118,26 @@ impl State {
 
     /// Register an open handle of `ino`.
     pub fn open_file(&self, ino: InodeId, flags: i32, layout: Layout) -> u64 {
+        self.open_file_with(ino, flags, layout, None, || false)
+    }
+
+    /// [`open_file`](Self::open_file), keeping `inline` (the file's whole data, read with its
+    /// attributes) for reads if `fresh()`, asked under the inode's lock, says it is current.
+    pub fn open_file_with(
+        &self,
+        ino: InodeId,
+        flags: i32,
+        layout: Layout,
+        inline: Option<Bytes>,
+        fresh: impl FnOnce() -> bool,
+    ) -> u64 {
         let fh = self.new_fh();
         self.files.insert(fh, FileHandleState { ino, flags });
         let entry = self.inodes.entry(ino).or_default().clone();
         let mut st = entry.lock().expect("inode state");
         st.handles += 1;
         st.layout = Some(layout);
+        st.inline = inline.filter(|_| fresh());
         fh
     }
 

@@ -752,7 +752,9 @@ impl Node {
     }
 
     /// Permission check of an open.
-    pub fn op_open(&self, cred: &Credentials, ino: InodeId, flags: i32) -> FsResult<pb::Attr> {
+    /// open: the permission check, fresh attributes and, for reading a file whose data lives in
+    /// its inode, that data (the caller's first read then needs no round trip).
+    pub fn op_open(&self, cred: &Credentials, ino: InodeId, flags: i32) -> FsResult<(pb::Attr, Bytes)> {
         let rec = self.store.inode(ino)?;
         if rec.attr.kind == FileKind::Directory && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(FsError::IsDir);
@@ -761,7 +763,13 @@ impl Node {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.check_no_pending_gc(ino)?;
         }
-        Ok(rec_to_pb(&rec))
+        let readable = flags & libc::O_ACCMODE != libc::O_WRONLY && flags & libc::O_TRUNC == 0;
+        let data = if readable && rec.attr.kind == FileKind::Regular && rec.is_inline() {
+            Bytes::copy_from_slice(&rec.data)
+        } else {
+            Bytes::new()
+        };
+        Ok((rec_to_pb(&rec), data))
     }
 
     /// access(2).

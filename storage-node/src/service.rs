@@ -72,6 +72,7 @@ impl node_server::Node for NodeService {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
                 Ok(pb::AttrReply {
                     attr: Some(self.0.op_getattr(r.ino)?),
+                    ..Default::default()
                 })
             }
             .await,
@@ -93,7 +94,10 @@ impl node_server::Node for NodeService {
                     via_open_handle: r.via_open_handle,
                 };
                 let attr = self.0.op_setattr(&creds_from_ctx(r.ctx.as_ref()), r.ino, &s).await?;
-                Ok(pb::AttrReply { attr: Some(attr) })
+                Ok(pb::AttrReply {
+                    attr: Some(attr),
+                    ..Default::default()
+                })
             }
             .await,
         )
@@ -217,8 +221,10 @@ impl node_server::Node for NodeService {
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
+                let (attr, inline_data) = self.0.op_open(&creds_from_ctx(r.ctx.as_ref()), r.ino, r.flags)?;
                 Ok(pb::AttrReply {
-                    attr: Some(self.0.op_open(&creds_from_ctx(r.ctx.as_ref()), r.ino, r.flags)?),
+                    attr: Some(attr),
+                    inline_data,
                 })
             }
             .await,
@@ -268,7 +274,10 @@ impl node_server::Node for NodeService {
                     .0
                     .op_extend(&creds_from_ctx(r.ctx.as_ref()), r.ino, r.end, r.sync)
                     .await?;
-                Ok(pb::AttrReply { attr: Some(attr) })
+                Ok(pb::AttrReply {
+                    attr: Some(attr),
+                    ..Default::default()
+                })
             }
             .await,
         )

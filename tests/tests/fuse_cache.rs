@@ -212,4 +212,31 @@ fn own_changes_show_at_once(a: &Path) {
     assert_eq!(meta(&f).map(|m| m.0), Some(300_000));
     std::fs::remove_file(&f).unwrap();
     std::fs::remove_file(a.join("keep")).unwrap();
+
+    // A small file's data, read with its attributes at open, serves that handle's reads only
+    // until this mount changes the file (O_DIRECT: every read reaches the mount).
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let small = a.join("small");
+    std::fs::write(&small, b"first").unwrap();
+    // The writer opens first, so the reader's open is the one whose data the mount keeps.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&small).unwrap();
+    let mut r = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&small)
+        .unwrap();
+    let read_all = |r: &mut std::fs::File| {
+        let mut s = String::new();
+        r.seek(std::io::SeekFrom::Start(0)).unwrap();
+        r.read_to_string(&mut s).unwrap();
+        s
+    };
+    assert_eq!(read_all(&mut r), "first");
+    w.write_all(b"FIRST, then more").unwrap();
+    assert_eq!(read_all(&mut r), "FIRST, then more");
+    w.set_len(3).unwrap();
+    assert_eq!(read_all(&mut r), "FIR");
+    drop((r, w));
+    std::fs::remove_file(&small).unwrap();
 }
