@@ -5,6 +5,11 @@
 //! stream says so (`watch`), and nothing is served unless every node's stream is live. An entry
 //! lives no longer than the long TTL the kernel itself would keep it for.
 //!
+//! It also remembers which files have no `security.capability` attribute: the kernel asks for
+//! it before every write to a file (to drop file capabilities), which would otherwise make each
+//! write wait on a round trip. An attribute change moves the inode's ctime, so the same change
+//! counts keep that right.
+//!
 //! Ordering: every reply is stored with a ticket taken before its request was sent, and every
 //! change bumps a counter for its inode's slot when it ends. An entry is served only if its
 //! ticket is not older than the last change of its slot (nor the last `clear`), so a reply read
@@ -45,6 +50,8 @@ pub struct AttrCache {
     /// The `seq` of the last `clear`.
     cleared: AtomicU64,
     entries: DashMap<InodeId, Cached>,
+    /// Inodes without a `security.capability` attribute: the ticket of the read that said so.
+    no_caps: DashMap<InodeId, u64>,
 }
 
 fn slot(ino: InodeId) -> usize {
@@ -61,6 +68,7 @@ impl AttrCache {
             changed: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             cleared: AtomicU64::new(0),
             entries: DashMap::new(),
+            no_caps: DashMap::new(),
         })
     }
 
@@ -78,6 +86,21 @@ impl AttrCache {
         let max_age = self.ttl.watched_ttl()?;
         let e = self.entries.get(&ino)?;
         (e.at.elapsed() < max_age && self.valid(ino, e.ticket)).then(|| e.attr.clone())
+    }
+
+    /// Whether `ino` is known to have no `security.capability` attribute.
+    pub fn caps_absent(&self, ino: InodeId) -> bool {
+        self.ttl.watched_ttl().is_some() && self.no_caps.get(&ino).is_some_and(|t| self.valid(ino, *t))
+    }
+
+    /// A getxattr of `security.capability` sent at `t` found none.
+    pub fn offer_no_caps(&self, t: Ticket, ino: InodeId) {
+        if self.valid(ino, t.0) {
+            if self.no_caps.len() >= CAPACITY {
+                self.no_caps.clear();
+            }
+            self.no_caps.insert(ino, t.0);
+        }
     }
 
     /// Whether no change of `ino` ended (and nothing was cleared) since `t` was taken.
@@ -151,11 +174,13 @@ impl AttrCache {
         let v = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.cleared.fetch_max(v, Ordering::SeqCst);
         self.entries.clear();
+        self.no_caps.clear();
     }
 
     /// The kernel forgot `ino`: so does the cache.
     pub fn forget(&self, ino: InodeId) {
         self.entries.remove(&ino);
+        self.no_caps.remove(&ino);
     }
 
     /// Entries held (for tests).
@@ -262,5 +287,25 @@ mod tests {
         assert_eq!(c.len(), 1);
         c.forget(4);
         assert!(c.get(4).is_none());
+    }
+
+    #[test]
+    fn a_missing_capability_attribute_is_known_until_the_file_changes() {
+        let c = cache();
+        let t = c.ticket();
+        c.offer_no_caps(t, 8);
+        assert!(c.caps_absent(8));
+        c.changed(c.ticket(), 8, None);
+        assert!(!c.caps_absent(8));
+        // A read that raced the change is not kept.
+        c.offer_no_caps(t, 8);
+        assert!(!c.caps_absent(8));
+        c.offer_no_caps(c.ticket(), 8);
+        c.ttl.set_watched(false);
+        assert!(!c.caps_absent(8));
+        c.ttl.set_watched(true);
+        assert!(c.caps_absent(8));
+        c.invalidate(8);
+        assert!(!c.caps_absent(8));
     }
 }

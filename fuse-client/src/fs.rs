@@ -27,6 +27,8 @@ use crate::names::KnownDirs;
 use crate::state::{hidden_name, DirStream, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
 use crate::watch::{CacheTtl, Caches};
 
+/// The attribute the kernel reads before every write (to drop file capabilities).
+const CAPS_XATTR: &[u8] = b"security.capability";
 /// Entries fetched per directory listing call.
 const DIR_PAGE: u32 = 256;
 /// Block size reported to the kernel (st_blksize): large, so tools use big requests.
@@ -1127,11 +1129,23 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let caps = name.as_bytes() == CAPS_XATTR;
+        if caps && self.attrs.caps_absent(ino.0) {
+            // Asked before every write: answered here while nothing changed the file.
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
         let cred = creds(req);
         let name = name_bytes(name);
         self.spawn(
             reply,
-            move |cx| async move { cx.client.getxattr(&cred, ino.0, &name).await },
+            move |cx| async move {
+                let t = cx.attrs.ticket();
+                let r = cx.client.getxattr(&cred, ino.0, &name).await;
+                if caps && matches!(r, Err(FsError::NoData)) {
+                    cx.attrs.offer_no_caps(t, ino.0);
+                }
+                r
+            },
             move |r, v| xattr_reply(r, size, &v),
         );
     }
