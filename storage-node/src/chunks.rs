@@ -16,7 +16,7 @@ use sealfs_core::{FsError, FsResult, InodeId, PartitionId};
 use tracing::{error, info, warn};
 
 use crate::direct::{self, read_buffered};
-use crate::sums::{self, io_err, Sums, BLOCK};
+use crate::sums::{self, io_err, Sums};
 
 /// Chunk files of one node.
 #[derive(Clone)]
@@ -192,8 +192,9 @@ impl ChunkStore {
             // A damaged checksum file counts as no checksums: every block is taken from `good`.
             let mut s = Sums::load(&sum_path).ok().flatten().unwrap_or_default();
             let mut fixed = 0;
-            for b in 0..sums::blocks(len) {
-                let (start, end) = (b * BLOCK, ((b + 1) * BLOCK).min(len));
+            let bs = s.block();
+            for b in 0..s.blocks(len) {
+                let (start, end) = (b * bs, ((b + 1) * bs).min(len));
                 let data = read_buffered(&f, start, (end - start) as usize)?;
                 if s.check(b, &data) {
                     continue;
@@ -273,11 +274,12 @@ impl ChunkStore {
             let end = off + data.len() as u64;
             // Blocks this write only partly covers keep some old bytes: check those first, so a
             // new checksum never blesses bad data.
-            let first = off / BLOCK;
-            let last_block = (end - 1) / BLOCK;
-            let touched_from = first.min(old_len / BLOCK);
+            let bs = s.block();
+            let first = off / bs;
+            let last_block = (end - 1) / bs;
+            let touched_from = first.min(old_len / bs);
             for b in [touched_from, first, last_block] {
-                let (start, stop) = (b * BLOCK, ((b + 1) * BLOCK).min(old_len));
+                let (start, stop) = (b * bs, ((b + 1) * bs).min(old_len));
                 if start >= old_len || (off <= start && end >= stop) {
                     continue;
                 }
@@ -290,7 +292,7 @@ impl ChunkStore {
             direct::write_at(&path, &f, &data, off)?;
             let new_len = old_len.max(end);
             for b in touched_from..=last_block {
-                let (start, stop) = (b * BLOCK, ((b + 1) * BLOCK).min(new_len));
+                let (start, stop) = (b * bs, ((b + 1) * bs).min(new_len));
                 if start >= new_len {
                     break;
                 }
@@ -370,12 +372,13 @@ impl ChunkStore {
                                 Some(s) => s,
                                 None => Sums::compute(&f)?,
                             };
-                            let b = len / BLOCK;
-                            if !len.is_multiple_of(BLOCK) {
+                            let bs = s.block();
+                            let b = len / bs;
+                            if !len.is_multiple_of(bs) {
                                 // The cut block keeps a prefix: check the old block, then sum
                                 // what stays.
-                                let start = b * BLOCK;
-                                let stop = ((b + 1) * BLOCK).min(old_len);
+                                let start = b * bs;
+                                let stop = ((b + 1) * bs).min(old_len);
                                 let old = read_buffered(&f, start, (stop - start) as usize)?;
                                 if !s.check(b, &old) {
                                     error!(partition = p, ino, index, chunk = %path.display(), block = b, "checksum mismatch under a truncate");
@@ -472,11 +475,12 @@ fn read_checked(path: &Path, off: u64, len: usize) -> FsResult<Bytes> {
         // were never acknowledged.
         return Ok(Bytes::from(read_buffered(&f, off, (end - off) as usize)?));
     };
-    let first = off / BLOCK;
-    let start = first * BLOCK;
-    let stop = (end.div_ceil(BLOCK) * BLOCK).min(file_len);
+    let bs = sums.block();
+    let first = off / bs;
+    let start = first * bs;
+    let stop = (end.div_ceil(bs) * bs).min(file_len);
     let buf = read_buffered(&f, start, (stop - start) as usize)?;
-    for (k, block) in buf.chunks(BLOCK as usize).enumerate() {
+    for (k, block) in buf.chunks(bs as usize).enumerate() {
         let b = first + k as u64;
         if !sums.check(b, block) {
             return Err(FsError::Corrupt(format!("{} block {b}", path.display())));
@@ -568,9 +572,38 @@ mod tests {
         // A whole-block overwrite of a bad block is fine as well.
         f.write_all_at(&[0xff], 1).unwrap();
         assert!(c.read(0, 7, 0, 0, 10).await.is_err());
-        let block = pattern(9, BLOCK as usize);
+        let block = pattern(9, sums::BLOCK as usize);
         c.write(0, 7, 0, 0, Bytes::from(block.clone()), true).await.unwrap();
         assert_eq!(&c.read(0, 7, 0, 0, 10).await.unwrap()[..], &block[..10]);
+    }
+
+    #[tokio::test]
+    async fn chunks_with_64_kib_checksum_blocks_keep_working() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ChunkStore::open(d.path());
+        let mut model = pattern(5, 200_000);
+        c.write(0, 8, 0, 0, Bytes::from(model.clone()), true).await.unwrap();
+        // As an older node left it: version 1 checksums of 64 KiB blocks.
+        let path = c.path(0, 8, 0);
+        let old = Sums::compute_with(&File::open(&path).unwrap(), 64 << 10).unwrap();
+        old.store(&sums::sum_path(&path), true).unwrap();
+        for (off, len, seed) in [(70_000u64, 4096usize, 6u8), (131_072, 65_536, 7), (199_990, 30, 8)] {
+            let data = pattern(seed, len);
+            c.write(0, 8, 0, off, Bytes::from(data.clone()), false).await.unwrap();
+            let end = off as usize + len;
+            model.resize(model.len().max(end), 0);
+            model[off as usize..end].copy_from_slice(&data);
+        }
+        c.truncate(0, 8, 0, 150_000).await.unwrap();
+        model.truncate(150_000);
+        assert_eq!(&c.read(0, 8, 0, 0, 1 << 20).await.unwrap()[..], &model[..]);
+        assert_eq!(&c.read(0, 8, 0, 69_990, 50).await.unwrap()[..], &model[69_990..70_040]);
+        let kept = Sums::load(&sums::sum_path(&path)).unwrap().unwrap();
+        assert_eq!(kept.block(), 64 << 10);
+        // And a flipped byte is still found.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[model[100_000] ^ 1], 100_000).unwrap();
+        assert!(c.read(0, 8, 0, 99_000, 10).await.is_err());
     }
 
     #[tokio::test]

@@ -1,15 +1,19 @@
-//! Chunk checksum files: the CRC32C of every 64 KiB block of a chunk (the last block covers
-//! what the chunk holds of it), kept in `<chunk>.sum` beside the chunk.
+//! Chunk checksum files: the CRC32C of every block of a chunk (the last block covers what the
+//! chunk holds of it), kept in `<chunk>.sum` beside the chunk.
 //!
-//! Format, version 1, all integers little-endian:
+//! Format, all integers little-endian:
 //!
-//! | bytes | field                           |
-//! |-------|---------------------------------|
-//! | 4     | magic `SSUM`                    |
-//! | 4     | version (1)                     |
-//! | 4     | block size in bytes (65536)     |
-//! | 4     | block count N                   |
-//! | 4 × N | CRC32C of each block, in order  |
+//! | bytes | field                                                    |
+//! |-------|----------------------------------------------------------|
+//! | 4     | magic `SSUM`                                             |
+//! | 4     | version: 1 (block size 65536) or 2 (any allowed size)    |
+//! | 4     | block size in bytes: a power of two, 4 KiB to 1 MiB      |
+//! | 4     | block count N                                            |
+//! | 4 × N | CRC32C of each block, in order                           |
+//!
+//! New chunks get 4 KiB blocks (version 2), so a 4 KiB write replaces whole blocks and reads
+//! nothing back (with 64 KiB blocks, reading back and summing the rest of the block was a fifth
+//! of the CPU of 4 KiB random writes); chunks made with 64 KiB blocks (version 1) keep them.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -18,16 +22,13 @@ use std::path::{Path, PathBuf};
 
 use sealfs_core::{FsError, FsResult};
 
-/// Bytes per checksummed block.
-pub const BLOCK: u64 = 64 << 10;
+/// Bytes per checksummed block of a chunk made now.
+pub const BLOCK: u64 = 4 << 10;
+/// The block size of version 1 files.
+const V1_BLOCK: u64 = 64 << 10;
 const MAGIC: &[u8; 4] = b"SSUM";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 16;
-
-/// Blocks of a chunk of `len` bytes.
-pub fn blocks(len: u64) -> u64 {
-    len.div_ceil(BLOCK)
-}
 
 /// The checksum file of the chunk at `chunk`.
 pub fn sum_path(chunk: &Path) -> PathBuf {
@@ -45,24 +46,58 @@ pub fn io_err(e: std::io::Error, what: &str) -> FsError {
 }
 
 /// The block checksums of one chunk.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sums {
+    block: u64,
     crcs: Vec<u32>,
 }
 
-impl Sums {
-    /// Checksum every block of the open chunk `f`.
-    pub fn compute(f: &File) -> FsResult<Sums> {
-        let len = f.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
-        let mut crcs = Vec::with_capacity(blocks(len) as usize);
-        let mut buf = vec![0u8; BLOCK as usize];
-        for b in 0..blocks(len) {
-            let n = (BLOCK.min(len - b * BLOCK)) as usize;
-            f.read_exact_at(&mut buf[..n], b * BLOCK)
-                .map_err(|e| io_err(e, "read chunk"))?;
-            crcs.push(crc32c::crc32c(&buf[..n]));
+/// A new chunk's: no blocks yet, of the current size.
+impl Default for Sums {
+    fn default() -> Sums {
+        Sums {
+            block: BLOCK,
+            crcs: Vec::new(),
         }
-        Ok(Sums { crcs })
+    }
+}
+
+impl Sums {
+    /// Bytes per block of this chunk.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+
+    /// Blocks of a chunk of `len` bytes.
+    pub fn blocks(&self, len: u64) -> u64 {
+        len.div_ceil(self.block)
+    }
+
+    /// Checksum every block of the open chunk `f` (with blocks of the current size).
+    pub fn compute(f: &File) -> FsResult<Sums> {
+        Sums::compute_with(f, BLOCK)
+    }
+
+    /// Checksum every block of the open chunk `f`, in blocks of `block` bytes (a power of two,
+    /// 4 KiB to 64 KiB).
+    pub fn compute_with(f: &File, block: u64) -> FsResult<Sums> {
+        let len = f.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
+        let mut s = Sums {
+            block,
+            crcs: Vec::new(),
+        };
+        let mut buf = vec![0u8; (64u64 << 10) as usize];
+        let mut at = 0;
+        while at < len {
+            let n = (buf.len() as u64).min(len - at) as usize;
+            f.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| io_err(e, "read chunk"))?;
+            for (k, piece) in buf[..n].chunks(s.block as usize).enumerate() {
+                s.set(at / s.block + k as u64, piece);
+            }
+            at += n as u64;
+        }
+        Ok(s)
     }
 
     /// Parse a checksum file's bytes.
@@ -71,17 +106,19 @@ impl Sums {
             return Err("not a checksum file".into());
         }
         let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-        if word(4) != VERSION {
-            return Err(format!("checksum file version {} (this node knows {VERSION})", word(4)));
-        }
-        if u64::from(word(8)) != BLOCK {
-            return Err(format!("checksum block size {}", word(8)));
+        let block = u64::from(word(8));
+        match word(4) {
+            1 if block == V1_BLOCK => {}
+            2 if block.is_power_of_two() && (4 << 10..=1 << 20).contains(&block) => {}
+            1 | 2 => return Err(format!("checksum block size {block}")),
+            v => return Err(format!("checksum file version {v} (this node knows 1 to {VERSION})")),
         }
         let n = word(12) as usize;
         if bytes.len() != HEADER + 4 * n {
             return Err(format!("checksum file of {} bytes for {n} blocks", bytes.len()));
         }
         Ok(Sums {
+            block,
             crcs: (0..n).map(|i| word(HEADER + 4 * i)).collect(),
         })
     }
@@ -90,8 +127,9 @@ impl Sums {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + 4 * self.crcs.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(BLOCK as u32).to_le_bytes());
+        let version: u32 = if self.block == V1_BLOCK { 1 } else { VERSION };
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&(self.block as u32).to_le_bytes());
         out.extend_from_slice(&(self.crcs.len() as u32).to_le_bytes());
         for c in &self.crcs {
             out.extend_from_slice(&c.to_le_bytes());
@@ -144,7 +182,7 @@ impl Sums {
 
     /// Keep the checksums of a chunk of `len` bytes.
     pub fn truncate(&mut self, len: u64) {
-        self.crcs.truncate(blocks(len) as usize);
+        self.crcs.truncate(self.blocks(len) as usize);
     }
 }
 
@@ -171,5 +209,30 @@ mod tests {
         assert!(Sums::decode(&short).is_err());
         s.truncate(BLOCK + 1);
         assert_eq!(s.crcs.len(), 2);
+        let mut odd = s.encode();
+        odd[8..12].copy_from_slice(&3000u32.to_le_bytes());
+        assert!(Sums::decode(&odd).unwrap_err().contains("block size"));
+    }
+
+    #[test]
+    fn version_1_files_keep_their_64_kib_blocks() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&(64u32 << 10).to_le_bytes());
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&crc32c::crc32c(b"old").to_le_bytes());
+        let mut s = Sums::decode(&v1).unwrap();
+        assert_eq!(s.block(), 64 << 10);
+        assert!(s.check(0, b"old"));
+        assert_eq!(s.blocks(70_000), 2);
+        // Stored again, it stays a version 1 file; a version 1 header with another size is
+        // refused.
+        assert_eq!(s.encode(), v1);
+        s.set(1, b"more");
+        assert_eq!(Sums::decode(&s.encode()).unwrap(), s);
+        v1[8..12].copy_from_slice(&(4u32 << 10).to_le_bytes());
+        assert!(Sums::decode(&v1).is_err());
+        assert_eq!(Sums::default().block(), 4096);
     }
 }
