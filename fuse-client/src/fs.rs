@@ -1,7 +1,8 @@
 //! The FUSE file system: a thin adapter from fuser's callbacks to `SealClient`. Every callback
 //! copies what it needs, spawns a tokio task and returns, so the threads reading /dev/fuse never
 //! wait on the network; the task sends the reply. POSIX rules and permission checks are the
-//! storage nodes' job; this layer only passes the caller's credentials along.
+//! storage nodes' job; this layer passes the caller's credentials along (the kernel checks modes
+//! too, `default_permissions`, since it serves cached names and attributes without asking).
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -18,7 +19,7 @@ use fuser::{
 use sealfs_client::{Changed, DirEntry, DirtyChunks, Entry, SealClient, WriteMode};
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{MAX_FILE_SIZE, MAX_IO_SIZE};
-use sealfs_core::{Credentials, FsError, FsResult, InodeId};
+use sealfs_core::{perm, Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
@@ -228,7 +229,8 @@ impl Ctx {
     /// `name` made in `parent` by a request sent at `t`: the directory changed, the name may
     /// exist now, and the new inode's attributes are the reply's.
     fn created(&self, t: Ticket, parent: InodeId, name: &[u8], r: FsResult<Entry>) -> FsResult<Entry> {
-        self.attrs.changed(t, parent, None);
+        let dir_after = r.as_ref().ok().and_then(|e| e.dir.as_ref()).map(|d| &d.after);
+        self.attrs.changed(t, parent, dir_after);
         self.names.touched(parent, name);
         let e = r?;
         self.attrs.changed(t, e.attr.ino, Some(&e.attr));
@@ -249,8 +251,16 @@ impl Ctx {
     /// The same, for a change of names in `dirs` (unlink, rmdir, rename): the directories and
     /// every inode the node says it touched. When that is not known, nothing cached is trusted.
     fn names_changed(&self, t: Ticket, dirs: &[InodeId], r: &FsResult<Changed>) {
-        for d in dirs {
-            self.attrs.changed(t, *d, None);
+        for (i, d) in dirs.iter().enumerate() {
+            // The directories as the node left them (a rename's second one, if it is another).
+            let after = r.as_ref().ok().and_then(|c| match i {
+                0 => c.dir.as_ref(),
+                _ if *d != dirs[0] => c.new_dir.as_ref(),
+                _ => None,
+            });
+            if i == 0 || *d != dirs[0] {
+                self.attrs.changed(t, *d, after.map(|c| &c.after));
+            }
         }
         match r {
             Ok(c) if !c.touched.is_empty() => c.touched.iter().for_each(|i| self.attrs.changed(t, *i, None)),
@@ -505,11 +515,17 @@ impl fuser::Filesystem for SealFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
-        if self.names.absent(parent.0, &name) {
-            // A folder this mount made, and no process made this name in it.
+        let cred = creds(req);
+        if self.names.absent(parent.0, &name)
+            && self
+                .attrs
+                .get(parent.0)
+                .is_some_and(|d| perm::check_access(&cred, &d, perm::X_OK).is_ok())
+        {
+            // A folder this mount made, the caller may search it, and no process made this
+            // name in it.
             return reply.error(Errno::ENOENT);
         }
-        let cred = creds(req);
         self.spawn(
             reply,
             move |cx| async move {

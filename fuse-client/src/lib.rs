@@ -50,6 +50,10 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
         MountOption::Dev,
         MountOption::Suid,
         MountOption::RW,
+        // The kernel serves paths and attributes from its caches without asking the mount, so it
+        // must check modes itself on the way (the nodes check again on every call they get):
+        // without this, a cached name in a folder the caller may not search was reachable.
+        MountOption::DefaultPermissions,
     ];
     if config.allow_other {
         options.push(MountOption::CUSTOM("allow_other".into()));

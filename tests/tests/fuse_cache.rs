@@ -185,6 +185,7 @@ fn two_mounts_see_each_others_changes_despite_long_caching() {
 /// One mount's own changes, each checked by a stat right after it.
 fn own_changes_show_at_once(a: &Path) {
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
     let nlink = |p: &Path| std::fs::metadata(p).unwrap().nlink();
     let f = a.join("own");
     std::fs::write(&f, b"12345").unwrap();
@@ -212,6 +213,30 @@ fn own_changes_show_at_once(a: &Path) {
     assert_eq!(meta(&f).map(|m| m.0), Some(300_000));
     std::fs::remove_file(&f).unwrap();
     std::fs::remove_file(a.join("keep")).unwrap();
+
+    // The kernel holds names and attributes for long, so it checks search permission itself:
+    // a name cached in a folder another user may not search stays out of reach, and so does a
+    // name the mount knows is free there.
+    let private = a.join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(private.join("there"), b"x").unwrap();
+    assert!(meta(&private.join("there")).is_some());
+    for name in ["there", "missing"] {
+        let out = std::process::Command::new("stat")
+            .arg(private.join(name))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "stat of {name} in a 0700 folder as another user: {err}"
+        );
+    }
+    std::fs::remove_file(private.join("there")).unwrap();
+    std::fs::remove_dir(&private).unwrap();
 
     // A small file's data, read with its attributes at open, serves that handle's reads only
     // until this mount changes the file (O_DIRECT: every read reaches the mount).
