@@ -6,7 +6,7 @@
 //! | bytes | field                                                    |
 //! |-------|----------------------------------------------------------|
 //! | 4     | magic `SSUM`                                             |
-//! | 4     | version: 1 (block size 65536) or 2 (any allowed size)    |
+//! | 4     | version: 1 (block size 65536) or 2 (any other size)      |
 //! | 4     | block size in bytes: a power of two, 4 KiB to 1 MiB      |
 //! | 4     | block count N                                            |
 //! | 4 × N | CRC32C of each block, in order                           |
@@ -109,7 +109,8 @@ impl Sums {
         let block = u64::from(word(8));
         match word(4) {
             1 if block == V1_BLOCK => {}
-            2 if block.is_power_of_two() && (4 << 10..=1 << 20).contains(&block) => {}
+            // 64 KiB blocks are written as version 1, so each file has one encoding.
+            2 if block != V1_BLOCK && block.is_power_of_two() && (4 << 10..=1 << 20).contains(&block) => {}
             1 | 2 => return Err(format!("checksum block size {block}")),
             v => return Err(format!("checksum file version {v} (this node knows 1 to {VERSION})")),
         }
@@ -231,8 +232,12 @@ mod tests {
         assert_eq!(s.encode(), v1);
         s.set(1, b"more");
         assert_eq!(Sums::decode(&s.encode()).unwrap(), s);
+        let mut v2 = v1.clone();
         v1[8..12].copy_from_slice(&(4u32 << 10).to_le_bytes());
         assert!(Sums::decode(&v1).is_err());
+        // 64 KiB blocks are always version 1: one encoding per file, so a round trip is exact.
+        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        assert!(Sums::decode(&v2).is_err());
         assert_eq!(Sums::default().block(), 4096);
     }
 }
