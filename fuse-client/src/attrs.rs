@@ -28,7 +28,7 @@ use crate::watch::CacheTtl;
 /// Slots of change counters; inodes share them by hash (a shared slot only costs a miss).
 const SLOTS: usize = 16384;
 /// Entries kept at most; past that the cache starts over (the kernel forgets inodes too).
-const CAPACITY: usize = 200_000;
+const CAPACITY: usize = 100_000;
 
 /// Taken before a request is sent; orders its reply against changes that end meanwhile.
 #[derive(Debug, Clone, Copy)]

@@ -20,7 +20,7 @@ use sealfs_core::InodeId;
 use crate::watch::CacheTtl;
 
 /// Names kept over all known directories; past it, a directory that grows is forgotten.
-const MAX_NAMES: usize = 262_144;
+const MAX_NAMES: usize = 131_072;
 
 /// The directories this mount made, with every name that may exist in each.
 pub struct KnownDirs {
