@@ -23,12 +23,12 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use fuser::{INodeNo, Notifier};
 use sealfs_client::SealClient;
-
-use crate::attrs::AttrCache;
-use crate::names::KnownDirs;
 use sealfs_core::placement::NodeState;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::attrs::AttrCache;
+use crate::names::KnownDirs;
 
 /// How long the kernel may cache what the mount replies.
 pub struct CacheTtl {
