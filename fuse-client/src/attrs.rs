@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use sealfs_core::attr::FileAttr;
 use sealfs_core::InodeId;
@@ -120,34 +121,39 @@ impl AttrCache {
         if self.entries.len() >= CAPACITY {
             self.entries.clear();
         }
-        let now = Instant::now();
-        self.entries
-            .entry(attr.ino)
-            .and_modify(|e| {
-                // A reply read earlier than the one kept must not replace it.
-                if ticket >= e.ticket {
-                    *e = Cached {
-                        attr: attr.clone(),
-                        ticket,
-                        at: now,
-                    };
-                }
-            })
-            .or_insert(Cached {
-                attr: attr.clone(),
-                ticket,
-                at: now,
-            });
+        let new = Cached {
+            attr: attr.clone(),
+            ticket,
+            at: Instant::now(),
+        };
+        match self.entries.entry(attr.ino) {
+            // A reply read earlier than the one kept must not replace it.
+            Entry::Occupied(mut e) if ticket >= e.get().ticket => {
+                e.insert(new);
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(e) => {
+                e.insert(new);
+            }
+        }
+    }
+
+    /// A new value of `seq`, later than every ticket taken so far.
+    fn bump(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// This mount changed `ino` with a request sent at `t` (whether or not it succeeded):
     /// `after` is what it returned, kept only if no other change of the inode ended meanwhile.
     pub fn changed(&self, t: Ticket, ino: InodeId, after: Option<&FileAttr>) {
-        let v = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let Some(after) = after else {
+            return self.invalidate(ino);
+        };
+        let v = self.bump();
         let c = &self.changed[slot(ino)];
         let mut last = c.load(Ordering::SeqCst);
         loop {
-            if last > t.0 || after.is_none() {
+            if last > t.0 {
                 // Another change ended while this one ran: which is newer is unknown.
                 c.fetch_max(v, Ordering::SeqCst);
                 return;
@@ -157,21 +163,22 @@ impl AttrCache {
                 Err(now) => last = now,
             }
         }
-        if let Some(a) = after.filter(|a| a.ino == ino) {
-            self.put(a, v);
+        if after.ino == ino {
+            self.put(after, v);
         }
     }
 
-    /// Another process changed `ino` (its change stream said so).
+    /// `ino` changed and what it is now is not known (another process changed it, as its change
+    /// stream said, or a change of this mount returned nothing).
     pub fn invalidate(&self, ino: InodeId) {
-        let v = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let v = self.bump();
         self.changed[slot(ino)].fetch_max(v, Ordering::SeqCst);
     }
 
     /// Forget everything: changes may have been missed, or which inodes a change touched is
     /// not known.
     pub fn clear(&self) {
-        let v = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let v = self.bump();
         self.cleared.fetch_max(v, Ordering::SeqCst);
         self.entries.clear();
         self.no_caps.clear();

@@ -204,26 +204,8 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 
 impl Ctx {
     fn entry(&self, reply: ReplyEntry, e: Entry) {
-        let a = self.visible(e.attr);
+        let a = self.state.visible(e.attr);
         reply.entry(&self.ttl.get(), &fuse_attr(&a), Generation(a.generation));
-    }
-
-    /// Attributes as this mount's callers must see them: a file unlinked while open here lives
-    /// on under a hidden name, which does not count as a link.
-    fn visible(&self, mut a: FileAttr) -> FileAttr {
-        if a.kind == FileKind::Regular {
-            if let Some(st) = self.state.inode(a.ino) {
-                let st = st.lock().expect("inode state");
-                if st.hidden.is_some() {
-                    a.nlink = a.nlink.saturating_sub(1);
-                }
-                // Write-behind writes this mount acknowledged count before the nodes have them.
-                if let Some((end, _)) = &st.pending {
-                    a.size = a.size.max(*end);
-                }
-            }
-        }
-        a
     }
 
     /// `name` made in `parent` by a request sent at `t`: the directory changed, the name may
@@ -248,19 +230,16 @@ impl Ctx {
         }
     }
 
-    /// The same, for a change of names in `dirs` (unlink, rmdir, rename): the directories and
-    /// every inode the node says it touched. When that is not known, nothing cached is trusted.
-    fn names_changed(&self, t: Ticket, dirs: &[InodeId], r: &FsResult<Changed>) {
-        for (i, d) in dirs.iter().enumerate() {
-            // The directories as the node left them (a rename's second one, if it is another).
-            let after = r.as_ref().ok().and_then(|c| match i {
-                0 => c.dir.as_ref(),
-                _ if *d != dirs[0] => c.new_dir.as_ref(),
-                _ => None,
-            });
-            if i == 0 || *d != dirs[0] {
-                self.attrs.changed(t, *d, after.map(|c| &c.after));
-            }
+    /// The same, for a change of names in `dir` and `new_dir` (the same one but for a rename
+    /// between two): the directories as the node left them, and every inode it says it touched.
+    /// When that is not known, nothing cached is trusted.
+    fn names_changed(&self, t: Ticket, dir: InodeId, new_dir: InodeId, r: &FsResult<Changed>) {
+        let c = r.as_ref().ok();
+        self.attrs
+            .changed(t, dir, c.and_then(|c| c.dir.as_ref()).map(|d| &d.after));
+        if new_dir != dir {
+            self.attrs
+                .changed(t, new_dir, c.and_then(|c| c.new_dir.as_ref()).map(|d| &d.after));
         }
         match r {
             Ok(c) if !c.touched.is_empty() => c.touched.iter().for_each(|i| self.attrs.changed(t, *i, None)),
@@ -448,12 +427,9 @@ impl Ctx {
         let hidden = hidden_name(e.attr.ino);
         let t = self.attrs.ticket();
         let r = self.client.rename(cred, parent, name, parent, &hidden, 1).await;
-        self.names_changed(t, &[parent], &r);
+        self.names_changed(t, parent, parent, &r);
         self.names.touched(parent, &hidden);
-        match &r {
-            Ok(_) => self.names.removed(parent, name),
-            Err(_) => self.names.touched(parent, name),
-        }
+        self.names.removal_ended(parent, name, r.is_ok());
         r?;
         st.lock().expect("inode state").hidden = Some((parent, hidden));
         Ok(true)
@@ -552,7 +528,7 @@ impl fuser::Filesystem for SealFs {
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         if let Some(a) = self.attrs.get(ino.0) {
             // Answered here, on the thread that read the request: no task, no round trip.
-            return reply.attr(&self.ttl.get(), &fuse_attr(&self.cx().visible(a)));
+            return reply.attr(&self.ttl.get(), &fuse_attr(&self.state.visible(a)));
         }
         let cred = creds(req);
         self.spawn(
@@ -561,7 +537,7 @@ impl fuser::Filesystem for SealFs {
                 let t = cx.attrs.ticket();
                 let e = cx.client.getattr(&cred, ino.0).await?;
                 cx.attrs.offer(t, &e.attr);
-                Ok((cx.visible(e.attr), cx.ttl.get()))
+                Ok((cx.state.visible(e.attr), cx.ttl.get()))
             },
             |r, (a, ttl)| r.attr(&ttl, &fuse_attr(&a)),
         );
@@ -621,7 +597,7 @@ impl fuser::Filesystem for SealFs {
                     }
                     cx.saw(&e.attr);
                 }
-                Ok((cx.visible(e.attr), cx.ttl.get()))
+                Ok((cx.state.visible(e.attr), cx.ttl.get()))
             },
             |r, (a, ttl)| r.attr(&ttl, &fuse_attr(&a)),
         );
@@ -694,11 +670,8 @@ impl fuser::Filesystem for SealFs {
                 if !cx.hide_if_open(&cred, parent.0, &name).await? {
                     let t = cx.attrs.ticket();
                     let r = cx.client.unlink(&cred, parent.0, &name).await;
-                    cx.names_changed(t, &[parent.0], &r);
-                    match &r {
-                        Ok(_) => cx.names.removed(parent.0, &name),
-                        Err(_) => cx.names.touched(parent.0, &name),
-                    }
+                    cx.names_changed(t, parent.0, parent.0, &r);
+                    cx.names.removal_ended(parent.0, &name, r.is_ok());
                     r?;
                 }
                 Ok(())
@@ -715,13 +688,10 @@ impl fuser::Filesystem for SealFs {
             move |cx| async move {
                 let t = cx.attrs.ticket();
                 let r = cx.client.rmdir(&cred, parent.0, &name).await;
-                cx.names_changed(t, &[parent.0], &r);
-                match &r {
-                    Ok(c) => {
-                        cx.names.removed(parent.0, &name);
-                        c.touched.iter().for_each(|d| cx.names.forget(*d));
-                    }
-                    Err(_) => cx.names.touched(parent.0, &name),
+                cx.names_changed(t, parent.0, parent.0, &r);
+                cx.names.removal_ended(parent.0, &name, r.is_ok());
+                if let Ok(c) = &r {
+                    c.touched.iter().for_each(|d| cx.names.forget(*d));
                 }
                 r
             },
@@ -772,13 +742,11 @@ impl fuser::Filesystem for SealFs {
                     .client
                     .rename(&cred, parent.0, &name, newparent.0, &newname, wire_flags)
                     .await;
-                cx.names_changed(t, &[parent.0, newparent.0], &r);
+                cx.names_changed(t, parent.0, newparent.0, &r);
                 cx.names.touched(newparent.0, &newname);
-                if r.is_ok() && flags & libc::RENAME_EXCHANGE == 0 {
-                    cx.names.removed(parent.0, &name);
-                } else {
-                    cx.names.touched(parent.0, &name);
-                }
+                // An exchange leaves a name at the source too.
+                cx.names
+                    .removal_ended(parent.0, &name, r.is_ok() && flags & libc::RENAME_EXCHANGE == 0);
                 r
             },
             |r, _| r.ok(),
@@ -974,7 +942,7 @@ impl fuser::Filesystem for SealFs {
                 if let Some((parent, name)) = hidden {
                     let t = cx.attrs.ticket();
                     let r = cx.client.unlink(&Credentials::root(), parent, &name).await;
-                    cx.names_changed(t, &[parent], &r);
+                    cx.names_changed(t, parent, parent, &r);
                     if r.is_ok() {
                         cx.names.removed(parent, &name);
                     }

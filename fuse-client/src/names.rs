@@ -79,6 +79,16 @@ impl KnownDirs {
         }
     }
 
+    /// This mount's removal of `name` from `dir` (unlink, rmdir, rename away) ended: the name
+    /// is gone if it `succeeded`, and may still exist if not.
+    pub fn removal_ended(&self, dir: InodeId, name: &[u8], succeeded: bool) {
+        if succeeded {
+            self.removed(dir, name);
+        } else {
+            self.touched(dir, name);
+        }
+    }
+
     /// Stop answering for `dir` (it is gone, or the kernel forgot it).
     pub fn forget(&self, dir: InodeId) {
         if let Some((_, d)) = self.dirs.remove(&dir) {

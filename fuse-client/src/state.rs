@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use sealfs_client::{DirEntry, DirtyChunks, Layout};
-use sealfs_core::attr::TimeSpec;
+use sealfs_core::attr::{FileAttr, FileKind, TimeSpec};
 use sealfs_core::{Credentials, FsError, InodeId};
 use tokio::sync::{Notify, Semaphore};
 
@@ -144,6 +144,24 @@ impl State {
     /// The state of an inode open here.
     pub fn inode(&self, ino: InodeId) -> Option<Arc<Mutex<OpenInode>>> {
         self.inodes.get(&ino).map(|e| e.clone())
+    }
+
+    /// Attributes as this mount's callers must see them: a file unlinked while open here lives
+    /// on under a hidden name, which does not count as a link.
+    pub fn visible(&self, mut a: FileAttr) -> FileAttr {
+        if a.kind == FileKind::Regular {
+            if let Some(st) = self.inode(a.ino) {
+                let st = st.lock().expect("inode state");
+                if st.hidden.is_some() {
+                    a.nlink = a.nlink.saturating_sub(1);
+                }
+                // Write-behind writes this mount acknowledged count before the nodes have them.
+                if let Some((end, _)) = &st.pending {
+                    a.size = a.size.max(*end);
+                }
+            }
+        }
+        a
     }
 
     /// Whether any handle of `ino` is open here.
