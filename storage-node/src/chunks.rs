@@ -192,9 +192,8 @@ impl ChunkStore {
             // A damaged checksum file counts as no checksums: every block is taken from `good`.
             let mut s = Sums::load(&sum_path).ok().flatten().unwrap_or_default();
             let mut fixed = 0;
-            let bs = s.block();
             for b in 0..s.blocks(len) {
-                let (start, end) = (b * bs, ((b + 1) * bs).min(len));
+                let (start, end) = s.span(b, len);
                 let data = read_buffered(&f, start, (end - start) as usize)?;
                 if s.check(b, &data) {
                     continue;
@@ -279,7 +278,7 @@ impl ChunkStore {
             let last_block = (end - 1) / bs;
             let touched_from = first.min(old_len / bs);
             for b in [touched_from, first, last_block] {
-                let (start, stop) = (b * bs, ((b + 1) * bs).min(old_len));
+                let (start, stop) = s.span(b, old_len);
                 if start >= old_len || (off <= start && end >= stop) {
                     continue;
                 }
@@ -292,7 +291,7 @@ impl ChunkStore {
             direct::write_at(&path, &f, &data, off)?;
             let new_len = old_len.max(end);
             for b in touched_from..=last_block {
-                let (start, stop) = (b * bs, ((b + 1) * bs).min(new_len));
+                let (start, stop) = s.span(b, new_len);
                 if start >= new_len {
                     break;
                 }
@@ -377,8 +376,7 @@ impl ChunkStore {
                             if !len.is_multiple_of(bs) {
                                 // The cut block keeps a prefix: check the old block, then sum
                                 // what stays.
-                                let start = b * bs;
-                                let stop = ((b + 1) * bs).min(old_len);
+                                let (start, stop) = s.span(b, old_len);
                                 let old = read_buffered(&f, start, (stop - start) as usize)?;
                                 if !s.check(b, &old) {
                                     error!(partition = p, ino, index, chunk = %path.display(), block = b, "checksum mismatch under a truncate");

@@ -73,6 +73,12 @@ impl Sums {
         len.div_ceil(self.block)
     }
 
+    /// Where block `b` lies in a chunk of `len` bytes: `[start, stop)`, the last block cut short
+    /// at the end (and empty past it, `start >= len`).
+    pub fn span(&self, b: u64, len: u64) -> (u64, u64) {
+        (b * self.block, ((b + 1) * self.block).min(len))
+    }
+
     /// Checksum every block of the open chunk `f` (with blocks of the current size).
     pub fn compute(f: &File) -> FsResult<Sums> {
         Sums::compute_with(f, BLOCK)
