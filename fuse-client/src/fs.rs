@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::attrs::{AttrCache, Ticket};
 use crate::names::KnownDirs;
-use crate::state::{hidden_name, DirStream, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
+use crate::state::{hidden_name, DirStream, HiddenName, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
 use crate::watch::{CacheTtl, Caches};
 
 /// The attribute the kernel reads before every write (to drop file capabilities).
@@ -257,6 +257,18 @@ impl Ctx {
     }
 
     /// Commit the unstable writes of `ino` (fsync, close), after letting write-behind land.
+    /// Remove the hidden name a file unlinked while open lived on under, after its last
+    /// release; a failure has nobody left to report to but the log.
+    async fn remove_hidden(&self, ino: InodeId, (parent, name): HiddenName) {
+        let t = self.attrs.ticket();
+        let r = self.client.unlink(&Credentials::root(), parent, &name).await;
+        self.names_changed(t, parent, parent, &r);
+        match r {
+            Ok(_) => self.names.removed(parent, &name),
+            Err(e) => warn!(ino, "cannot remove the hidden name of an unlinked file: {e}"),
+        }
+    }
+
     async fn commit(&self, ino: InodeId) -> FsResult<()> {
         self.settle(ino).await?;
         let Some(st) = self.state.inode(ino) else { return Ok(()) };
@@ -915,6 +927,9 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        if self.state.quiet(ino.0) {
+            return reply.ok();
+        }
         self.spawn(reply, move |cx| async move { cx.commit(ino.0).await }, |r, ()| r.ok());
     }
 
@@ -928,6 +943,21 @@ impl fuser::Filesystem for SealFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.state.quiet(ino.0) {
+            // Nothing to land first: only a hidden name may need the nodes.
+            match self.state.release_file(fh.0) {
+                Some((ino, Some(hidden))) => self.spawn(
+                    reply,
+                    move |cx| async move {
+                        cx.remove_hidden(ino, hidden).await;
+                        Ok(())
+                    },
+                    |r, ()| r.ok(),
+                ),
+                _ => reply.ok(),
+            }
+            return;
+        }
         self.spawn(
             reply,
             move |cx| async move {
@@ -936,19 +966,8 @@ impl fuser::Filesystem for SealFs {
                 if let Err(e) = cx.commit(ino.0).await {
                     warn!(ino = ino.0, "writes at release failed: {e}");
                 }
-                let Some((ino, hidden)) = cx.state.release_file(fh.0) else {
-                    return Ok(());
-                };
-                if let Some((parent, name)) = hidden {
-                    let t = cx.attrs.ticket();
-                    let r = cx.client.unlink(&Credentials::root(), parent, &name).await;
-                    cx.names_changed(t, parent, parent, &r);
-                    if r.is_ok() {
-                        cx.names.removed(parent, &name);
-                    }
-                    if let Err(e) = r {
-                        warn!(ino, "cannot remove the hidden name of an unlinked file: {e}");
-                    }
+                if let Some((ino, Some(hidden))) = cx.state.release_file(fh.0) {
+                    cx.remove_hidden(ino, hidden).await;
                 }
                 Ok(())
             },

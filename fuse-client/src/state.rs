@@ -146,6 +146,19 @@ impl State {
         self.inodes.get(&ino).map(|e| e.clone())
     }
 
+    /// Whether `ino` owes the nodes nothing: no write in flight, no size update or failure to
+    /// report, nothing to commit and no settle running. A flush or release has nothing to wait
+    /// for then, and is answered on the FUSE thread without a trip through the runtime.
+    pub fn quiet(&self, ino: InodeId) -> bool {
+        let Some(st) = self.inode(ino) else { return true };
+        let g = st.lock().expect("inode state");
+        g.inflight.is_empty()
+            && g.pending.is_none()
+            && g.failed.is_none()
+            && g.dirty.is_empty()
+            && g.settling.try_lock().is_ok()
+    }
+
     /// Attributes as this mount's callers must see them: a file unlinked while open here lives
     /// on under a hidden name, which does not count as a link.
     pub fn visible(&self, mut a: FileAttr) -> FileAttr {

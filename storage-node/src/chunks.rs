@@ -16,6 +16,7 @@ use sealfs_core::{FsError, FsResult, InodeId, PartitionId};
 use tracing::{error, info, warn};
 
 use crate::direct::{self, read_buffered};
+use crate::openfiles::{read_cached, ChunkKey, OpenChunk, OpenChunks};
 use crate::sums::{self, io_err, Sums};
 
 /// Chunk files of one node.
@@ -29,9 +30,13 @@ pub struct ChunkStore {
     /// Writers of a chunk and its checksums, striped by chunk: a partial block is read, checked
     /// and rewritten as one step.
     stripes: Arc<Vec<Mutex<()>>>,
+    /// Chunks kept open for reads (removals forget them).
+    open: Arc<OpenChunks>,
 }
 
 const STRIPES: usize = 256;
+/// Chunks kept open for reading: two descriptors each.
+const OPEN_CHUNKS: usize = 256;
 /// Present while a node runs; left behind by a crash. Holds the start time: chunks written
 /// since then may hold torn writes, whose checksums are recomputed at the next start.
 const RUNNING: &str = "RUNNING";
@@ -69,6 +74,7 @@ impl ChunkStore {
             root: root.to_path_buf(),
             verifier: kept.unwrap_or_else(|| rand::random::<u64>() | 1),
             stripes: Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect()),
+            open: Arc::new(OpenChunks::new(OPEN_CHUNKS)),
         };
         if let Ok(text) = std::fs::read_to_string(&marker) {
             let since = text.trim().parse::<u64>().unwrap_or(0);
@@ -155,15 +161,24 @@ impl ChunkStore {
     /// Read up to `len` bytes at `off`; shorter (or empty) where the chunk has a hole at its end.
     /// Every block read is checked against its checksum: a mismatch is `FsError::Corrupt`.
     pub async fn read(&self, p: PartitionId, ino: InodeId, index: u64, off: u64, len: usize) -> FsResult<Bytes> {
+        let key = (p, ino, index);
+        if let Some(o) = self.open.get(key) {
+            // Open already and all in memory: answered here, on the runtime's thread. A
+            // mismatch goes the slow way, which looks again while no writer can be.
+            if let Ok(Some(b)) = read_open(&o, off, len, true) {
+                return Ok(b);
+            }
+        }
         let path = self.path(p, ino, index);
         let (stripes, i) = self.stripe(ino, index);
+        let open = self.open.clone();
         blocking(move || {
-            match read_checked(&path, off, len) {
+            match read_checked(&open, key, &path, off, len) {
                 Err(FsError::Corrupt(_)) => {
                     // A writer may have been between data and checksum: look again while no
                     // writer can be.
                     let _g = stripes[i].lock().unwrap_or_else(|e| e.into_inner());
-                    let r = read_checked(&path, off, len);
+                    let r = read_checked(&open, key, &path, off, len);
                     if let Err(FsError::Corrupt(why)) = &r {
                         error!(partition = p, ino, index, chunk = %path.display(), "checksum mismatch: {why}");
                     }
@@ -352,12 +367,16 @@ impl ChunkStore {
         let dir = self.dir(p);
         let path = self.path(p, ino, index);
         let (stripes, i) = self.stripe(ino, index);
+        let open = self.open.clone();
         blocking(move || {
             let _g = stripes[i].lock().unwrap_or_else(|e| e.into_inner());
             let sum_path = sums::sum_path(&path);
             if len == 0 {
                 let _ = std::fs::remove_file(&sum_path);
-                match std::fs::remove_file(&path) {
+                let removed = std::fs::remove_file(&path);
+                // After the removal: a reader that opened the files before it keeps them out.
+                open.forget((p, ino, index));
+                match removed {
                     Ok(()) => sync_dir(&dir),
                     Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                     Err(e) => Err(io_err(e, "remove chunk")),
@@ -404,10 +423,15 @@ impl ChunkStore {
     pub async fn delete_partition(&self, p: PartitionId) -> FsResult<()> {
         let dir = self.dir(p);
         let root = self.root.clone();
-        blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => sync_dir(&root),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(e, "remove partition folder")),
+        let open = self.open.clone();
+        blocking(move || {
+            let removed = std::fs::remove_dir_all(&dir);
+            open.forget_partition(p);
+            match removed {
+                Ok(()) => sync_dir(&root),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err(e, "remove partition folder")),
+            }
         })
         .await
     }
@@ -455,38 +479,80 @@ impl ChunkStore {
     }
 }
 
-/// Read `[off, off+len)` of the chunk at `path`, checking every block it touches.
-fn read_checked(path: &Path, off: u64, len: usize) -> FsResult<Bytes> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Bytes::new()),
-        Err(e) => return Err(io_err(e, "open chunk")),
+/// Read `[off, off+len)` of the chunk at `path`, checking every block it touches; the files
+/// opened for it are kept in `open` for the next read.
+fn read_checked(open: &OpenChunks, key: ChunkKey, path: &Path, off: u64, len: usize) -> FsResult<Bytes> {
+    let o = match open.get(key) {
+        Some(o) => o,
+        None => {
+            let seen = open.removals();
+            let data = match File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Bytes::new()),
+                Err(e) => return Err(io_err(e, "open chunk")),
+            };
+            let sums = match File::open(sums::sum_path(path)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // No checksum file: a chunk cut short by a crash before its first
+                    // checksum; its bytes were never acknowledged.
+                    let file_len = data.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
+                    let end = off.saturating_add(len as u64).min(file_len);
+                    if off >= end {
+                        return Ok(Bytes::new());
+                    }
+                    return Ok(Bytes::from(read_buffered(&data, off, (end - off) as usize)?));
+                }
+                Err(e) => return Err(io_err(e, "open checksums")),
+            };
+            let o = Arc::new(OpenChunk { data, sums });
+            open.put(key, o.clone(), seen);
+            o
+        }
     };
-    let file_len = f.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
+    read_open(&o, off, len, false).map(|b| b.unwrap_or_default())
+}
+
+/// Read `[off, off+len)` of an open chunk, checking every block it touches. With `cached_only`
+/// nothing waits for the disk: `None` if some byte is not in memory.
+fn read_open(o: &OpenChunk, off: u64, len: usize, cached_only: bool) -> FsResult<Option<Bytes>> {
+    let read = |f: &File, at: u64, n: usize| -> FsResult<Option<Vec<u8>>> {
+        if !cached_only {
+            return read_buffered(f, at, n).map(Some);
+        }
+        let mut buf = vec![0u8; n];
+        match read_cached(f, &mut buf, at) {
+            Ok(true) => Ok(Some(buf)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(io_err(e, "read chunk")),
+        }
+    };
+    let file_len = o.data.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
     let end = off.saturating_add(len as u64).min(file_len);
     if off >= end {
-        return Ok(Bytes::new());
+        return Ok(Some(Bytes::new()));
     }
-    let sums = Sums::load(&sums::sum_path(path))?;
-    let Some(sums) = sums else {
-        // No checksum file: a chunk cut short by a crash before its first checksum; its bytes
-        // were never acknowledged.
-        return Ok(Bytes::from(read_buffered(&f, off, (end - off) as usize)?));
+    let sums_len = o.sums.metadata().map_err(|e| io_err(e, "stat checksums"))?.len();
+    let Some(raw) = read(&o.sums, 0, sums_len as usize)? else {
+        return Ok(None);
     };
+    let sums = Sums::decode(&raw).map_err(|why| FsError::Corrupt(format!("checksums: {why}")))?;
     let bs = sums.block();
     let first = off / bs;
     let start = first * bs;
     let stop = (end.div_ceil(bs) * bs).min(file_len);
-    let buf = read_buffered(&f, start, (stop - start) as usize)?;
+    let Some(buf) = read(&o.data, start, (stop - start) as usize)? else {
+        return Ok(None);
+    };
     for (k, block) in buf.chunks(bs as usize).enumerate() {
         let b = first + k as u64;
         if !sums.check(b, block) {
-            return Err(FsError::Corrupt(format!("{} block {b}", path.display())));
+            return Err(FsError::Corrupt(format!("block {b}")));
         }
     }
     let from = (off - start) as usize;
-    let to = from + (end - off) as usize;
-    Ok(Bytes::from(buf).slice(from..to))
+    let to = (from + (end - off) as usize).min(buf.len());
+    Ok(Some(Bytes::from(buf).slice(from.min(to)..to)))
 }
 
 /// `<ino as 16 hex digits>.<index>` back into its parts.
@@ -516,6 +582,33 @@ mod tests {
 
     fn pattern(seed: u8, n: usize) -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_removed_chunk_is_never_read_through_files_kept_open() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ChunkStore::open(d.path());
+        c.write(3, 7, 0, 0, Bytes::from(pattern(1, 8192)), true).await.unwrap();
+        // Twice: the first read opens and keeps the files, the second is served through them.
+        for _ in 0..2 {
+            assert_eq!(&c.read(3, 7, 0, 0, 8192).await.unwrap()[..], &pattern(1, 8192)[..]);
+        }
+        assert_eq!(c.open.len(), 1);
+        // Removed and written afresh (a new file at the same path).
+        c.truncate(3, 7, 0, 0).await.unwrap();
+        assert!(c.read(3, 7, 0, 0, 8192).await.unwrap().is_empty());
+        c.write(3, 7, 0, 0, Bytes::from(pattern(2, 4096)), true).await.unwrap();
+        assert_eq!(&c.read(3, 7, 0, 0, 8192).await.unwrap()[..], &pattern(2, 4096)[..]);
+        // The same for the whole partition.
+        c.delete_partition(3).await.unwrap();
+        assert!(c.read(3, 7, 0, 0, 8192).await.unwrap().is_empty());
+        c.write(3, 7, 0, 0, Bytes::from(pattern(3, 100)), true).await.unwrap();
+        assert_eq!(&c.read(3, 7, 0, 0, 8192).await.unwrap()[..], &pattern(3, 100)[..]);
+        // An overwrite in place is seen through the kept files.
+        c.write(3, 7, 0, 10, Bytes::from(pattern(4, 10)), false).await.unwrap();
+        let mut want = pattern(3, 100);
+        want[10..20].copy_from_slice(&pattern(4, 10));
+        assert_eq!(&c.read(3, 7, 0, 0, 8192).await.unwrap()[..], &want[..]);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod failpoint;
 pub mod keys;
 pub mod locks;
 pub mod node;
+pub mod openfiles;
 pub mod ops;
 pub mod records;
 pub mod replication;
