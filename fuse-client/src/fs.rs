@@ -70,6 +70,40 @@ impl SealFs {
         }
     }
 
+    /// Write-behind queued on the FUSE thread, when nothing needs waiting for: the file is open
+    /// and chunked, the window has room, no write in flight overlaps, no failure is owed. The
+    /// reply then needs no trip through the runtime. Otherwise the data comes back (copied) for
+    /// the path that waits.
+    fn try_write_behind(&self, cred: &Credentials, ino: InodeId, offset: u64, data: &[u8]) -> Result<u32, Bytes> {
+        let decline = || Bytes::copy_from_slice(data);
+        let Some(st) = self.state.inode(ino) else {
+            return Err(decline());
+        };
+        let chunk_size = match st.lock().expect("inode state").layout {
+            Some(l) if !l.inline && !data.is_empty() => l.chunk_size,
+            _ => return Err(decline()),
+        };
+        let Ok(end) = sealfs_client::write_end(offset, data.len()) else {
+            return Err(decline());
+        };
+        let units = data.len().div_ceil(WINDOW_UNIT) as u32;
+        let Ok(permit) = self.state.window.clone().try_acquire_many_owned(units) else {
+            return Err(decline());
+        };
+        {
+            let mut g = st.lock().expect("inode state");
+            if g.failed.is_some() || g.overlaps(offset, end) {
+                return Err(decline());
+            }
+            g.inflight.push((offset, end));
+            owe_size(&mut g, end, cred.clone());
+        }
+        let bytes = Bytes::copy_from_slice(data);
+        self.rt
+            .spawn(self.cx().land(st, ino, offset, end, bytes, chunk_size, permit));
+        Ok(data.len() as u32)
+    }
+
     /// Run `f` on the runtime; its result (or error) goes to `reply`.
     fn spawn<T, F, Fut, R>(&self, reply: R, f: F, ok: impl FnOnce(R, T) + Send + 'static)
     where
@@ -93,6 +127,12 @@ impl SealFs {
             }
         });
     }
+}
+
+/// Record that `st` owes the nodes a size and times update up to `end` (write-behind).
+fn owe_size(g: &mut OpenInode, end: u64, cred: Credentials) {
+    let furthest = g.pending.as_ref().map_or(end, |(p, _)| end.max(*p));
+    g.pending = Some((furthest, cred));
 }
 
 /// What a spawned request needs.
@@ -384,34 +424,43 @@ impl Ctx {
             .await
             .map_err(|_| FsError::Io("the write window is closed".into()))?;
         Self::wait_writes(&st, Some((offset, end)), true).await;
-        {
-            let mut g = st.lock().expect("inode state");
-            let furthest = g.pending.as_ref().map_or(end, |(p, _)| end.max(*p));
-            g.pending = Some((furthest, cred));
-        }
-        let cx = self.clone();
-        tokio::spawn(async move {
-            let mut dirty = DirtyChunks::default();
-            let r = cx
-                .client
-                .write_chunks(ino, offset, data, chunk_size, false, &mut dirty)
-                .await;
-            let settled = {
-                let mut g = st.lock().expect("inode state");
-                g.landed((offset, end));
-                match r {
-                    Ok(()) => g.dirty.merge(dirty),
-                    Err(e) => {
-                        warn!(ino, offset, "a write-behind write failed: {e}");
-                        g.failed.get_or_insert(e);
-                    }
-                }
-                g.settled.clone()
-            };
-            drop(permit);
-            settled.notify_waiters();
-        });
+        owe_size(&mut st.lock().expect("inode state"), end, cred);
+        tokio::spawn(self.clone().land(st, ino, offset, end, data, chunk_size, permit));
         Ok(())
+    }
+
+    /// Send a queued write-behind write (registered in flight, its window room held) to the
+    /// chunks, and record how it ended.
+    #[allow(clippy::too_many_arguments)]
+    async fn land(
+        self,
+        st: Arc<Mutex<OpenInode>>,
+        ino: InodeId,
+        offset: u64,
+        end: u64,
+        data: Bytes,
+        chunk_size: u32,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut dirty = DirtyChunks::default();
+        let r = self
+            .client
+            .write_chunks(ino, offset, data, chunk_size, false, &mut dirty)
+            .await;
+        let settled = {
+            let mut g = st.lock().expect("inode state");
+            g.landed((offset, end));
+            match r {
+                Ok(()) => g.dirty.merge(dirty),
+                Err(e) => {
+                    warn!(ino, offset, "a write-behind write failed: {e}");
+                    g.failed.get_or_insert(e);
+                }
+            }
+            g.settled.clone()
+        };
+        drop(permit);
+        settled.notify_waiters();
     }
 
     /// Move an open file out of the way of an unlink: it lives on under a hidden name in the
@@ -877,7 +926,10 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyWrite,
     ) {
         let cred = creds(req);
-        let data = Bytes::copy_from_slice(data);
+        let data = match self.try_write_behind(&cred, ino.0, offset, data) {
+            Ok(len) => return reply.written(len),
+            Err(data) => data,
+        };
         self.spawn(
             reply,
             move |cx| async move {
