@@ -70,12 +70,15 @@ impl SealFs {
         }
     }
 
-    /// Write-behind queued on the FUSE thread, when nothing needs waiting for: the file is open
-    /// and chunked, the window has room, no write in flight overlaps, no failure is owed. The
-    /// reply then needs no trip through the runtime. Otherwise the data comes back (copied) for
-    /// the path that waits.
+    /// Write-behind queued on the FUSE thread, when nothing needs waiting for: a small write to
+    /// a file open and chunked, room in the window, no write in flight overlapping, no failure
+    /// owed. The reply then needs no trip through the runtime. Otherwise the data comes back
+    /// (copied) for the path that waits.
     fn try_write_behind(&self, cred: &Credentials, ino: InodeId, offset: u64, data: &[u8]) -> Result<u32, Bytes> {
         let decline = || Bytes::copy_from_slice(data);
+        if data.len() > FAST_WRITE_MAX {
+            return Err(decline());
+        }
         let Some(st) = self.state.inode(ino) else {
             return Err(decline());
         };
@@ -128,6 +131,11 @@ impl SealFs {
         });
     }
 }
+
+/// The largest write queued on the FUSE thread. A large write's cost is its bytes, not the hop
+/// through the runtime; answering it early only fills the write window sooner (measured: no
+/// faster, 35 MiB more at peak while writing 1 GiB).
+const FAST_WRITE_MAX: usize = 128 << 10;
 
 /// Record that `st` owes the nodes a size and times update up to `end` (write-behind).
 fn owe_size(g: &mut OpenInode, end: u64, cred: Credentials) {
