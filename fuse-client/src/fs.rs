@@ -304,7 +304,6 @@ impl Ctx {
         }
     }
 
-    /// Commit the unstable writes of `ino` (fsync, close), after letting write-behind land.
     /// Remove the hidden name a file unlinked while open lived on under, after its last
     /// release; a failure has nobody left to report to but the log.
     async fn remove_hidden(&self, ino: InodeId, (parent, name): HiddenName) {
@@ -317,6 +316,7 @@ impl Ctx {
         }
     }
 
+    /// Commit the unstable writes of `ino` (fsync, close), after letting write-behind land.
     async fn commit(&self, ino: InodeId) -> FsResult<()> {
         self.settle(ino).await?;
         let Some(st) = self.state.inode(ino) else { return Ok(()) };
