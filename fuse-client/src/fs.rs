@@ -1,6 +1,8 @@
-//! The FUSE file system: a thin adapter from fuser's callbacks to `SealClient`. Every callback
-//! copies what it needs, spawns a tokio task and returns, so the threads reading /dev/fuse never
-//! wait on the network; the task sends the reply. POSIX rules and permission checks are the
+//! The FUSE file system: a thin adapter from fuser's callbacks to `SealClient`. A callback that
+//! needs the network copies what it needs, spawns a tokio task and returns, so the threads
+//! reading /dev/fuse never wait on it; the task sends the reply. One the mount can answer by
+//! itself (cached attributes, names known free, a write queued behind, a flush with nothing
+//! owed) replies at once, on the thread that read it. POSIX rules and permission checks are the
 //! storage nodes' job; this layer passes the caller's credentials along (the kernel checks modes
 //! too, `default_permissions`, since it serves cached names and attributes without asking).
 

@@ -165,7 +165,7 @@ impl ChunkStore {
         if let Some(o) = self.open.get(key) {
             // Open already and all in memory: answered here, on the runtime's thread. A
             // mismatch goes the slow way, which looks again while no writer can be.
-            if let Ok(Some(b)) = read_open(&o, off, len, true) {
+            if let Ok(Some(b)) = read_open(&o.data, Some(&o.sums), off, len, true) {
                 return Ok(b);
             }
         }
@@ -495,13 +495,8 @@ fn read_checked(open: &OpenChunks, key: ChunkKey, path: &Path, off: u64, len: us
                 Ok(f) => f,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     // No checksum file: a chunk cut short by a crash before its first
-                    // checksum; its bytes were never acknowledged.
-                    let file_len = data.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
-                    let end = off.saturating_add(len as u64).min(file_len);
-                    if off >= end {
-                        return Ok(Bytes::new());
-                    }
-                    return Ok(Bytes::from(read_buffered(&data, off, (end - off) as usize)?));
+                    // checksum; its bytes were never acknowledged. Not kept: one may come.
+                    return read_open(&data, None, off, len, false).map(|b| b.unwrap_or_default());
                 }
                 Err(e) => return Err(io_err(e, "open checksums")),
             };
@@ -510,12 +505,13 @@ fn read_checked(open: &OpenChunks, key: ChunkKey, path: &Path, off: u64, len: us
             o
         }
     };
-    read_open(&o, off, len, false).map(|b| b.unwrap_or_default())
+    read_open(&o.data, Some(&o.sums), off, len, false).map(|b| b.unwrap_or_default())
 }
 
-/// Read `[off, off+len)` of an open chunk, checking every block it touches. With `cached_only`
-/// nothing waits for the disk: `None` if some byte is not in memory.
-fn read_open(o: &OpenChunk, off: u64, len: usize, cached_only: bool) -> FsResult<Option<Bytes>> {
+/// Read `[off, off+len)` of an open chunk, checking every block it touches against `sums` (a
+/// chunk without a checksum file is read as it is). With `cached_only` nothing waits for the
+/// disk: `None` if some byte is not in memory.
+fn read_open(data: &File, sums: Option<&File>, off: u64, len: usize, cached_only: bool) -> FsResult<Option<Bytes>> {
     let read = |f: &File, at: u64, n: usize| -> FsResult<Option<Vec<u8>>> {
         if !cached_only {
             return read_buffered(f, at, n).map(Some);
@@ -527,13 +523,16 @@ fn read_open(o: &OpenChunk, off: u64, len: usize, cached_only: bool) -> FsResult
             Err(e) => Err(io_err(e, "read chunk")),
         }
     };
-    let file_len = o.data.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
+    let file_len = data.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
     let end = off.saturating_add(len as u64).min(file_len);
     if off >= end {
         return Ok(Some(Bytes::new()));
     }
-    let sums_len = o.sums.metadata().map_err(|e| io_err(e, "stat checksums"))?.len();
-    let Some(raw) = read(&o.sums, 0, sums_len as usize)? else {
+    let Some(sums) = sums else {
+        return Ok(read(data, off, (end - off) as usize)?.map(Bytes::from));
+    };
+    let sums_len = sums.metadata().map_err(|e| io_err(e, "stat checksums"))?.len();
+    let Some(raw) = read(sums, 0, sums_len as usize)? else {
         return Ok(None);
     };
     let sums = Sums::decode(&raw).map_err(|why| FsError::Corrupt(format!("checksums: {why}")))?;
@@ -541,7 +540,7 @@ fn read_open(o: &OpenChunk, off: u64, len: usize, cached_only: bool) -> FsResult
     let first = off / bs;
     let start = first * bs;
     let stop = (end.div_ceil(bs) * bs).min(file_len);
-    let Some(buf) = read(&o.data, start, (stop - start) as usize)? else {
+    let Some(buf) = read(data, start, (stop - start) as usize)? else {
         return Ok(None);
     };
     for (k, block) in buf.chunks(bs as usize).enumerate() {
@@ -609,6 +608,24 @@ mod tests {
         let mut want = pattern(3, 100);
         want[10..20].copy_from_slice(&pattern(4, 10));
         assert_eq!(&c.read(3, 7, 0, 0, 8192).await.unwrap()[..], &want[..]);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_without_checksums_reads_as_it_is_and_is_not_kept_open() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ChunkStore::open(d.path());
+        c.write(1, 9, 0, 0, Bytes::from(pattern(5, 5000)), true).await.unwrap();
+        // As a crash before the first checksum leaves it.
+        std::fs::remove_file(sums::sum_path(&c.path(1, 9, 0))).unwrap();
+        assert_eq!(
+            &c.read(1, 9, 0, 100, 200).await.unwrap()[..],
+            &pattern(5, 5000)[100..300]
+        );
+        assert!(c.read(1, 9, 0, 5000, 10).await.unwrap().is_empty());
+        assert!(
+            c.open.is_empty(),
+            "a chunk without checksums is not kept: they may come"
+        );
     }
 
     #[tokio::test]
