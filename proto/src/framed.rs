@@ -167,10 +167,30 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], body: &[u8])
     Ok(())
 }
 
-/// A reply body: the data, then the trailers (where gRPC puts the call's status).
+/// A body handed to tonic: the data, then the trailers (where gRPC puts a reply's status).
+///
+/// Data longer than [`SPLIT_BODY`] goes in two pieces, its 5-byte gRPC message header first:
+/// tonic reserves room for the whole message when it reads a header, so a message that came in
+/// one piece was copied twice (into tonic's buffer, then again into the room it reserved).
 struct FrameBody {
     data: Option<Bytes>,
+    head_sent: bool,
     trailers: Option<HeaderMap>,
+}
+
+/// Bodies longer than this reach tonic in two pieces (see [`FrameBody`]).
+const SPLIT_BODY: usize = 8 << 10;
+/// A gRPC message header: compression flag and `u32` length.
+const GRPC_HEADER: usize = 5;
+
+impl FrameBody {
+    fn new(data: Bytes, trailers: Option<HeaderMap>) -> FrameBody {
+        FrameBody {
+            data: Some(data),
+            head_sent: false,
+            trailers,
+        }
+    }
 }
 
 impl http_body::Body for FrameBody {
@@ -181,10 +201,17 @@ impl http_body::Body for FrameBody {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if let Some(d) = self.data.take().filter(|d| !d.is_empty()) {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(d))));
+        let this = &mut *self;
+        if let Some(d) = this.data.as_mut().filter(|d| !d.is_empty()) {
+            let piece = if !this.head_sent && d.len() > SPLIT_BODY {
+                d.split_to(GRPC_HEADER)
+            } else {
+                std::mem::take(d)
+            };
+            this.head_sent = true;
+            return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
         }
-        Poll::Ready(self.trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
+        Poll::Ready(this.trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -357,10 +384,7 @@ pub fn decode_reply(frame: &mut Bytes) -> Result<http::Response<Body>, FrameErro
     let status = http::StatusCode::from_u16(frame.get_u16_le()).map_err(|_| FrameError("bad status"))?;
     let headers = get_headers(frame)?;
     let trailers = get_headers(frame)?;
-    let body = FrameBody {
-        data: Some(std::mem::take(frame)),
-        trailers: (!trailers.is_empty()).then_some(trailers),
-    };
+    let body = FrameBody::new(std::mem::take(frame), (!trailers.is_empty()).then_some(trailers));
     let mut resp = http::Response::new(Body::new(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
@@ -556,7 +580,7 @@ pub fn decode_request(frame: &mut Bytes) -> Result<(u64, http::Request<Body>), F
     let uri = http::Uri::from_maybe_shared(path).map_err(|_| FrameError("bad path"))?;
     let headers = get_headers(frame)?;
     let body = std::mem::take(frame);
-    let mut req = http::Request::new(Body::new(http_body_util::Full::new(body)));
+    let mut req = http::Request::new(Body::new(FrameBody::new(body, None)));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_2;
@@ -642,5 +666,42 @@ mod tests {
         assert!(read_frame(&mut cut).await.is_err());
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_large_body_reaches_tonic_head_first_and_decodes_whole() {
+        use prost::Message;
+        let msg = crate::pb::ChunkWrite {
+            offset: 3,
+            data: Bytes::from(vec![0x5a; 1 << 20]),
+            stable: false,
+        };
+        let mut wire = BytesMut::new();
+        wire.put_u8(0);
+        wire.put_u32(msg.encoded_len() as u32);
+        msg.encode(&mut wire).unwrap();
+        let wire = wire.freeze();
+        let mut pieces = Vec::new();
+        let mut body = FrameBody::new(wire.clone(), None);
+        while let Some(f) = body.frame().await {
+            pieces.push(f.unwrap().into_data().unwrap());
+        }
+        assert_eq!(
+            pieces.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [GRPC_HEADER, wire.len() - GRPC_HEADER]
+        );
+        let small = Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]);
+        let mut body = FrameBody::new(small.clone(), None);
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), small);
+        assert!(body.frame().await.is_none());
+
+        let mut stream = tonic::Streaming::new_request(
+            tonic_prost::ProstDecoder::<crate::pb::ChunkWrite>::default(),
+            Body::new(FrameBody::new(wire, None)),
+            None,
+            Some(sealfs_core::config::MAX_MESSAGE_SIZE),
+        );
+        assert_eq!(stream.message().await.unwrap(), Some(msg));
+        assert_eq!(stream.message().await.unwrap(), None);
     }
 }

@@ -8,6 +8,7 @@ use sealfs_core::{Credentials, FsError};
 use tonic::{Code, Status};
 
 pub mod auth;
+pub mod codec;
 pub mod framed;
 pub mod process;
 
