@@ -1,7 +1,7 @@
 //! The gRPC codec of every sealfs service: prost's, except that each message is encoded into
 //! room reserved for its whole length first. Prost writes field by field into tonic's growing
 //! buffer; a large data field filled it exactly, so the next field's first byte moved the whole
-//! message to a new allocation (a 1 MiB chunk write was copied twice on every hop).
+//! message to a new allocation (encoding a 1 MiB chunk write copied its data twice).
 
 use std::marker::PhantomData;
 
