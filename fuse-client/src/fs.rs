@@ -81,28 +81,30 @@ impl SealFs {
         if data.len() > FAST_WRITE_MAX {
             return Err(decline());
         }
-        let Some(st) = self.state.inode(ino) else {
-            return Err(decline());
-        };
-        let chunk_size = match st.lock().expect("inode state").layout {
-            Some(l) if !l.inline && !data.is_empty() => l.chunk_size,
-            _ => return Err(decline()),
-        };
         let Ok(end) = sealfs_client::write_end(offset, data.len()) else {
             return Err(decline());
         };
-        let units = data.len().div_ceil(WINDOW_UNIT) as u32;
-        let Ok(permit) = self.state.window.clone().try_acquire_many_owned(units) else {
+        let Some(st) = self.state.inode(ino) else {
             return Err(decline());
         };
-        {
+        // One look at the file's state: taking window room never waits, so it is done under it.
+        let (chunk_size, permit) = {
             let mut g = st.lock().expect("inode state");
+            let chunk_size = match g.layout {
+                Some(l) if !l.inline && !data.is_empty() => l.chunk_size,
+                _ => return Err(decline()),
+            };
             if g.failed.is_some() || g.overlaps(offset, end) {
                 return Err(decline());
             }
+            let units = data.len().div_ceil(WINDOW_UNIT) as u32;
+            let Ok(permit) = self.state.window.clone().try_acquire_many_owned(units) else {
+                return Err(decline());
+            };
             g.inflight.push((offset, end));
             owe_size(&mut g, end, cred.clone());
-        }
+            (chunk_size, permit)
+        };
         let bytes = Bytes::copy_from_slice(data);
         self.rt
             .spawn(self.cx().land(st, ino, offset, end, bytes, chunk_size, permit));
