@@ -70,7 +70,9 @@ stop_ganesha() {
   pkill -x ganesha.nfsd 2>/dev/null || true
   pkill -x rpcbind 2>/dev/null || true
 }
+drop_server=
 cleanup() {
+  [ -n "$drop_server" ] && kill "$drop_server" 2>/dev/null
   stop_sealfs
   if [ $peers = 1 ]; then stop_gluster; stop_ganesha; fi
   rm -rf "$work"
@@ -113,6 +115,14 @@ if [ $nfs = 1 ]; then
   build_static
   mkdir -p "$work/vm/bin"
   cp "$top/target/static/x86_64-unknown-linux-gnu/release/sealfs-bench" "$work/vm/bin/"
+  nfs_port=$((20000 + RANDOM % 10000))
+  # The servers run on the host, so where the guest drops its page cache before reads, the host
+  # drops its own too (the guest asks this server at 10.0.2.2): reads reach the servers' disks,
+  # as in the FUSE rows, instead of whatever each server's writes left in the host's cache.
+  drop_port=$((nfs_port + 9))
+  "$bin/sealfs-bench" drop-server --listen "127.0.0.1:$drop_port" &
+  drop_server=$!
+  vm_args+=(--drop-caches-host "10.0.2.2:$drop_port")
   # Runs the benchmark in the guest; $label comes from the host.
   vm_bench() {
     local label=$1 json=$2
@@ -127,7 +137,6 @@ EOF
     grep -E 'workers +[0-9]+:' "$work/vm/$label.log" | tr -d '\r' || true
   }
   echo "== sealfs through the NFS gateway (kernel client in a VM)"
-  nfs_port=$((20000 + RANDOM % 10000))
   start_sealfs "$work/sealfs" 3 "$nfs_port"
   PORT=$nfs_port vm_bench sealfs-nfs "$out/sealfs-nfs.json"
   "$bin/sealfs-bench" rss --report "$out/sealfs-nfs.json" --pids "$pids"

@@ -39,6 +39,13 @@ enum Cli {
         #[arg(long, value_delimiter = ',')]
         pids: Vec<u32>,
     },
+    /// Drop this machine's page cache whenever a `run --drop-caches-host` asks (one TCP
+    /// connection per request, answered once the cache is dropped); runs until killed.
+    DropServer {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+    },
 }
 
 /// What to run where.
@@ -74,6 +81,11 @@ struct Args {
     /// Drop the page cache before reads (needs root), so reads reach the file system.
     #[arg(long)]
     drop_caches: bool,
+    /// Where `drop-server` runs on the host, to drop the host's page cache too with
+    /// --drop-caches: a run inside a VM otherwise drops only its own, and the servers on the host
+    /// would answer from theirs (the host is 10.0.2.2 from a qemu guest).
+    #[arg(long)]
+    drop_caches_host: Option<String>,
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -130,11 +142,38 @@ fn peak_rss(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn drop_caches(on: bool) {
-    if on {
-        unsafe { libc::sync() };
-        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+/// Write back and drop this machine's page cache, dentries and inodes.
+fn drop_local_caches() {
+    unsafe { libc::sync() };
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Ask the `drop-server` at `addr` to drop its machine's caches, and wait until it has.
+fn drop_host_caches(addr: &str) -> anyhow::Result<()> {
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("cannot reach drop-server at {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))?;
+    s.write_all(b"D")?;
+    let mut ok = [0u8; 1];
+    s.read_exact(&mut ok)
+        .with_context(|| format!("drop-server at {addr} did not answer"))?;
+    if ok != *b"K" {
+        bail!("drop-server at {addr} answered {ok:?}");
     }
+    Ok(())
+}
+
+/// Serve `drop_host_caches` requests on `listen` until killed.
+fn drop_server(listen: &str) -> anyhow::Result<()> {
+    let l = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let mut req = [0u8; 1];
+        if c.read_exact(&mut req).is_ok() && req == *b"D" {
+            drop_local_caches();
+            let _ = c.write_all(b"K");
+        }
+    }
+    Ok(())
 }
 
 struct Bench {
@@ -143,6 +182,18 @@ struct Bench {
 }
 
 impl Bench {
+    /// With --drop-caches, drop the page cache here (and on the host, with --drop-caches-host)
+    /// so that the reads that follow reach the file system.
+    fn drop_caches(&self) -> anyhow::Result<()> {
+        if self.args.drop_caches {
+            drop_local_caches();
+            if let Some(addr) = &self.args.drop_caches_host {
+                drop_host_caches(addr)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Run `f(worker)` on `workers` threads started together; ops/s from the first worker's
     /// start to the last one's end (each worker times itself: the thread that started them may
     /// not run again until they are done).
@@ -255,7 +306,7 @@ impl Bench {
             Ok(n as u64)
         })?;
         if hard {
-            drop_caches(self.args.drop_caches);
+            self.drop_caches()?;
             let d = dir_of.clone();
             self.parallel(name, "read", workers, move |w| {
                 let dir = d(w);
@@ -303,7 +354,7 @@ impl Bench {
         drop(f);
         let secs = start.elapsed().as_secs_f64();
         self.record("seq", "write", 1, total as f64 / secs, "MiB/s", total, secs, cpu0);
-        drop_caches(self.args.drop_caches);
+        self.drop_caches()?;
         let cpu0 = cpu_secs(&self.args.pids);
         let start = Instant::now();
         let mut f = File::open(&path)?;
@@ -337,7 +388,7 @@ impl Bench {
             }
             f.sync_all()?;
         }
-        drop_caches(self.args.drop_caches);
+        self.drop_caches()?;
         let dur = Duration::from_secs(self.args.rand_secs);
         for phase in ["read", "write"] {
             let f = OpenOptions::new().read(true).write(true).open(&path)?;
@@ -380,6 +431,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::Run(args) => run(args),
         Cli::Compare { files, json } => compare(&files, json.as_deref()),
+        Cli::DropServer { listen } => drop_server(&listen),
         Cli::Rss { report, pids } => {
             let text = fs::read_to_string(&report).with_context(|| format!("cannot read {}", report.display()))?;
             let mut r: Report =

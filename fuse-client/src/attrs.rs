@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -82,11 +82,15 @@ impl AttrCache {
         ticket >= self.changed[slot(ino)].load(Ordering::SeqCst) && ticket >= self.cleared.load(Ordering::SeqCst)
     }
 
-    /// The attributes of `ino`, if they are known to be current.
-    pub fn get(&self, ino: InodeId) -> Option<FileAttr> {
+    /// The attributes of `ino`, if they are known to be current, and for how much longer they
+    /// may be kept: the TTL for the reply that hands them on, so that the kernel's copy expires
+    /// when this one would (a full TTL given to an entry about to expire would let the kernel
+    /// serve it for up to twice as long as what was read).
+    pub fn get(&self, ino: InodeId) -> Option<(FileAttr, Duration)> {
         let max_age = self.ttl.watched_ttl()?;
         let e = self.entries.get(&ino)?;
-        (e.at.elapsed() < max_age && self.valid(ino, e.ticket)).then(|| e.attr.clone())
+        let left = max_age.checked_sub(e.at.elapsed()).filter(|d| !d.is_zero())?;
+        self.valid(ino, e.ticket).then(|| (e.attr.clone(), left))
     }
 
     /// Whether `ino` is known to have no `security.capability` attribute.
@@ -205,7 +209,6 @@ impl AttrCache {
 mod tests {
     use super::*;
     use sealfs_core::attr::{FileKind, TimeSpec};
-    use std::time::Duration;
 
     fn attr(ino: InodeId, size: u64) -> FileAttr {
         let t = TimeSpec::default();
@@ -233,11 +236,28 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_handed_on_for_what_is_left_of_its_ttl() {
+        // Sleeping longer than asked only makes both checks stricter truths: no timing race.
+        let c = cache();
+        c.offer(c.ticket(), &attr(5, 1));
+        std::thread::sleep(Duration::from_millis(20));
+        let (_, left) = c.get(5).expect("fresh within a 60 s TTL");
+        let most = Duration::from_secs(60) - Duration::from_millis(20);
+        assert!(left <= most, "{left:?} left of a 60 s TTL after 20 ms");
+        let ttl = CacheTtl::new(Duration::from_millis(10), Duration::from_millis(50));
+        ttl.set_watched(true);
+        let short = AttrCache::new(ttl);
+        short.offer(short.ticket(), &attr(5, 1));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(short.get(5).is_none(), "served past its TTL");
+    }
+
+    #[test]
     fn a_read_is_served_until_a_change_ends() {
         let c = cache();
         let t = c.ticket();
         c.offer(t, &attr(7, 1));
-        assert_eq!(c.get(7).map(|a| a.size), Some(1));
+        assert_eq!(c.get(7).map(|(a, _)| a.size), Some(1));
         c.invalidate(7);
         assert!(c.get(7).is_none());
         // A read sent before the change ended must not be stored after it.
@@ -245,7 +265,7 @@ mod tests {
         assert!(c.get(7).is_none());
         let t2 = c.ticket();
         c.offer(t2, &attr(7, 2));
-        assert_eq!(c.get(7).map(|a| a.size), Some(2));
+        assert_eq!(c.get(7).map(|(a, _)| a.size), Some(2));
     }
 
     #[test]
@@ -253,7 +273,7 @@ mod tests {
         let c = cache();
         let t = c.ticket();
         c.changed(t, 9, Some(&attr(9, 10)));
-        assert_eq!(c.get(9).map(|a| a.size), Some(10));
+        assert_eq!(c.get(9).map(|(a, _)| a.size), Some(10));
         // Two changes in flight at once: neither result can be trusted to be the last.
         let ta = c.ticket();
         let tb = c.ticket();
@@ -274,7 +294,7 @@ mod tests {
         let read = c.ticket();
         c.changed(c.ticket(), 3, Some(&attr(3, 5)));
         c.offer(read, &attr(3, 0));
-        assert_eq!(c.get(3).map(|a| a.size), Some(5));
+        assert_eq!(c.get(3).map(|(a, _)| a.size), Some(5));
     }
 
     #[test]

@@ -569,7 +569,7 @@ impl fuser::Filesystem for SealFs {
             && self
                 .attrs
                 .get(parent.0)
-                .is_some_and(|d| perm::check_access(&cred, &d, perm::X_OK).is_ok())
+                .is_some_and(|(d, _)| perm::check_access(&cred, &d, perm::X_OK).is_ok())
         {
             // A folder this mount made, the caller may search it, and no process made this
             // name in it.
@@ -599,9 +599,9 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        if let Some(a) = self.attrs.get(ino.0) {
+        if let Some((a, left)) = self.attrs.get(ino.0) {
             // Answered here, on the thread that read the request: no task, no round trip.
-            return reply.attr(&self.ttl.get(), &fuse_attr(&self.state.visible(a)));
+            return reply.attr(&left, &fuse_attr(&self.state.visible(a)));
         }
         let cred = creds(req);
         self.spawn(
