@@ -453,8 +453,11 @@ impl Node {
         let mut tx = Tx::new(&self.store);
         let r = self.apply_step(&mut tx, step).await?;
         tx.put(marker, r.to_be_bytes().to_vec());
+        let removal = tx.records_removal();
         self.commit(tx, true).await?;
-        self.cleanup.notify_one();
+        if removal {
+            self.cleanup.notify_one();
+        }
         Ok(r)
     }
 
@@ -507,10 +510,16 @@ impl Node {
                 let s = resolve(s, &results);
                 results.push(self.apply_step(&mut tx, &s).await?);
             }
+            // Only a removal record gives the clean-up worker work: woken by every operation,
+            // it scanned every partition it serves after each unlink (with four workers removing
+            // empty files, 1.37 ms of node CPU per remove against 0.88-0.94 ms without).
+            let removal = tx.records_removal();
             self.commit(tx, true).await?;
             let watched = self.watched(watch);
             drop(held);
-            self.cleanup.notify_one();
+            if removal {
+                self.cleanup.notify_one();
+            }
             return Ok(Executed { results, watched });
         }
         let id = self.new_intent_id().await?;

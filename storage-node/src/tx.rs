@@ -141,6 +141,13 @@ impl<'a> Tx<'a> {
         Ok(true)
     }
 
+    /// Whether this transaction writes a chunk removal record (the clean-up worker has work).
+    pub fn records_removal(&self) -> bool {
+        self.writes
+            .iter()
+            .any(|(k, v)| v.is_some() && keys::parse_gc(k).is_some())
+    }
+
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()

@@ -415,3 +415,55 @@ async fn xattrs_of_one_inode_are_bounded() {
     assert_eq!(&c.getxattr(&root, ino, b"user.s7").await.unwrap()[..], b"v");
     cluster.stop().await;
 }
+
+/// Chunk and checksum files of `ino` on every node of `cluster`.
+fn chunk_files(cluster: &InProcessCluster, ino: u64) -> Vec<std::path::PathBuf> {
+    // Named as chunks.rs names them: `<data-dir>/p<partition>/<ino as 16 hex digits>.<index>`.
+    let prefix = format!("{ino:016x}.");
+    let mut out = Vec::new();
+    for node in std::fs::read_dir(cluster.dir.path()).expect("cluster dir").flatten() {
+        let Ok(parts) = std::fs::read_dir(node.path().join("data")) else {
+            continue;
+        };
+        for part in parts.flatten().filter(|p| p.path().is_dir()) {
+            for f in std::fs::read_dir(part.path()).expect("partition dir").flatten() {
+                if f.file_name().to_string_lossy().starts_with(&prefix) {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlinked_files_chunks_are_removed_right_away() {
+    let cluster = InProcessCluster::start(3, 16).await;
+    let c = cluster.client().await;
+    let e = c
+        .create(&root(), ROOT_INO, b"big", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let ino = e.attr.ino;
+    write_all(&c, ino, 0, &pattern(7, 9 << 20)).await;
+    assert!(!chunk_files(&cluster, ino).is_empty(), "the file has no chunk files");
+    // Another unlink first, of a file with no chunks: it gives the clean-up worker nothing to
+    // do, and must not keep it from the one that does.
+    c.create(&root(), ROOT_INO, b"small", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    c.unlink(&root(), ROOT_INO, b"small").await.unwrap();
+    c.unlink(&root(), ROOT_INO, b"big").await.unwrap();
+    // The worker also sweeps every 30 s on its own; an unlink that records a removal wakes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut left = chunk_files(&cluster, ino);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = chunk_files(&cluster, ino);
+    }
+    assert!(
+        left.is_empty(),
+        "15 s after the unlink these chunk files remain: {left:?}"
+    );
+    cluster.stop().await;
+}
