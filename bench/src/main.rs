@@ -167,6 +167,8 @@ fn drop_server(listen: &str) -> anyhow::Result<()> {
     let l = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
+        // A caller that connects and says nothing must not hold up the next one.
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
         let mut req = [0u8; 1];
         if c.read_exact(&mut req).is_ok() && req == *b"D" {
             drop_local_caches();
