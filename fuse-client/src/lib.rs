@@ -4,6 +4,7 @@
 pub mod attrs;
 pub mod fs;
 pub mod names;
+pub mod readahead;
 pub mod state;
 pub mod watch;
 
@@ -15,7 +16,7 @@ use fuser::{Config, MountOption, SessionACL};
 use sealfs_client::SealClient;
 use sealfs_core::config::ClientConfig;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct MountConfig {
 pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let mp = config.mountpoint.clone();
     check_mountpoint(&mp)?;
+    // Resolved before mounting: once mounted, a path walk through the mount point would ask
+    // this daemon, which is not serving yet.
+    let canonical = std::fs::canonicalize(&mp).unwrap_or_else(|_| mp.clone());
     let client = SealClient::connect(config.client.clone(), config.connect_wait)
         .await
         .with_context(|| format!("cannot reach the cluster through manager {}", config.client.manager))?;
@@ -75,6 +79,9 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
     watch::start(client.clone(), caches, session.notifier(), watching.clone());
     info!(mountpoint = %config.mountpoint.display(), cluster = format!("{:#x}", client.cluster_id()), "mounted");
     let mut serve = tokio::task::spawn_blocking(move || session.run());
+    if config.client.readahead_kb > 0 {
+        set_readahead(canonical, config.client.readahead_kb);
+    }
     tokio::select! {
         r = &mut serve => {
             watching.cancel();
@@ -88,14 +95,32 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
     info!(mountpoint = %config.mountpoint.display(), "unmounting");
     if let Err(e) = unmounter.unmount() {
         // Busy (a process has its working directory in the mount): detach it lazily instead.
-        tracing::warn!("unmount failed ({e}); detaching lazily");
+        warn!("unmount failed ({e}); detaching lazily");
         let _ = nix::mount::umount2(&config.mountpoint, nix::mount::MntFlags::MNT_DETACH);
     }
     match tokio::time::timeout(Duration::from_secs(10), serve).await {
         Ok(r) => r??,
-        Err(_) => tracing::warn!("FUSE session did not end within 10 s after unmount"),
+        Err(_) => warn!("FUSE session did not end within 10 s after unmount"),
     }
     Ok(())
+}
+
+/// Set the mount's read-ahead window once the kernel has taken this daemon's INIT reply, which
+/// would otherwise clamp it back to what INIT offered. The kernel holds every request until then,
+/// so a statfs answered by the mount shows it happened. On a thread of its own: a mount that
+/// never answers must not hold up the process's exit.
+fn set_readahead(mountpoint: PathBuf, kb: u32) {
+    std::thread::spawn(move || {
+        let r = nix::sys::statfs::statfs(&mountpoint)
+            .map_err(std::io::Error::from)
+            .and_then(|_| readahead::set(&mountpoint, kb));
+        match r {
+            Ok(()) => debug!(kb, "read-ahead window set"),
+            // Not root, or no sysfs: the mount works with the kernel's window; sequential reads
+            // are slower.
+            Err(e) => warn!("cannot set the read-ahead window to {kb} KiB ({e}); the kernel's stays"),
+        }
+    });
 }
 
 /// A clear message for a mount point that cannot be used.

@@ -35,6 +35,9 @@ struct Args {
     /// changes (0: no change streams, always --attr-ttl-ms).
     #[arg(long, env = "SEALFS_WATCHED_TTL_MS")]
     watched_ttl_ms: Option<u64>,
+    /// Kernel read-ahead window per open file in KiB (0: the kernel's 128 KiB); needs root.
+    #[arg(long, env = "SEALFS_READAHEAD_KB")]
+    readahead_kb: Option<u32>,
     /// Seconds to wait for the cluster at start-up.
     #[arg(long, env = "SEALFS_CONNECT_WAIT", default_value_t = 60)]
     connect_wait: u64,
@@ -61,6 +64,9 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.watched_ttl_ms {
         client.watched_ttl_ms = v;
+    }
+    if let Some(v) = args.readahead_kb {
+        client.readahead_kb = v;
     }
     args.security.apply(&mut client.security);
     client.validate()?;

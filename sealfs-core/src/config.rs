@@ -16,6 +16,8 @@ pub const MAX_XATTR_VALUE: usize = 64 << 10;
 pub const MAX_XATTR_TOTAL: usize = 1 << 20;
 /// Most xattrs on one inode.
 pub const MAX_XATTR_COUNT: usize = 1024;
+/// Largest read-ahead window a FUSE mount may ask the kernel for, in KiB (256 MiB).
+pub const MAX_READAHEAD_KB: u32 = 256 << 10;
 /// Files up to this size are stored inline in their inode record.
 pub const INLINE_MAX: u64 = 4096;
 
@@ -256,6 +258,12 @@ pub struct ClientConfig {
     /// up: other processes' changes are invalidated as they commit). It bounds how stale a
     /// cache can get only when a stream breaks. 0, or at most `attr_ttl_ms`: streams off.
     pub watched_ttl_ms: u64,
+    /// FUSE mount only: the kernel's read-ahead window for each open file, in KiB (the mount's
+    /// `read_ahead_kb` in /sys/class/bdi), set at mount time when running as root. The kernel
+    /// gives a FUSE mount 128 KiB, which keeps about one request at a time in flight to the
+    /// nodes on a sequential read; a few MiB keep several chunks' reads going at once.
+    /// 0 leaves the kernel's setting alone.
+    pub readahead_kb: u32,
     /// Cluster secret and TLS.
     pub security: SecurityConfig,
 }
@@ -268,6 +276,7 @@ impl Default for ClientConfig {
             retry_deadline_ms: 30_000,
             attr_ttl_ms: 1000,
             watched_ttl_ms: 10_000,
+            readahead_kb: 8192,
             security: SecurityConfig::default(),
         }
     }
@@ -293,6 +302,12 @@ impl ClientConfig {
             return Err(ConfigError::Invalid {
                 field: "watched_ttl_ms",
                 msg: "must be at most 600000".into(),
+            });
+        }
+        if self.readahead_kb > MAX_READAHEAD_KB {
+            return Err(ConfigError::Invalid {
+                field: "readahead_kb",
+                msg: format!("must be at most {MAX_READAHEAD_KB} (KiB)"),
             });
         }
         Ok(())

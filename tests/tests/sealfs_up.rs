@@ -8,6 +8,26 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sealfs_cli::cluster::{default_bin_dir, is_fuse_mounted};
+use sealfs_core::config::ClientConfig;
+
+/// Stops `sealfs up` when the test fails before it does: a failed assertion would otherwise
+/// leave the cluster running, holding the test's output open.
+struct StopOnDrop(Option<std::process::Child>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(mut c) = self.0.take() else { return };
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGINT);
+        for _ in 0..300 {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
 
 #[test]
 fn sealfs_up_runs_a_cluster_until_ctrl_c() {
@@ -37,6 +57,7 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut up = StopOnDrop(Some(child));
     let mut mount = None;
     let mut nfs_line = None;
     let mut manager = None;
@@ -65,6 +86,20 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
     assert!(is_fuse_mounted(&mount));
     std::fs::write(mount.join("hello.txt"), b"hello sealfs").unwrap();
     assert_eq!(std::fs::read(mount.join("hello.txt")).unwrap(), b"hello sealfs");
+    // The mount gave the kernel the configured read-ahead window: the kernel's own 128 KiB for
+    // FUSE kept about one request in flight on a sequential read.
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dev = sealfs_fuse::readahead::device_of(&info, &mount).expect("the mount is in mountinfo");
+    let want = ClientConfig::default().readahead_kb.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = std::fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+        if got.trim() == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "read_ahead_kb is {}, not {want}", got.trim());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // `sealfs status` run next to it (SEALFS_DIR) needs no secret flags; without the secret the
     // manager refuses.
     let manager = manager.expect("sealfs up prints the manager's address");
@@ -105,6 +140,7 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
     for sub in ["manager", "node0/meta", "node1/data", "node2/meta", "logs", "gateway0"] {
         assert!(data.join(sub).is_dir(), "{sub} is under the one folder");
     }
+    let mut child = up.0.take().unwrap();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
