@@ -11,16 +11,13 @@ use std::path::Path;
 /// may not be serving yet.
 pub fn device_of(mountinfo: &str, mountpoint: &Path) -> Option<String> {
     let want = mountpoint.to_str()?;
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            // Fields: id, parent id, major:minor, root, mount point, ...
-            let mut f = line.split(' ');
-            let dev = f.nth(2)?;
-            let mp = f.nth(1)?;
-            (unescape(mp) == want).then(|| dev.to_string())
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|line| {
+        // Fields: id, parent id, major:minor, root, mount point, ...
+        let mut f = line.split(' ');
+        let dev = f.nth(2)?;
+        let mp = f.nth(1)?;
+        (unescape(mp) == want).then(|| dev.to_string())
+    })
 }
 
 /// mountinfo writes space, tab, newline and backslash in paths as `\ooo` octal escapes.
