@@ -116,8 +116,12 @@ fn set_readahead(mountpoint: PathBuf, kb: u32) {
             .and_then(|_| readahead::set(&mountpoint, kb));
         match r {
             Ok(()) => debug!(kb, "read-ahead window set"),
-            // Not root, or no sysfs: the mount works with the kernel's window; sequential reads
-            // are slower.
+            // Not root, or a read-only /sys (a container): the mount works with the kernel's
+            // window, only sequential reads are slower, so this is no warning.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => info!(
+                "cannot set the read-ahead window to {kb} KiB ({e}): sequential reads use the kernel's \
+                 128 KiB (run as root for more, or --readahead-kb 0 to not ask)"
+            ),
             Err(e) => warn!("cannot set the read-ahead window to {kb} KiB ({e}); the kernel's stays"),
         }
     });

@@ -450,6 +450,16 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("chunk_size"));
+        let c = ClientConfig {
+            readahead_kb: MAX_READAHEAD_KB + 1,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("readahead_kb"));
+        let c = ClientConfig {
+            readahead_kb: 0,
+            ..Default::default()
+        };
+        c.validate().unwrap();
     }
 
     #[test]
