@@ -200,17 +200,10 @@ pub fn is_fuse_mounted(path: &Path) -> bool {
     mounts.lines().any(|l| {
         let mut f = l.split_whitespace();
         let (src, mp, ty) = (f.next(), f.next(), f.next());
-        mp.map(unescape_mount_path).as_deref() == Some(canon.to_string_lossy().as_ref())
+        mp.map(sealfs_core::mounts::unescape_path).as_deref() == Some(canon.to_string_lossy().as_ref())
             && src.is_some_and(|s| s.starts_with("sealfs"))
             && ty.is_some_and(|t| t == "fuse" || t == "fuse.sealfs")
     })
-}
-
-fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 impl Proc {

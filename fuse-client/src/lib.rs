@@ -16,7 +16,7 @@ use fuser::{Config, MountOption, SessionACL};
 use sealfs_client::SealClient;
 use sealfs_core::config::ClientConfig;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
     info!(mountpoint = %config.mountpoint.display(), cluster = format!("{:#x}", client.cluster_id()), "mounted");
     let mut serve = tokio::task::spawn_blocking(move || session.run());
     if config.client.readahead_kb > 0 {
-        set_readahead(canonical, config.client.readahead_kb);
+        readahead::set_once_served(canonical, config.client.readahead_kb);
     }
     tokio::select! {
         r = &mut serve => {
@@ -103,28 +103,6 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
         Err(_) => warn!("FUSE session did not end within 10 s after unmount"),
     }
     Ok(())
-}
-
-/// Set the mount's read-ahead window once the kernel has taken this daemon's INIT reply, which
-/// would otherwise clamp it back to what INIT offered. The kernel holds every request until then,
-/// so a statfs answered by the mount shows it happened. On a thread of its own: a mount that
-/// never answers must not hold up the process's exit.
-fn set_readahead(mountpoint: PathBuf, kb: u32) {
-    std::thread::spawn(move || {
-        let r = nix::sys::statfs::statfs(&mountpoint)
-            .map_err(std::io::Error::from)
-            .and_then(|_| readahead::set(&mountpoint, kb));
-        match r {
-            Ok(()) => debug!(kb, "read-ahead window set"),
-            // Not root, or a read-only /sys (a container): the mount works with the kernel's
-            // window, only sequential reads are slower, so this is no warning.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => info!(
-                "cannot set the read-ahead window to {kb} KiB ({e}): sequential reads use the kernel's \
-                 128 KiB (run as root for more, or --readahead-kb 0 to not ask)"
-            ),
-            Err(e) => warn!("cannot set the read-ahead window to {kb} KiB ({e}); the kernel's stays"),
-        }
-    });
 }
 
 /// A clear message for a mount point that cannot be used.

@@ -3,43 +3,35 @@
 //! `max_readahead` the daemon offers at init; a sequential read then waits on about one request
 //! at a time. The window is the bdi's `read_ahead_kb` in sysfs, which root may set.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// The device number ("major:minor") of the file system mounted at `mountpoint`, from the text
-/// of /proc/self/mountinfo; the last (topmost) mount there if several are stacked. Read from
-/// mountinfo rather than stat(2): a stat of the mount's root would ask this very daemon, which
-/// may not be serving yet.
-pub fn device_of(mountinfo: &str, mountpoint: &Path) -> Option<String> {
-    let want = mountpoint.to_str()?;
-    mountinfo.lines().rev().find_map(|line| {
-        // Fields: id, parent id, major:minor, root, mount point, ...
-        let mut f = line.split(' ');
-        let dev = f.nth(2)?;
-        let mp = f.nth(1)?;
-        (unescape(mp) == want).then(|| dev.to_string())
-    })
-}
+use sealfs_core::mounts::device_of;
+use tracing::{debug, info, warn};
 
-/// mountinfo writes space, tab, newline and backslash in paths as `\ooo` octal escapes.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+/// Set the mount's read-ahead window once the kernel has taken this daemon's INIT reply, which
+/// would otherwise clamp it back to what INIT offered. The kernel holds every request until then,
+/// so a statfs answered by the mount shows it happened. On a thread of its own: a mount that
+/// never answers must not hold up the process's exit.
+pub fn set_once_served(mountpoint: PathBuf, kb: u32) {
+    std::thread::spawn(move || {
+        let r = nix::sys::statfs::statfs(&mountpoint)
+            .map_err(std::io::Error::from)
+            .and_then(|_| set(&mountpoint, kb));
+        match r {
+            Ok(()) => debug!(kb, "read-ahead window set"),
+            // Not root, or a read-only /sys (a container): the mount works with the kernel's
+            // window, only sequential reads are slower, so this is no warning.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => info!(
+                "cannot set the read-ahead window to {kb} KiB ({e}): sequential reads use the kernel's \
+                 128 KiB (run as root for more, or --readahead-kb 0 to not ask)"
+            ),
+            Err(e) => warn!("cannot set the read-ahead window to {kb} KiB ({e}); the kernel's stays"),
         }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    });
 }
 
 /// Set the read-ahead window of the mount at `mountpoint` to `kb` KiB.
-pub fn set(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
+fn set(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     let dev = device_of(&mountinfo, mountpoint).ok_or_else(|| {
         std::io::Error::new(
@@ -48,39 +40,4 @@ pub fn set(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
         )
     })?;
     std::fs::write(format!("/sys/class/bdi/{dev}/read_ahead_kb"), kb.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const INFO: &str = "\
-22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
-41 22 0:39 / /tmp/sf/mnt rw,relatime shared:20 - fuse.sealfs sealfs:127.0.0.1:7100 rw,user_id=0
-42 22 0:40 / /mnt/with\\040space rw,relatime shared:21 - fuse.sealfs sealfs:m rw
-43 41 0:41 / /tmp/sf/mnt rw,relatime shared:22 - fuse.sealfs sealfs:other rw
-";
-
-    #[test]
-    fn the_topmost_mount_at_the_path_is_found() {
-        assert_eq!(device_of(INFO, Path::new("/tmp/sf/mnt")).as_deref(), Some("0:41"));
-        assert_eq!(device_of(INFO, Path::new("/")).as_deref(), Some("254:0"));
-    }
-
-    #[test]
-    fn escaped_paths_match_and_other_paths_do_not() {
-        assert_eq!(device_of(INFO, Path::new("/mnt/with space")).as_deref(), Some("0:40"));
-        assert_eq!(device_of(INFO, Path::new("/tmp/sf")), None);
-        assert_eq!(device_of(INFO, Path::new("/tmp/sf/mnt/")), None);
-        assert_eq!(device_of("", Path::new("/")), None);
-        assert_eq!(device_of("garbage\n1 2\n", Path::new("/")), None);
-    }
-
-    #[test]
-    fn octal_escapes_decode_and_stray_backslashes_stay() {
-        assert_eq!(unescape(r"a\040b\011c\134d"), "a b\tc\\d");
-        assert_eq!(unescape(r"a\0"), r"a\0");
-        assert_eq!(unescape(r"a\09x"), r"a\09x");
-        assert_eq!(unescape(r"\"), r"\");
-    }
 }

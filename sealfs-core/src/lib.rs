@@ -1,5 +1,5 @@
 //! sealfs-core: the bottom of the crate stack. Types (inode ids, attributes), the POSIX-shaped
-//! error, permission and name rules, the cluster map with its pure placement functions, and
+//! error, permission and name rules, reading the kernel's mount tables, the cluster map with its pure placement functions, and
 //! configuration. No network code lives here.
 
 pub mod attr;
@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod hash;
 pub mod ids;
+pub mod mounts;
 pub mod name;
 pub mod perm;
 pub mod placement;

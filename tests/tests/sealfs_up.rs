@@ -89,7 +89,7 @@ fn sealfs_up_runs_a_cluster_until_ctrl_c() {
     // The mount gave the kernel the configured read-ahead window: the kernel's own 128 KiB for
     // FUSE kept about one request in flight on a sequential read.
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dev = sealfs_fuse::readahead::device_of(&info, &mount).expect("the mount is in mountinfo");
+    let dev = sealfs_core::mounts::device_of(&info, &mount).expect("the mount is in mountinfo");
     let want = ClientConfig::default().readahead_kb.to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
