@@ -112,6 +112,10 @@ impl MetaStore {
         opts.set_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 << 20);
+        // Every metadata change syncs the WAL. Appending to a new WAL file grows it, so each
+        // fdatasync also writes the file's inode (size, extents): two writes to the disk, not
+        // one. Reused WAL files are overwritten in place and keep their size.
+        opts.set_recycle_log_file_num(2);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache((cache_mb.max(8) as usize) << 20));
         table.set_bloom_filter(10.0, false);
@@ -499,5 +503,78 @@ mod tests {
         }
         let err = MetaStore::open(dir.path(), 8).err().unwrap().to_string();
         assert!(err.contains("format version 99"), "{err}");
+    }
+
+    /// The WAL files in `dir`, newest last, with their sizes.
+    fn wal_files(dir: &Path) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// WAL files are reused: a crash while writing into one that still holds older records
+    /// must recover every synced write and none of those records. The writes and the crash
+    /// happen in a child process (this test binary again), which aborts without closing.
+    #[test]
+    fn crash_in_a_reused_wal_keeps_synced_writes() {
+        const CHILD: &str = "SEALFS_TEST_WAL_CRASH_DIR";
+        const EXIT_NOT_REUSED: i32 = 3;
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = Path::new(&dir);
+            let s = MetaStore::open(dir, 8).unwrap();
+            // Fill two WALs and flush each, so the next one is an old file, full of records.
+            for round in 0..3u8 {
+                for j in 0..32u32 {
+                    s.db.put(format!("fill-{j}"), vec![round; 64 << 10]).unwrap();
+                }
+                s.db.flush_cf(s.node_cf()).unwrap();
+                s.db.flush().unwrap();
+            }
+            for j in 0..500u64 {
+                s.put_node_u64_blocking(&format!("after-{j}"), j).unwrap();
+            }
+            // Far less than 1 MiB was written since the last flush: a bigger file is reused.
+            let newest = wal_files(dir).pop().map_or(0, |(_, len)| len);
+            if newest < 1 << 20 {
+                std::process::exit(EXIT_NOT_REUSED);
+            }
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::crash_in_a_reused_wal_keeps_synced_writes",
+                "--nocapture",
+            ])
+            .env(CHILD, dir.path())
+            .status()
+            .unwrap();
+        assert_ne!(
+            status.code(),
+            Some(EXIT_NOT_REUSED),
+            "no WAL file was reused: {:?}",
+            wal_files(dir.path())
+        );
+        assert!(!status.success(), "the child must crash, not exit: {status}");
+        let s = MetaStore::open(dir.path(), 8).unwrap();
+        for j in 0..500u64 {
+            assert_eq!(
+                s.node_u64(&format!("after-{j}")).unwrap(),
+                Some(j),
+                "synced write {j} lost"
+            );
+        }
+        assert_eq!(s.db.get("fill-0").unwrap().unwrap()[0], 2, "an older record came back");
     }
 }
