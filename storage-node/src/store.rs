@@ -51,6 +51,8 @@ pub struct MetaStore {
 /// while the disk's free space is below a reserve, and taken again once it is back.
 struct SpaceGuard {
     dir: std::path::PathBuf,
+    /// The folder, held open: asking through a descriptor spares every write a path walk.
+    dir_fd: Option<std::fs::File>,
     /// Bytes to keep free: a tenth of the disk, at most 256 MiB.
     reserve: u64,
     low: std::sync::atomic::AtomicBool,
@@ -63,6 +65,7 @@ impl SpaceGuard {
             .unwrap_or(0);
         SpaceGuard {
             dir: dir.to_path_buf(),
+            dir_fd: std::fs::File::open(dir).ok(),
             reserve: (total / 10).min(256 << 20),
             low: Default::default(),
         }
@@ -73,7 +76,11 @@ impl SpaceGuard {
         let low = self.low.load(Ordering::Relaxed);
         // Every write looks (statvfs reads the superblock's counters, no I/O): RocksDB must
         // never be the one to find the disk full.
-        if let Ok(s) = nix::sys::statvfs::statvfs(&self.dir) {
+        let stat = match &self.dir_fd {
+            Some(f) => nix::sys::statvfs::fstatvfs(f),
+            None => nix::sys::statvfs::statvfs(&self.dir),
+        };
+        if let Ok(s) = stat {
             let free = s.blocks_available() * s.fragment_size();
             let now_low = free < self.reserve;
             if now_low != low {
