@@ -72,12 +72,7 @@ impl ClusterSpec {
             tls: false,
         }
     }
-}
 
-/// Tokio's variable for the worker threads of a multi-threaded runtime (every sealfs daemon's).
-const RUNTIME_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
-
-impl ClusterSpec {
     /// Runtime worker threads for each process: the machine's CPUs shared among the nodes and
     /// one more share for the clients (mount, gateways), at least one. With a thread per CPU in
     /// every process, the processes of one small machine kept handing work between threads: on
@@ -88,6 +83,9 @@ impl ClusterSpec {
         (cpus / (self.nodes + 1)).max(1)
     }
 }
+
+/// Tokio's variable for the worker threads of a multi-threaded runtime (every sealfs daemon's).
+const RUNTIME_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 
 /// Where the sealfs binaries are: next to the running program, or one folder up from it.
 pub fn default_bin_dir() -> PathBuf {
