@@ -1,6 +1,6 @@
 //! sealfs-core: the bottom of the crate stack. Types (inode ids, attributes), the POSIX-shaped
-//! error, permission and name rules, reading the kernel's mount tables, the cluster map with its pure placement functions, and
-//! configuration. No network code lives here.
+//! error, permission and name rules, reading the kernel's mount tables, the cluster map with
+//! its pure placement functions, and configuration. No network code lives here.
 
 pub mod attr;
 pub mod config;
