@@ -1,12 +1,17 @@
 //! sealfs-client: `SealClient`, the one client library every frontend (FUSE, NFS gateway) and
 //! the storage nodes themselves use to reach the cluster: a cached cluster map, pooled gRPC
-//! channels, routing by partition, and retry on a stale epoch or a node that went away.
+//! channels, routing by partition, and retry on a stale epoch or a node that went away; and the
+//! attribute cache with its change streams that the frontends share.
 
+pub mod cache;
 mod fs;
 mod router;
+pub mod watch;
 
+pub use cache::{AttrCache, CacheTtl, Ticket};
 pub use fs::{
     write_end, ChangeStream, Changed, Changes, DirChange, DirEntry, DirtyChunks, Entry, Layout, SealClient, StatFs,
     WriteMode,
 };
 pub use router::{manager_client, node_client, Router};
+pub use watch::ChangeSink;

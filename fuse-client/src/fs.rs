@@ -18,17 +18,16 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use sealfs_client::{Changed, DirEntry, DirtyChunks, Entry, SealClient, WriteMode};
+use sealfs_client::{AttrCache, CacheTtl, Changed, DirEntry, DirtyChunks, Entry, SealClient, Ticket, WriteMode};
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{MAX_FILE_SIZE, MAX_IO_SIZE};
 use sealfs_core::{perm, Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
-use crate::attrs::{AttrCache, Ticket};
 use crate::names::KnownDirs;
 use crate::state::{hidden_name, DirStream, HiddenName, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
-use crate::watch::{CacheTtl, Caches};
+use crate::watch::Caches;
 
 /// The attribute the kernel reads before every write (to drop file capabilities).
 const CAPS_XATTR: &[u8] = b"security.capability";

@@ -1,7 +1,6 @@
 //! sealfs-fuse: mounts a sealfs cluster with FUSE. `fs` adapts fuser's callbacks to SealClient;
 //! `state` holds what must outlive one request (open files, listings in progress).
 
-pub mod attrs;
 pub mod fs;
 pub mod names;
 pub mod readahead;

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use sealfs_core::name::validate_name;
 use sealfs_core::InodeId;
 
-use crate::watch::CacheTtl;
+use sealfs_client::CacheTtl;
 
 /// Names kept over all known directories; past it, a directory that grows is forgotten.
 const MAX_NAMES: usize = 131_072;

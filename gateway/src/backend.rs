@@ -1,19 +1,29 @@
 //! The NFSv3 backend over SealClient: translates handles, credentials and attributes, applies the
 //! export options (read-only, squashing, allowed networks), and maps FsError to nfsstat3. No file
 //! system logic lives here: names, permissions and POSIX rules are the storage nodes' job.
+//!
+//! GETATTR, ACCESS and the attributes of other replies come from the shared attribute cache
+//! (`sealfs_client::cache`) while every node's change stream is live: NFS clients revalidate with
+//! a GETATTR at every open and whenever their own cache times out, and each would otherwise be a
+//! round trip to a node. The gateway's own changes update the cache as they end; other processes'
+//! changes (other gateways, FUSE mounts) drop entries as their nodes commit them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use nfsserve::mount::mountstat3;
 use nfsserve::nfs::*;
 use nfsserve::vfs::*;
-use sealfs_client::{DirChange, DirtyChunks, Entry, SealClient, WriteMode};
+use sealfs_client::{
+    AttrCache, CacheTtl, ChangeSink, Changed, DirChange, DirtyChunks, Entry, SealClient, Ticket, WriteMode,
+};
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{GatewayConfig, MAX_FILE_SIZE};
 use sealfs_core::perm::{self, Credentials};
-use sealfs_core::{FsError, InodeId, ROOT_INO};
+use sealfs_core::{FsError, FsResult, InodeId, ROOT_INO};
 use tracing::warn;
 
 use crate::handle;
@@ -127,19 +137,114 @@ pub struct Gateway {
     config: GatewayConfig,
     networks: Vec<ipnet::IpNet>,
     cluster_id: u64,
+    ttl: Arc<CacheTtl>,
+    attrs: Arc<AttrCache>,
+}
+
+/// The gateway's attribute cache, as the change streams' sink.
+struct CacheSink(Arc<AttrCache>);
+
+impl ChangeSink for CacheSink {
+    fn inode(&self, ino: InodeId) {
+        self.0.invalidate(ino);
+    }
+
+    fn entry(&self, _parent: InodeId, _name: Bytes) {
+        // Only attributes are cached: a changed entry also changes its directory's inode,
+        // which comes as its own change.
+    }
+
+    fn clear(&self) {
+        self.0.clear();
+    }
 }
 
 impl Gateway {
-    /// A backend for `client` with the export options of `config` (already validated).
+    /// A backend for `client` with the export options of `config` (already validated). Its
+    /// attribute cache serves nothing until [`Gateway::watch`] has every node's stream live.
     pub fn new(client: SealClient, config: GatewayConfig) -> anyhow::Result<Gateway> {
         let networks = config.networks()?;
         let cluster_id = client.cluster_id();
+        let ttl = CacheTtl::new(Duration::ZERO, Duration::from_millis(config.attr_cache_ms));
         Ok(Gateway {
             client,
             config,
             networks,
             cluster_id,
+            attrs: AttrCache::new(ttl.clone()),
+            ttl,
         })
+    }
+
+    /// Follow every node's changes, so that the attribute cache can serve, until `cancel` fires
+    /// (nothing when `attr_cache_ms` is 0).
+    pub fn watch(&self, cancel: tokio_util::sync::CancellationToken) {
+        let sink = Arc::new(CacheSink(self.attrs.clone()));
+        sealfs_client::watch::start(self.client.clone(), self.ttl.clone(), sink, cancel);
+    }
+
+    /// Whether the attribute cache serves: every node that is up has a live change stream.
+    pub fn caching(&self) -> bool {
+        self.ttl.watched_ttl().is_some()
+    }
+
+    /// Whether the attribute cache would answer for `ino` now.
+    pub fn cached(&self, ino: InodeId) -> bool {
+        self.attrs.get(ino).is_some()
+    }
+
+    /// Attributes of `ino`: from the cache while it holds them, else from its node (and kept).
+    async fn attr(&self, cred: &Credentials, ino: InodeId) -> FsResult<FileAttr> {
+        if let Some((a, _)) = self.attrs.get(ino) {
+            return Ok(a);
+        }
+        let t = self.attrs.ticket();
+        let e = self.client.getattr(cred, ino).await?;
+        self.attrs.offer(t, &e.attr);
+        Ok(e.attr)
+    }
+
+    /// A change of `ino` sent at `t` ended with `r`: its result is what the inode is now.
+    fn changed(&self, t: Ticket, ino: InodeId, r: &FsResult<Entry>) {
+        self.attrs.changed(t, ino, r.as_ref().ok().map(|e| &e.attr));
+    }
+
+    /// A create-like change in `dir` sent at `t` ended with `r`: the directory and the new (or
+    /// linked) inode are what the reply says, or unknown.
+    fn note_created(&self, t: Ticket, dir: InodeId, r: &FsResult<Entry>) {
+        let e = r.as_ref().ok();
+        self.attrs
+            .changed(t, dir, e.and_then(|e| e.dir.as_ref()).map(|d| &d.after));
+        if let Some(e) = e {
+            self.attrs.changed(t, e.attr.ino, Some(&e.attr));
+        }
+    }
+
+    /// A change of names in `dir` and `new_dir` sent at `t` ended with `r`: the directories as
+    /// the node left them, and every inode it says it touched; when that is not known, nothing
+    /// cached is trusted.
+    fn names_changed(&self, t: Ticket, dir: InodeId, new_dir: InodeId, r: &FsResult<Changed>) {
+        let c = r.as_ref().ok();
+        self.attrs
+            .changed(t, dir, c.and_then(|c| c.dir.as_ref()).map(|d| &d.after));
+        if new_dir != dir {
+            self.attrs
+                .changed(t, new_dir, c.and_then(|c| c.new_dir.as_ref()).map(|d| &d.after));
+        }
+        match r {
+            Ok(c) if !c.touched.is_empty() => c.touched.iter().for_each(|i| self.attrs.changed(t, *i, None)),
+            // Nothing changed.
+            Err(FsError::NotFound | FsError::Exists | FsError::NotEmpty | FsError::Access | FsError::Perm) => {}
+            _ => self.attrs.clear(),
+        }
+    }
+
+    /// setattr through the cache's bookkeeping.
+    async fn set(&self, cred: &Credentials, ino: InodeId, s: &SetAttr) -> NfsResult<Entry> {
+        let t = self.attrs.ticket();
+        let r = self.client.setattr(cred, ino, s).await;
+        self.changed(t, ino, &r);
+        r.map_err(err)
     }
 
     fn fh(&self, ino: InodeId, generation: u64) -> nfs_fh3 {
@@ -198,7 +303,7 @@ impl Gateway {
     }
 
     async fn attr_of(&self, cred: &Credentials, ino: InodeId) -> Option<fattr3> {
-        self.client.getattr(cred, ino).await.ok().map(|e| self.fattr(&e.attr))
+        self.attr(cred, ino).await.ok().map(|a| self.fattr(&a))
     }
 
     /// Apply the attributes a create asked for beyond the mode (owner, size, times); the entry
@@ -215,7 +320,7 @@ impl Gateway {
         if is_empty(&rest) {
             return Ok(e);
         }
-        let mut done = self.client.setattr(cred, e.attr.ino, &rest).await.map_err(err)?;
+        let mut done = self.set(cred, e.attr.ino, &rest).await?;
         done.dir = e.dir;
         Ok(done)
     }
@@ -327,8 +432,8 @@ impl NfsBackend for Gateway {
 
     async fn getattr(&self, c: &Caller, fh: &nfs_fh3) -> NfsResult<fattr3> {
         let ino = self.ino(fh)?;
-        let e = self.client.getattr(&self.creds(c), ino).await.map_err(err)?;
-        Ok(self.fattr(&e.attr))
+        let a = self.attr(&self.creds(c), ino).await.map_err(err)?;
+        Ok(self.fattr(&a))
     }
 
     async fn setattr(&self, c: &Caller, fh: &nfs_fh3, attr: sattr3, guard: Option<nfstime3>) -> NfsResult<fattr3> {
@@ -346,13 +451,15 @@ impl NfsBackend for Gateway {
         if is_empty(&s) {
             return self.getattr(c, fh).await;
         }
-        let e = self.client.setattr(&cred, ino, &s).await.map_err(err)?;
+        let e = self.set(&cred, ino, &s).await?;
         Ok(self.fattr(&e.attr))
     }
 
     async fn lookup(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<(nfs_fh3, fattr3)> {
         let dir = self.ino(dir)?;
+        let t = self.attrs.ticket();
         let e = self.client.lookup(&self.creds(c), dir, name).await.map_err(err)?;
+        self.attrs.offer(t, &e.attr);
         Ok((self.fh(e.attr.ino, e.attr.generation), self.fattr(&e.attr)))
     }
 
@@ -360,8 +467,7 @@ impl NfsBackend for Gateway {
         use nfsserve::nfs_handlers::*;
         let ino = self.ino(fh)?;
         let cred = self.creds(c);
-        let e = self.client.getattr(&cred, ino).await.map_err(err)?;
-        let a = &e.attr;
+        let a = &self.attr(&cred, ino).await.map_err(err)?;
         let can = |bits: u32| perm::check_access(&cred, a, bits).is_ok();
         let dir = a.kind == FileKind::Directory;
         let mut granted = 0;
@@ -401,11 +507,13 @@ impl NfsBackend for Gateway {
     ) -> NfsResult<(Bytes, bool, Option<fattr3>)> {
         let ino = self.ino(fh)?;
         let count = count.min(self.config.max_io);
+        let t = self.attrs.ticket();
         let (data, attr) = self
             .client
             .read_checked(&self.creds(c), ino, offset, count, true)
             .await
             .map_err(err)?;
+        self.attrs.offer(t, &attr);
         let eof = offset.saturating_add(data.len() as u64) >= attr.size;
         Ok((data, eof, Some(self.fattr(&attr))))
     }
@@ -430,11 +538,13 @@ impl NfsBackend for Gateway {
             check_perm: true,
             known: None,
         };
-        let e = self
+        let t = self.attrs.ticket();
+        let r = self
             .client
             .write(&self.creds(c), ino, offset, data, mode, &mut dirty)
-            .await
-            .map_err(err)?;
+            .await;
+        self.changed(t, ino, &r);
+        let e = r.map_err(err)?;
         Ok(Written {
             count,
             committed: stable_how::FILE_SYNC,
@@ -450,7 +560,8 @@ impl NfsBackend for Gateway {
         let e = match how {
             CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
                 let exclusive = matches!(how, CreateHow::Guarded(_));
-                let e = self
+                let t = self.attrs.ticket();
+                let r = self
                     .client
                     .create(
                         &cred,
@@ -462,9 +573,9 @@ impl NfsBackend for Gateway {
                         exclusive,
                         libc::O_WRONLY,
                     )
-                    .await
-                    .map_err(err)?;
-                self.apply_rest(&cred, e, &s).await?
+                    .await;
+                self.note_created(t, dir_ino, &r);
+                self.apply_rest(&cred, r.map_err(err)?, &s).await?
             }
             CreateHow::Exclusive(verf) => {
                 // The verifier lives in the times until the client sets real ones, so that a
@@ -474,11 +585,13 @@ impl NfsBackend for Gateway {
                     u32::from_be_bytes(verf[4..].try_into().expect("4")),
                 );
                 let stamp = |e: &Entry| nfs_time(e.attr.atime).seconds == a && nfs_time(e.attr.mtime).seconds == m;
-                match self
+                let t = self.attrs.ticket();
+                let r = self
                     .client
                     .create(&cred, dir_ino, name, FileKind::Regular, 0o600, 0, true, 0)
-                    .await
-                {
+                    .await;
+                self.note_created(t, dir_ino, &r);
+                match r {
                     Ok(e) => {
                         let s = SetAttr {
                             atime: Some(TimeUpdate::Set(TimeSpec {
@@ -491,12 +604,14 @@ impl NfsBackend for Gateway {
                             })),
                             ..Default::default()
                         };
-                        let mut stamped = self.client.setattr(&cred, e.attr.ino, &s).await.map_err(err)?;
+                        let mut stamped = self.set(&cred, e.attr.ino, &s).await?;
                         stamped.dir = e.dir;
                         stamped
                     }
                     Err(FsError::Exists) => {
+                        let t = self.attrs.ticket();
                         let e = self.client.lookup(&cred, dir_ino, name).await.map_err(err)?;
+                        self.attrs.offer(t, &e.attr);
                         if !stamp(&e) {
                             return Err(nfsstat3::NFS3ERR_EXIST);
                         }
@@ -513,12 +628,10 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        let e = self
-            .client
-            .mkdir(&cred, dir_ino, name, mode_of(&attr, 0o755))
-            .await
-            .map_err(err)?;
-        let e = self.apply_rest(&cred, e, &attr).await?;
+        let t = self.attrs.ticket();
+        let r = self.client.mkdir(&cred, dir_ino, name, mode_of(&attr, 0o755)).await;
+        self.note_created(t, dir_ino, &r);
+        let e = self.apply_rest(&cred, r.map_err(err)?, &attr).await?;
         Ok(self.created(&cred, e, dir_ino).await)
     }
 
@@ -526,10 +639,12 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        let e = self.client.symlink(&cred, dir_ino, name, target).await.map_err(err)?;
+        let t = self.attrs.ticket();
+        let r = self.client.symlink(&cred, dir_ino, name, target).await;
+        self.note_created(t, dir_ino, &r);
         let mut rest = attr;
         rest.mode = set_mode3::Void;
-        let e = self.apply_rest(&cred, e, &rest).await?;
+        let e = self.apply_rest(&cred, r.map_err(err)?, &rest).await?;
         Ok(self.created(&cred, e, dir_ino).await)
     }
 
@@ -550,12 +665,13 @@ impl NfsBackend for Gateway {
             SpecialFile::Socket => (FileKind::Socket, 0),
             SpecialFile::Fifo => (FileKind::Fifo, 0),
         };
-        let e = self
+        let t = self.attrs.ticket();
+        let r = self
             .client
             .create(&cred, dir_ino, name, kind, mode_of(&attr, 0o644), rdev, true, 0)
-            .await
-            .map_err(err)?;
-        let e = self.apply_rest(&cred, e, &attr).await?;
+            .await;
+        self.note_created(t, dir_ino, &r);
+        let e = self.apply_rest(&cred, r.map_err(err)?, &attr).await?;
         Ok(self.created(&cred, e, dir_ino).await)
     }
 
@@ -563,7 +679,10 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        let ch = self.client.unlink(&cred, dir_ino, name).await.map_err(err)?;
+        let t = self.attrs.ticket();
+        let r = self.client.unlink(&cred, dir_ino, name).await;
+        self.names_changed(t, dir_ino, dir_ino, &r);
+        let ch = r.map_err(err)?;
         Ok(self.dir_wcc(&cred, dir_ino, ch.dir).await)
     }
 
@@ -571,7 +690,10 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
-        let ch = self.client.rmdir(&cred, dir_ino, name).await.map_err(err)?;
+        let t = self.attrs.ticket();
+        let r = self.client.rmdir(&cred, dir_ino, name).await;
+        self.names_changed(t, dir_ino, dir_ino, &r);
+        let ch = r.map_err(err)?;
         Ok(self.dir_wcc(&cred, dir_ino, ch.dir).await)
     }
 
@@ -586,11 +708,10 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let (from, to) = (self.ino(from_dir)?, self.ino(to_dir)?);
         let cred = self.creds(c);
-        let ch = self
-            .client
-            .rename(&cred, from, from_name, to, to_name, 0)
-            .await
-            .map_err(err)?;
+        let t = self.attrs.ticket();
+        let r = self.client.rename(&cred, from, from_name, to, to_name, 0).await;
+        self.names_changed(t, from, to, &r);
+        let ch = r.map_err(err)?;
         let from_wcc = self.dir_wcc(&cred, from, ch.dir).await;
         let to_wcc = if from == to {
             from_wcc
@@ -604,7 +725,10 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let (ino, dir_ino) = (self.ino(fh)?, self.ino(dir)?);
         let cred = self.creds(c);
-        let e = self.client.link(&cred, ino, dir_ino, name).await.map_err(err)?;
+        let t = self.attrs.ticket();
+        let r = self.client.link(&cred, ino, dir_ino, name).await;
+        self.note_created(t, dir_ino, &r);
+        let e = r.map_err(err)?;
         Ok((Some(self.fattr(&e.attr)), self.dir_wcc(&cred, dir_ino, e.dir).await))
     }
 
@@ -618,7 +742,9 @@ impl NfsBackend for Gateway {
     ) -> NfsResult<DirPage> {
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
+        let t = self.attrs.ticket();
         let d = self.client.getattr(&cred, dir_ino).await.map_err(err)?;
+        self.attrs.offer(t, &d.attr);
         if d.attr.kind != FileKind::Directory {
             return Err(nfsstat3::NFS3ERR_NOTDIR);
         }
@@ -654,7 +780,10 @@ impl NfsBackend for Gateway {
             .map_err(err)?;
         for e in list {
             let (attr, handle) = match &e.attr {
-                Some(a) if plus => (Some(self.fattr(a)), Some(self.fh(e.ino, a.generation))),
+                Some(a) if plus => {
+                    self.attrs.offer(t, a);
+                    (Some(self.fattr(a)), Some(self.fh(e.ino, a.generation)))
+                }
                 _ => (None, None),
             };
             entries.push(DirEntry {

@@ -34,6 +34,10 @@ struct Args {
     /// Client networks allowed (CIDR, comma separated; default: all).
     #[arg(long, env = "SEALFS_ALLOWED_NETWORKS", value_delimiter = ',')]
     allowed_networks: Option<Vec<String>>,
+    /// How long GETATTR may be answered from the gateway's attribute cache, in ms (kept right by
+    /// the nodes' change streams; 0: no cache; default 10000).
+    #[arg(long, env = "SEALFS_ATTR_CACHE_MS")]
+    attr_cache_ms: Option<u64>,
     /// Write the bound NFS address to this file once listening.
     #[arg(long, env = "SEALFS_ADDR_FILE")]
     addr_file: Option<PathBuf>,
@@ -65,6 +69,9 @@ fn real_main() -> anyhow::Result<()> {
     cfg.root_squash |= args.root_squash;
     if let Some(v) = args.allowed_networks {
         cfg.allowed_networks = v;
+    }
+    if let Some(v) = args.attr_cache_ms {
+        cfg.attr_cache_ms = v;
     }
     args.security.clone().apply(&mut cfg.security);
     cfg.validate()?;

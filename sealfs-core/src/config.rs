@@ -343,6 +343,12 @@ pub struct GatewayConfig {
     pub max_io: u32,
     /// Most NFS connections one client address may hold open at once (more are closed).
     pub max_connections_per_client: u32,
+    /// How long the gateway may answer GETATTR and ACCESS from its own attribute cache, in ms.
+    /// The cache is kept right by one change stream per node (other processes' changes drop
+    /// their entries as they commit) and is used only while every node's stream is live; this
+    /// bounds how stale an entry can get only if a change is missed. 0: no cache, every call asks
+    /// a node.
+    pub attr_cache_ms: u64,
     /// Cluster secret and TLS for the gateway's calls into the cluster (the NFS listener itself
     /// is plain NFSv3: restrict it with `allowed_networks`).
     pub security: SecurityConfig,
@@ -363,6 +369,7 @@ impl Default for GatewayConfig {
             allowed_networks: vec!["0.0.0.0/0".into(), "::/0".into()],
             max_io: 1 << 20,
             max_connections_per_client: 64,
+            attr_cache_ms: 10_000,
             security: SecurityConfig::default(),
         }
     }
@@ -404,6 +411,12 @@ impl GatewayConfig {
             return Err(ConfigError::Invalid {
                 field: "max_io",
                 msg: "must be 4096 to 1048576".into(),
+            });
+        }
+        if self.attr_cache_ms > 600_000 {
+            return Err(ConfigError::Invalid {
+                field: "attr_cache_ms",
+                msg: "must be at most 600000".into(),
             });
         }
         Ok(())

@@ -1,21 +1,21 @@
-//! The mount's own cache of inode attributes, so a getattr the kernel sends after dropping its
-//! copy (it does after every write to a file, and after unlink, link and rename) is answered
-//! without a round trip. Kept right the way the kernel's cache is: this mount's own changes
-//! replace or drop an entry when they finish, other processes' changes drop it when their change
-//! stream says so (`watch`), and nothing is served unless every node's stream is live. An entry
-//! lives no longer than the long TTL the kernel itself would keep it for.
+//! A frontend's cache of inode attributes, so that a getattr (the FUSE kernel sends one after
+//! every write to a file; NFS clients revalidate with one at every open) is answered without a
+//! round trip. Kept right the way the kernel's cache is: the frontend's own changes replace or
+//! drop an entry when they finish, other processes' changes drop it when their change stream says
+//! so (`watch`), and nothing is served unless every node's stream is live. An entry lives no
+//! longer than the long TTL (`CacheTtl`).
 //!
-//! It also remembers which files have no `security.capability` attribute: the kernel asks for
-//! it before every write to a file (to drop file capabilities), which would otherwise make each
-//! write wait on a round trip. An attribute change moves the inode's ctime, so the same change
-//! counts keep that right.
+//! It also remembers which files have no `security.capability` attribute: the FUSE kernel asks
+//! for it before every write to a file (to drop file capabilities), which would otherwise make
+//! each write wait on a round trip. An attribute change moves the inode's ctime, so the same
+//! change counts keep that right.
 //!
 //! Ordering: every reply is stored with a ticket taken before its request was sent, and every
 //! change bumps a counter for its inode's slot when it ends. An entry is served only if its
 //! ticket is not older than the last change of its slot (nor the last `clear`), so a reply read
 //! before a change finished can never hide it, however the two race.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,49 @@ use dashmap::DashMap;
 use sealfs_core::attr::FileAttr;
 use sealfs_core::InodeId;
 
-use crate::watch::CacheTtl;
+/// How long what a frontend caches may be kept: `short` while some change stream is missing,
+/// `long` while every node that is up has a live one.
+pub struct CacheTtl {
+    short: Duration,
+    long: Duration,
+    /// Every node that is up has a live change stream.
+    watched: AtomicBool,
+}
+
+impl CacheTtl {
+    /// `short` without change streams, `long` while they are all live.
+    pub fn new(short: Duration, long: Duration) -> Arc<CacheTtl> {
+        Arc::new(CacheTtl {
+            short,
+            long,
+            watched: AtomicBool::new(false),
+        })
+    }
+
+    /// The long TTL while every change stream is live; None otherwise.
+    pub fn watched_ttl(&self) -> Option<Duration> {
+        self.watched.load(Ordering::SeqCst).then_some(self.long)
+    }
+
+    /// Say whether every node that is up has a live change stream.
+    pub fn set_watched(&self, all: bool) {
+        self.watched.store(all, Ordering::SeqCst);
+    }
+
+    /// The cache time for a reply sent now.
+    pub fn get(&self) -> Duration {
+        if self.watched.load(Ordering::SeqCst) {
+            self.long
+        } else {
+            self.short
+        }
+    }
+
+    /// Whether change streams are worth keeping: the long TTL is longer than the short one.
+    pub fn streams_useful(&self) -> bool {
+        self.long > self.short
+    }
+}
 
 /// Slots of change counters; inodes share them by hash (a shared slot only costs a miss).
 const SLOTS: usize = 16384;
