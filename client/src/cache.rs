@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use sealfs_core::attr::FileAttr;
-use sealfs_core::InodeId;
+use sealfs_core::{FsError, FsResult, InodeId};
+
+use crate::Changed;
 
 /// How long what a frontend caches may be kept: `short` while some change stream is missing,
 /// `long` while every node that is up has a live one.
@@ -211,6 +213,23 @@ impl AttrCache {
         }
         if after.ino == ino {
             self.put(after, v);
+        }
+    }
+
+    /// A change of names in `dir` and `new_dir` (the same one but for a rename between two),
+    /// sent at `t`, ended with `r`: the directories are as the node left them, and every inode it
+    /// says it touched changed. When that is not known, nothing cached is trusted.
+    pub fn names_changed(&self, t: Ticket, dir: InodeId, new_dir: InodeId, r: &FsResult<Changed>) {
+        let c = r.as_ref().ok();
+        self.changed(t, dir, c.and_then(|c| c.dir.as_ref()).map(|d| &d.after));
+        if new_dir != dir {
+            self.changed(t, new_dir, c.and_then(|c| c.new_dir.as_ref()).map(|d| &d.after));
+        }
+        match r {
+            Ok(c) if !c.touched.is_empty() => c.touched.iter().for_each(|i| self.changed(t, *i, None)),
+            // Nothing changed.
+            Err(FsError::NotFound | FsError::Exists | FsError::NotEmpty | FsError::Access | FsError::Perm) => {}
+            _ => self.clear(),
         }
     }
 

@@ -285,19 +285,7 @@ impl Ctx {
     /// between two): the directories as the node left them, and every inode it says it touched.
     /// When that is not known, nothing cached is trusted.
     fn names_changed(&self, t: Ticket, dir: InodeId, new_dir: InodeId, r: &FsResult<Changed>) {
-        let c = r.as_ref().ok();
-        self.attrs
-            .changed(t, dir, c.and_then(|c| c.dir.as_ref()).map(|d| &d.after));
-        if new_dir != dir {
-            self.attrs
-                .changed(t, new_dir, c.and_then(|c| c.new_dir.as_ref()).map(|d| &d.after));
-        }
-        match r {
-            Ok(c) if !c.touched.is_empty() => c.touched.iter().for_each(|i| self.attrs.changed(t, *i, None)),
-            // Nothing changed.
-            Err(FsError::NotFound | FsError::Exists | FsError::NotEmpty | FsError::Access | FsError::Perm) => {}
-            _ => self.attrs.clear(),
-        }
+        self.attrs.names_changed(t, dir, new_dir, r);
     }
 
     /// Remember the data version this mount saw, for close-to-open caching.
