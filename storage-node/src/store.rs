@@ -71,6 +71,14 @@ impl SpaceGuard {
         }
     }
 
+    /// Whether `bytes` more would still leave the reserve free.
+    fn room_for(&self, bytes: u64) -> bool {
+        match nix::sys::statvfs::statvfs(&self.dir) {
+            Ok(s) => s.blocks_available() * s.fragment_size() >= self.reserve + bytes,
+            Err(_) => false,
+        }
+    }
+
     fn check(&self) -> FsResult<()> {
         use std::sync::atomic::Ordering;
         let low = self.low.load(Ordering::Relaxed);
@@ -97,6 +105,29 @@ impl SpaceGuard {
         }
         Ok(())
     }
+}
+
+/// Reusing a WAL file pays while this many bytes are written into it: its size from before.
+const WAL_REUSE_BYTES: u64 = 32 << 20;
+
+/// The node column family's scratch key that start-up writes to grow a WAL for reuse.
+const WAL_FILL_KEY: &[u8] = b"wal-fill";
+
+/// The WAL files in `dir` with their sizes, oldest (lowest number) first: the last is the one
+/// being written, as a reused file is renamed to the new number.
+fn wal_files(dir: &Path) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let number = name.to_str()?.strip_suffix(".log")?.parse().ok()?;
+            Some((number, e.metadata().ok()?.len()))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Writes to apply: key, and the new value or None to delete.
@@ -142,6 +173,7 @@ impl MetaStore {
             intent_seq: Arc::new(tokio::sync::Mutex::new((0, 0))),
             space: Arc::new(SpaceGuard::new(dir)),
         };
+        store.reuse_big_wal(dir);
         match store.node_u64("format")? {
             None => store.put_node_u64_blocking("format", keys::FORMAT_VERSION)?,
             Some(v) if v == keys::FORMAT_VERSION => {}
@@ -152,6 +184,68 @@ impl MetaStore {
             ),
         }
         Ok(store)
+    }
+
+    /// Make the WAL being written a reused file of at least [`WAL_REUSE_BYTES`], so that the
+    /// synced writes of this run overwrite it in place rather than grow it.
+    ///
+    /// RocksDB opens a new WAL at every start, and reuses old ones only at the next switch
+    /// (after 64 MiB of writes): without this, a node's first 64 MiB of metadata changes after
+    /// each start cost two disk writes per sync. Switching is a small write and a flush of
+    /// both column families; when no old WAL is big enough to be worth reusing, the live one is
+    /// first made big with unsynced writes of a scratch key (once per store: afterwards every
+    /// full WAL is kept for reuse). Best effort: a failure only costs speed.
+    fn reuse_big_wal(&self, dir: &Path) {
+        let start = std::time::Instant::now();
+        let mut filled = false;
+        for _ in 0..8 {
+            let wals = wal_files(dir);
+            let Some((&(_, live), older)) = wals.split_last() else {
+                return;
+            };
+            if live >= WAL_REUSE_BYTES {
+                tracing::debug!(live, filled, took = ?start.elapsed(), "writing into a reused WAL");
+                return;
+            }
+            let r = if older.iter().any(|&(_, len)| len >= WAL_REUSE_BYTES) {
+                Ok(())
+            } else if self.space.room_for(4 * WAL_REUSE_BYTES) {
+                filled = true;
+                self.fill_wal()
+            } else {
+                tracing::debug!("too little free space to prepare a WAL for reuse");
+                return;
+            };
+            if let Err(e) = r.and_then(|()| self.switch_wal()) {
+                tracing::warn!("could not prepare a WAL for reuse (synced writes will be slower): {e}");
+                return;
+            }
+            // Obsolete WALs join the reuse list when the flush job cleans up, which may be
+            // just after flush() returned.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        tracing::debug!(wals = ?wal_files(dir), "no WAL was reused at start");
+    }
+
+    /// Grow the live WAL by [`WAL_REUSE_BYTES`] of unsynced writes to a scratch key, then
+    /// delete the key.
+    fn fill_wal(&self) -> Result<(), rocksdb::Error> {
+        const PIECE: usize = 1 << 20;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        let piece = vec![0u8; PIECE];
+        for _ in 0..WAL_REUSE_BYTES as usize / PIECE {
+            self.db.put_cf_opt(self.node_cf(), WAL_FILL_KEY, &piece, &wo)?;
+        }
+        self.db.delete_cf_opt(self.node_cf(), WAL_FILL_KEY, &wo)
+    }
+
+    /// Start a new WAL (a reused one when RocksDB has one): the live one gets a record, so it
+    /// is not empty, and both column families are flushed, so it is no longer needed.
+    fn switch_wal(&self) -> Result<(), rocksdb::Error> {
+        self.db.delete_cf(self.node_cf(), WAL_FILL_KEY)?;
+        self.db.flush_cf(self.node_cf())?;
+        self.db.flush()
     }
 
     fn node_cf(&self) -> &rocksdb::ColumnFamily {
@@ -512,21 +606,28 @@ mod tests {
         assert!(err.contains("format version 99"), "{err}");
     }
 
-    /// The WAL files in `dir`, newest last, with their sizes.
-    fn wal_files(dir: &Path) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    e.metadata().unwrap().len(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
+    /// From the first start on, synced writes go into a reused WAL file, overwriting it in
+    /// place (its size does not change), and again after a restart.
+    #[test]
+    fn synced_writes_overwrite_a_reused_wal_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        for run in 0..3u64 {
+            let s = MetaStore::open(dir.path(), 8).unwrap();
+            let (_, before) = *wal_files(dir.path()).last().unwrap();
+            assert!(before >= WAL_REUSE_BYTES, "run {run}: {:?}", wal_files(dir.path()));
+            for j in 0..200u64 {
+                s.put_node_u64_blocking(&format!("run-{run}-{j}"), j).unwrap();
+            }
+            let (_, after) = *wal_files(dir.path()).last().unwrap();
+            assert_eq!(after, before, "run {run}: the WAL grew: {:?}", wal_files(dir.path()));
+            assert!(s.db.get_cf(s.node_cf(), WAL_FILL_KEY).unwrap().is_none());
+        }
+        let s = MetaStore::open(dir.path(), 8).unwrap();
+        for run in 0..3u64 {
+            assert_eq!(s.node_u64(&format!("run-{run}-199")).unwrap(), Some(199));
+        }
+        // Old WALs are kept for reuse, not piled up.
+        assert!(wal_files(dir.path()).len() <= 4, "{:?}", wal_files(dir.path()));
     }
 
     /// WAL files are reused: a crash while writing into one that still holds older records
