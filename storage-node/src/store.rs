@@ -110,6 +110,17 @@ impl SpaceGuard {
 /// Reusing a WAL file pays while this many bytes are written into it: its size from before.
 const WAL_REUSE_BYTES: u64 = 32 << 20;
 
+/// How the WAL a store writes after opening came to be a reused file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalReuse {
+    /// An older WAL was big enough.
+    Found,
+    /// None was: one was first grown with scratch writes.
+    Filled,
+    /// It is not a reused file (no room, or RocksDB did not reuse one).
+    No,
+}
+
 /// The node column family's scratch key that start-up writes to grow a WAL for reuse.
 const WAL_FILL_KEY: &[u8] = b"wal-fill";
 
@@ -142,6 +153,12 @@ pub type ListedEntry = (Vec<u8>, u64, DentryRecord);
 impl MetaStore {
     /// Open (creating the database inside an existing folder) and check the format version.
     pub fn open(dir: &Path, cache_mb: u64) -> anyhow::Result<MetaStore> {
+        Ok(Self::open_reusing(dir, cache_mb)?.0)
+    }
+
+    /// [`MetaStore::open`], also saying how the WAL being written was made a reused one (see
+    /// [`MetaStore::reuse_big_wal`]).
+    fn open_reusing(dir: &Path, cache_mb: u64) -> anyhow::Result<(MetaStore, WalReuse)> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -173,7 +190,7 @@ impl MetaStore {
             intent_seq: Arc::new(tokio::sync::Mutex::new((0, 0))),
             space: Arc::new(SpaceGuard::new(dir)),
         };
-        store.reuse_big_wal(dir);
+        let reuse = store.reuse_big_wal(dir);
         match store.node_u64("format")? {
             None => store.put_node_u64_blocking("format", keys::FORMAT_VERSION)?,
             Some(v) if v == keys::FORMAT_VERSION => {}
@@ -183,7 +200,7 @@ impl MetaStore {
                 keys::FORMAT_VERSION
             ),
         }
-        Ok(store)
+        Ok((store, reuse))
     }
 
     /// Make the WAL being written a reused file of at least [`WAL_REUSE_BYTES`], so that the
@@ -193,19 +210,21 @@ impl MetaStore {
     /// (after 64 MiB of writes): without this, a node's first 64 MiB of metadata changes after
     /// each start cost two disk writes per sync. Switching is a small write and a flush of
     /// both column families; when no old WAL is big enough to be worth reusing, the live one is
-    /// first made big with unsynced writes of a scratch key (once per store: afterwards every
-    /// full WAL is kept for reuse). Best effort: a failure only costs speed.
-    fn reuse_big_wal(&self, dir: &Path) {
+    /// first made big with unsynced writes of a scratch key. That is needed after most
+    /// restarts too: closing a WAL cuts it back to what was written into it (RocksDB trims the
+    /// space it allocated ahead, and the crate cannot turn that off), so only WALs closed full
+    /// stay big. Best effort: a failure only costs speed.
+    fn reuse_big_wal(&self, dir: &Path) -> WalReuse {
         let start = std::time::Instant::now();
         let mut filled = false;
         for _ in 0..8 {
             let wals = wal_files(dir);
             let Some((&(_, live), older)) = wals.split_last() else {
-                return;
+                return WalReuse::No;
             };
             if live >= WAL_REUSE_BYTES {
                 tracing::debug!(live, filled, took = ?start.elapsed(), "writing into a reused WAL");
-                return;
+                return if filled { WalReuse::Filled } else { WalReuse::Found };
             }
             let r = if older.iter().any(|&(_, len)| len >= WAL_REUSE_BYTES) {
                 Ok(())
@@ -214,17 +233,18 @@ impl MetaStore {
                 self.fill_wal()
             } else {
                 tracing::debug!("too little free space to prepare a WAL for reuse");
-                return;
+                return WalReuse::No;
             };
             if let Err(e) = r.and_then(|()| self.switch_wal()) {
                 tracing::warn!("could not prepare a WAL for reuse (synced writes will be slower): {e}");
-                return;
+                return WalReuse::No;
             }
             // Obsolete WALs join the reuse list when the flush job cleans up, which may be
             // just after flush() returned.
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         tracing::debug!(wals = ?wal_files(dir), "no WAL was reused at start");
+        WalReuse::No
     }
 
     /// Grow the live WAL by [`WAL_REUSE_BYTES`] of unsynced writes to a scratch key, then
@@ -612,7 +632,8 @@ mod tests {
     fn synced_writes_overwrite_a_reused_wal_from_the_start() {
         let dir = tempfile::tempdir().unwrap();
         for run in 0..3u64 {
-            let s = MetaStore::open(dir.path(), 8).unwrap();
+            let (s, reuse) = MetaStore::open_reusing(dir.path(), 8).unwrap();
+            assert_ne!(reuse, WalReuse::No, "run {run}: {:?}", wal_files(dir.path()));
             let (_, before) = *wal_files(dir.path()).last().unwrap();
             assert!(before >= WAL_REUSE_BYTES, "run {run}: {:?}", wal_files(dir.path()));
             for j in 0..200u64 {
