@@ -18,14 +18,15 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use sealfs_client::{AttrCache, CacheTtl, Changed, DirEntry, DirtyChunks, Entry, SealClient, Ticket, WriteMode};
+use sealfs_client::{
+    AttrCache, CacheTtl, Changed, DirEntry, DirtyChunks, Entry, KnownDirs, SealClient, Ticket, WriteMode,
+};
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{MAX_FILE_SIZE, MAX_IO_SIZE};
 use sealfs_core::{perm, Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
-use crate::names::KnownDirs;
 use crate::state::{hidden_name, DirStream, HiddenName, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
 use crate::watch::Caches;
 
@@ -713,8 +714,12 @@ impl fuser::Filesystem for SealFs {
             move |cx| async move {
                 let t = cx.attrs.ticket();
                 let r = cx.client.mkdir(&cred, parent.0, &name, mode & 0o7777).await;
+                // Empty unless a change of it (another process's create in it) already ended.
+                let empty = r.as_ref().is_ok_and(|e| cx.attrs.unchanged_since(t, e.attr.ino));
                 let e = cx.created(t, parent.0, &name, r)?;
-                cx.names.made(e.attr.ino);
+                if empty {
+                    cx.names.made(e.attr.ino);
+                }
                 Ok((e, cx))
             },
             |r, (e, cx)| cx.entry(r, e),

@@ -2,7 +2,6 @@
 //! `state` holds what must outlive one request (open files, listings in progress).
 
 pub mod fs;
-pub mod names;
 pub mod readahead;
 pub mod state;
 pub mod watch;

@@ -20,12 +20,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fuser::{INodeNo, Notifier};
-use sealfs_client::{AttrCache, CacheTtl, ChangeSink, SealClient};
+use sealfs_client::{AttrCache, CacheTtl, ChangeSink, KnownDirs, SealClient};
 use sealfs_core::InodeId;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-
-use crate::names::KnownDirs;
 
 /// What the mount caches that the change streams keep right.
 #[derive(Clone)]
@@ -72,6 +70,9 @@ impl ChangeSink for KernelSink {
     }
 
     fn entry(&self, parent: InodeId, name: Bytes) {
+        // The parent's own change may come later: a mkdir whose reply is handled after this
+        // must not take the directory for empty (see `mkdir`).
+        self.caches.attrs.invalidate(parent);
         self.caches.names.touched(parent, &name);
         self.send(Inval::Entry(parent, name));
     }

@@ -18,7 +18,7 @@ use nfsserve::mount::mountstat3;
 use nfsserve::nfs::*;
 use nfsserve::vfs::*;
 use sealfs_client::{
-    AttrCache, CacheTtl, ChangeSink, Changed, DirChange, DirtyChunks, Entry, SealClient, Ticket, WriteMode,
+    AttrCache, CacheTtl, ChangeSink, Changed, DirChange, DirtyChunks, Entry, KnownDirs, SealClient, Ticket, WriteMode,
 };
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{GatewayConfig, MAX_FILE_SIZE};
@@ -139,23 +139,32 @@ pub struct Gateway {
     cluster_id: u64,
     ttl: Arc<CacheTtl>,
     attrs: Arc<AttrCache>,
+    /// The directories this gateway made, with every name that may exist in them: a LOOKUP of
+    /// any other name is answered ENOENT here (the one before each create, mostly).
+    names: Arc<KnownDirs>,
 }
 
-/// The gateway's attribute cache, as the change streams' sink.
-struct CacheSink(Arc<AttrCache>);
+/// The gateway's caches, as the change streams' sink.
+struct CacheSink {
+    attrs: Arc<AttrCache>,
+    names: Arc<KnownDirs>,
+}
 
 impl ChangeSink for CacheSink {
     fn inode(&self, ino: InodeId) {
-        self.0.invalidate(ino);
+        self.attrs.invalidate(ino);
     }
 
-    fn entry(&self, _parent: InodeId, _name: Bytes) {
-        // Only attributes are cached: a changed entry also changes its directory's inode,
-        // which comes as its own change.
+    fn entry(&self, parent: InodeId, name: Bytes) {
+        // The directory's own change may come after: a mkdir whose reply is handled after
+        // this must not take the directory for empty (see `mkdir`).
+        self.attrs.invalidate(parent);
+        self.names.touched(parent, &name);
     }
 
     fn clear(&self) {
-        self.0.clear();
+        self.attrs.clear();
+        self.names.clear();
     }
 }
 
@@ -172,6 +181,7 @@ impl Gateway {
             networks,
             cluster_id,
             attrs: AttrCache::new(ttl.clone()),
+            names: KnownDirs::new(ttl.clone()),
             ttl,
         })
     }
@@ -179,7 +189,10 @@ impl Gateway {
     /// Follow every node's changes, so that the attribute cache can serve, until `cancel` fires
     /// (nothing when `attr_cache_ms` is 0).
     pub fn watch(&self, cancel: tokio_util::sync::CancellationToken) {
-        let sink = Arc::new(CacheSink(self.attrs.clone()));
+        let sink = Arc::new(CacheSink {
+            attrs: self.attrs.clone(),
+            names: self.names.clone(),
+        });
         sealfs_client::watch::start(self.client.clone(), self.ttl.clone(), sink, cancel);
     }
 
@@ -191,6 +204,12 @@ impl Gateway {
     /// Whether the attribute cache would answer for `ino` now.
     pub fn cached(&self, ino: InodeId) -> bool {
         self.attrs.get(ino).is_some()
+    }
+
+    /// Whether a LOOKUP of `name` in the folder `dir` would be answered "no such file" without
+    /// asking a node (permissions aside).
+    pub fn known_absent(&self, dir: &nfs_fh3, name: &[u8]) -> bool {
+        self.ino(dir).is_ok_and(|d| self.names.absent(d, name))
     }
 
     /// Attributes of `ino`: from the cache while it holds them, else from its node (and kept).
@@ -218,6 +237,13 @@ impl Gateway {
         if let Some(e) = e {
             self.attrs.changed(t, e.attr.ino, Some(&e.attr));
         }
+    }
+
+    /// `name` in `dir` is about to be made: from now on it may exist. Before the request, not
+    /// after its reply, as another client's LOOKUP of it may come in between (nothing here
+    /// orders the two, as the kernel's directory lock does for a FUSE mount).
+    fn naming(&self, dir: InodeId, name: &[u8]) {
+        self.names.touched(dir, name);
     }
 
     /// A change of names in `dir` and `new_dir` sent at `t` ended with `r`: the directories as
@@ -445,8 +471,19 @@ impl NfsBackend for Gateway {
 
     async fn lookup(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<(nfs_fh3, fattr3)> {
         let dir = self.ino(dir)?;
+        let cred = self.creds(c);
+        if self.names.absent(dir, name)
+            && self
+                .attrs
+                .get(dir)
+                .is_some_and(|(d, _)| perm::check_access(&cred, &d, perm::X_OK).is_ok())
+        {
+            // A directory this gateway made, the caller may search it, and nobody made this
+            // name in it.
+            return Err(nfsstat3::NFS3ERR_NOENT);
+        }
         let t = self.attrs.ticket();
-        let e = self.client.lookup(&self.creds(c), dir, name).await.map_err(err)?;
+        let e = self.client.lookup(&cred, dir, name).await.map_err(err)?;
         self.attrs.offer(t, &e.attr);
         Ok((self.fh(e.attr.ino, e.attr.generation), self.fattr(&e.attr)))
     }
@@ -545,6 +582,7 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
+        self.naming(dir_ino, name);
         let e = match how {
             CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
                 let exclusive = matches!(how, CreateHow::Guarded(_));
@@ -616,8 +654,15 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
+        self.naming(dir_ino, name);
         let t = self.attrs.ticket();
         let r = self.client.mkdir(&cred, dir_ino, name, mode_of(&attr, 0o755)).await;
+        // Empty unless a change of it (a create in it through another frontend) already ended.
+        if let Ok(e) = &r {
+            if self.attrs.unchanged_since(t, e.attr.ino) {
+                self.names.made(e.attr.ino);
+            }
+        }
         self.note_created(t, dir_ino, &r);
         let e = self.apply_rest(&cred, r.map_err(err)?, &attr).await?;
         Ok(self.created(&cred, e, dir_ino).await)
@@ -627,6 +672,7 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let dir_ino = self.ino(dir)?;
         let cred = self.creds(c);
+        self.naming(dir_ino, name);
         let t = self.attrs.ticket();
         let r = self.client.symlink(&cred, dir_ino, name, target).await;
         self.note_created(t, dir_ino, &r);
@@ -653,6 +699,7 @@ impl NfsBackend for Gateway {
             SpecialFile::Socket => (FileKind::Socket, 0),
             SpecialFile::Fifo => (FileKind::Fifo, 0),
         };
+        self.naming(dir_ino, name);
         let t = self.attrs.ticket();
         let r = self
             .client
@@ -681,6 +728,9 @@ impl NfsBackend for Gateway {
         let t = self.attrs.ticket();
         let r = self.client.rmdir(&cred, dir_ino, name).await;
         self.names_changed(t, dir_ino, dir_ino, &r);
+        if let Ok(c) = &r {
+            c.touched.iter().for_each(|d| self.names.forget(*d));
+        }
         let ch = r.map_err(err)?;
         Ok(self.dir_wcc(&cred, dir_ino, ch.dir).await)
     }
@@ -696,6 +746,7 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let (from, to) = (self.ino(from_dir)?, self.ino(to_dir)?);
         let cred = self.creds(c);
+        self.naming(to, to_name);
         let t = self.attrs.ticket();
         let r = self.client.rename(&cred, from, from_name, to, to_name, 0).await;
         self.names_changed(t, from, to, &r);
@@ -713,6 +764,7 @@ impl NfsBackend for Gateway {
         self.writable()?;
         let (ino, dir_ino) = (self.ino(fh)?, self.ino(dir)?);
         let cred = self.creds(c);
+        self.naming(dir_ino, name);
         let t = self.attrs.ticket();
         let r = self.client.link(&cred, ino, dir_ino, name).await;
         self.note_created(t, dir_ino, &r);

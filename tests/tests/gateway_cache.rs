@@ -1,6 +1,8 @@
 //! The NFS gateway's attribute cache against other processes' changes: a gateway caching for five
 //! minutes sees a FUSE mount's size, mode, rename and unlink as they commit (its change streams
-//! drop what they touch), its own changes at once, and serves nothing while a stream is down.
+//! drop what they touch), its own changes at once, and serves nothing while a stream is down;
+//! in folders it made, it answers LOOKUPs of names nobody made without asking a node, and finds
+//! the names another process makes there.
 //! The gateway backend runs in this test over a real cluster of processes; the FUSE mount is
 //! another process, as a second gateway or a user's mount would be.
 
@@ -133,12 +135,72 @@ fn the_gateway_cache_follows_other_processes_changes() {
         0o640
     );
 
+    // In a folder the gateway made, names nobody made are answered absent without asking a
+    // node; names the gateway or another process made are found.
+    let own = rt.block_on(async {
+        let top = gw.mount(&root(), b"/").await.unwrap();
+        let own = gw.mkdir(&root(), &top, b"own", sattr3::default()).await.unwrap().handle;
+        let closed = sattr3 {
+            mode: set_mode3::mode(0o700),
+            ..Default::default()
+        };
+        let shut = gw.mkdir(&root(), &top, b"shut", closed).await.unwrap().handle;
+        assert!(gw.known_absent(&own, b"a") && gw.known_absent(&shut, b"a"));
+        assert_eq!(
+            gw.lookup(&root(), &own, b"a").await.err(),
+            Some(nfsstat3::NFS3ERR_NOENT)
+        );
+        // Absent, but another user may not search the folder: the node says so.
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            ..root()
+        };
+        assert_eq!(gw.lookup(&user, &shut, b"a").await.err(), Some(nfsstat3::NFS3ERR_ACCES));
+        let made = gw
+            .create(
+                &root(),
+                &own,
+                b"a",
+                nfsserve::vfs::CreateHow::Unchecked(sattr3::default()),
+            )
+            .await
+            .unwrap();
+        assert!(!gw.known_absent(&own, b"a"));
+        let (found, _) = gw.lookup(&root(), &own, b"a").await.unwrap();
+        assert_eq!(found.data, made.handle.data);
+        // Removed by the gateway: the name is asked for again (another client's create of it
+        // may overlap), and the node says it is gone.
+        gw.remove(&root(), &own, b"a").await.unwrap();
+        assert!(!gw.known_absent(&own, b"a"));
+        assert_eq!(
+            gw.lookup(&root(), &own, b"a").await.err(),
+            Some(nfsstat3::NFS3ERR_NOENT)
+        );
+        assert!(gw.known_absent(&own, b"b"));
+        own
+    });
+    std::fs::write(mnt.join("own/b"), b"made elsewhere").unwrap();
+    rt.block_on(eventually(
+        "the other mount's create in a folder the gateway made",
+        || async {
+            // With the folder's attributes cached again, as a client's GETATTR would.
+            attr(&gw, &own).await.is_ok() && gw.lookup(&root(), &own, b"b").await.is_ok()
+        },
+    ));
+    assert!(!gw.known_absent(&own, b"b"));
+
     // A node that dies breaks its stream: what was cached may have missed changes, so it goes
     // (nothing reads the file again here, so nothing puts it back).
     assert!(gw.cached(fa.fileid));
+    assert!(gw.known_absent(&own, b"c"));
     c.cluster.stop_node(0, nix::sys::signal::Signal::SIGKILL);
     rt.block_on(eventually("the cache dropped once a stream broke", || async {
         !gw.cached(fa.fileid)
     }));
+    assert!(
+        !gw.known_absent(&own, b"c"),
+        "nothing is known absent while a stream is down"
+    );
     cancel.cancel();
 }

@@ -1,13 +1,15 @@
-//! Directories whose names this mount knows all of: the ones it made itself. The kernel looks a
-//! name up before it creates it, so every create would cost a round trip to learn that the name
-//! is free; in a directory this mount made, a name it never made (and no other process made, as
-//! the change streams tell) is free without asking.
+//! Directories whose names a frontend (a FUSE mount, an NFS gateway) knows all of: the ones it
+//! made itself. A client looks a name up before it creates it, so every create would cost a
+//! round trip to learn that the name is free; in a directory the frontend made, a name it never
+//! made (and no other process made, as the change streams tell) is free without asking.
 //!
 //! A name in a known directory's set means only "it may exist: ask the node". Every name an own
-//! change touches goes in (whatever the outcome), every name another process changes goes in, and
-//! a name leaves only when this mount's own unlink, rmdir or rename of it succeeded. Nothing is
-//! answered unless every node's change stream is live, and a break forgets every directory, as
-//! the attribute cache does.
+//! change touches goes in, every name another process changes goes in, and a name leaves only
+//! when an own unlink, rmdir or rename of it succeeded, which only a frontend whose changes of
+//! one directory never overlap may say (the FUSE mount: the kernel locks the directory; the
+//! gateway serves many clients at once and never takes names out). Nothing is answered unless
+//! every node's change stream is live, and a break forgets every directory, as the attribute
+//! cache does.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,10 +19,14 @@ use dashmap::DashMap;
 use sealfs_core::name::validate_name;
 use sealfs_core::InodeId;
 
-use sealfs_client::CacheTtl;
+use crate::CacheTtl;
 
 /// Names kept over all known directories; past it, a directory that grows is forgotten.
 const MAX_NAMES: usize = 131_072;
+
+/// Directories kept; past it, all are forgotten (a frontend that is never told which ones its
+/// clients still use, as the gateway, would otherwise keep every one it ever made).
+const MAX_DIRS: usize = 16_384;
 
 /// The directories this mount made, with every name that may exist in each.
 pub struct KnownDirs {
@@ -39,9 +45,13 @@ impl KnownDirs {
         })
     }
 
-    /// This mount made `dir` (so it is empty), while the change streams were live.
+    /// This frontend made `dir`, and no change of it ended since (so it is empty), while the
+    /// change streams were live.
     pub fn made(&self, dir: InodeId) {
         if self.ttl.watched_ttl().is_some() {
+            if self.dirs.len() >= MAX_DIRS {
+                self.clear();
+            }
             self.dirs.entry(dir).or_default();
         }
     }
@@ -70,7 +80,8 @@ impl KnownDirs {
         d.insert(name.into());
     }
 
-    /// This mount removed `name` from `dir`.
+    /// This frontend removed `name` from `dir`, and no change of it by the same frontend
+    /// overlapped.
     pub fn removed(&self, dir: InodeId, name: &[u8]) {
         if let Some(mut d) = self.dirs.get_mut(&dir) {
             if d.remove(name) {
@@ -79,8 +90,8 @@ impl KnownDirs {
         }
     }
 
-    /// This mount's removal of `name` from `dir` (unlink, rmdir, rename away) ended: the name
-    /// is gone if it `succeeded`, and may still exist if not.
+    /// This frontend's removal of `name` from `dir` (unlink, rmdir, rename away) ended: the name
+    /// is gone if it `succeeded`, and may still exist if not (see [`KnownDirs::removed`]).
     pub fn removal_ended(&self, dir: InodeId, name: &[u8], succeeded: bool) {
         if succeeded {
             self.removed(dir, name);
@@ -150,6 +161,20 @@ mod tests {
         k.clear();
         assert!(!k.absent(1, b"x"));
         assert_eq!(k.names.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn past_the_directory_bound_all_are_forgotten() {
+        let (_, k) = known();
+        for d in 0..MAX_DIRS as u64 {
+            k.made(d);
+        }
+        k.touched(7, b"x");
+        assert!(k.absent(0, b"x") && k.absent(MAX_DIRS as u64 - 1, b"x"));
+        k.made(MAX_DIRS as u64);
+        assert!(!k.absent(0, b"x"));
+        assert!(k.absent(MAX_DIRS as u64, b"x"));
+        assert_eq!((k.dirs.len(), k.names.load(Ordering::SeqCst)), (1, 0));
     }
 
     #[test]
