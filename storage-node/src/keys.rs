@@ -20,7 +20,8 @@
 //! coordinating request (`T`) or of the step's target (`A`).
 //!
 //! `node` column family: `format` (u64be store format), `node_id`, `cluster_id`,
-//! `intent_seq` (u64be high-water of intent ids).
+//! `intent_seq` (u64be high-water of intent ids), `wal-fill` (a scratch value that start-up
+//! writes and deletes to grow a WAL for reuse; absent otherwise).
 //!
 //! Big-endian integers keep keys of one parent (or inode) contiguous and in numeric order, so a
 //! directory listing is one range scan in cookie (name hash) order, and the cookie is stable.
@@ -33,6 +34,9 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// Name of the node-local column family.
 pub const NODE_CF: &str = "node";
+
+/// The `node` column family's scratch key that start-up writes to grow a WAL for reuse.
+pub const WAL_FILL: &[u8] = b"wal-fill";
 
 /// Smallest directory cookie handed out: 0 starts a listing, 1 and 2 are "." and "..".
 pub const MIN_COOKIE: u64 = 3;

@@ -121,9 +121,6 @@ enum WalReuse {
     No,
 }
 
-/// The node column family's scratch key that start-up writes to grow a WAL for reuse.
-const WAL_FILL_KEY: &[u8] = b"wal-fill";
-
 /// The WAL files in `dir` with their sizes, oldest (lowest number) first: the last is the one
 /// being written, as a reused file is renamed to the new number.
 fn wal_files(dir: &Path) -> Vec<(u64, u64)> {
@@ -255,15 +252,15 @@ impl MetaStore {
         wo.set_sync(false);
         let piece = vec![0u8; PIECE];
         for _ in 0..WAL_REUSE_BYTES as usize / PIECE {
-            self.db.put_cf_opt(self.node_cf(), WAL_FILL_KEY, &piece, &wo)?;
+            self.db.put_cf_opt(self.node_cf(), keys::WAL_FILL, &piece, &wo)?;
         }
-        self.db.delete_cf_opt(self.node_cf(), WAL_FILL_KEY, &wo)
+        self.db.delete_cf_opt(self.node_cf(), keys::WAL_FILL, &wo)
     }
 
     /// Start a new WAL (a reused one when RocksDB has one): the live one gets a record, so it
     /// is not empty, and both column families are flushed, so it is no longer needed.
     fn switch_wal(&self) -> Result<(), rocksdb::Error> {
-        self.db.delete_cf(self.node_cf(), WAL_FILL_KEY)?;
+        self.db.delete_cf(self.node_cf(), keys::WAL_FILL)?;
         self.db.flush_cf(self.node_cf())?;
         self.db.flush()
     }
@@ -641,7 +638,7 @@ mod tests {
             }
             let (_, after) = *wal_files(dir.path()).last().unwrap();
             assert_eq!(after, before, "run {run}: the WAL grew: {:?}", wal_files(dir.path()));
-            assert!(s.db.get_cf(s.node_cf(), WAL_FILL_KEY).unwrap().is_none());
+            assert!(s.db.get_cf(s.node_cf(), keys::WAL_FILL).unwrap().is_none());
         }
         let s = MetaStore::open(dir.path(), 8).unwrap();
         for run in 0..3u64 {
