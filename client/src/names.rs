@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use sealfs_core::name::validate_name;
+use sealfs_core::perm::{self, Credentials};
 use sealfs_core::InodeId;
 
-use crate::CacheTtl;
+use crate::{AttrCache, CacheTtl, Ticket};
 
 /// Names kept over all known directories; past it, a directory that grows is forgotten.
 const MAX_NAMES: usize = 131_072;
@@ -45,9 +46,18 @@ impl KnownDirs {
         })
     }
 
+    /// A mkdir sent at `t` made `dir`: it is known empty unless a change of it already ended
+    /// (another process's create in it, whose stream event came before this reply). Call it
+    /// before `attrs` records the mkdir's own result.
+    pub fn made_at(&self, attrs: &AttrCache, t: Ticket, dir: InodeId) {
+        if attrs.unchanged_since(t, dir) {
+            self.made(dir);
+        }
+    }
+
     /// This frontend made `dir`, and no change of it ended since (so it is empty), while the
     /// change streams were live.
-    pub fn made(&self, dir: InodeId) {
+    fn made(&self, dir: InodeId) {
         if self.ttl.watched_ttl().is_some() {
             if self.dirs.len() >= MAX_DIRS {
                 self.clear();
@@ -62,6 +72,24 @@ impl KnownDirs {
         self.ttl.watched_ttl().is_some()
             && validate_name(name).is_ok()
             && self.dirs.get(&dir).is_some_and(|d| !d.contains(name))
+    }
+
+    /// Whether a lookup of `name` in `dir` by `cred` may be answered "no such file" without a
+    /// node: the name is known absent, and the folder's cached attributes let `cred` search it.
+    pub fn answers_absent(&self, attrs: &AttrCache, cred: &Credentials, dir: InodeId, name: &[u8]) -> bool {
+        self.absent(dir, name)
+            && attrs
+                .get(dir)
+                .is_some_and(|(d, _)| perm::check_access(cred, &d, perm::X_OK).is_ok())
+    }
+
+    /// A change stream says another process changed `name` in `parent`: the name may exist,
+    /// and the folder changed. Its own change event may come later, so `attrs` drops it here
+    /// already, and a mkdir of `parent` whose reply is handled after this does not take it for
+    /// empty (see [`KnownDirs::made_at`]).
+    pub fn entry_changed(&self, attrs: &AttrCache, parent: InodeId, name: &[u8]) {
+        attrs.invalidate(parent);
+        self.touched(parent, name);
     }
 
     /// `name` in `dir` may exist now (a change of it, by this mount or another, ended).

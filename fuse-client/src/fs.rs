@@ -23,7 +23,7 @@ use sealfs_client::{
 };
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{MAX_FILE_SIZE, MAX_IO_SIZE};
-use sealfs_core::{perm, Credentials, FsError, FsResult, InodeId};
+use sealfs_core::{Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
@@ -553,12 +553,7 @@ impl fuser::Filesystem for SealFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
         let cred = creds(req);
-        if self.names.absent(parent.0, &name)
-            && self
-                .attrs
-                .get(parent.0)
-                .is_some_and(|(d, _)| perm::check_access(&cred, &d, perm::X_OK).is_ok())
-        {
+        if self.names.answers_absent(&self.attrs, &cred, parent.0, &name) {
             // A folder this mount made, the caller may search it, and no process made this
             // name in it.
             return reply.error(Errno::ENOENT);
@@ -714,12 +709,10 @@ impl fuser::Filesystem for SealFs {
             move |cx| async move {
                 let t = cx.attrs.ticket();
                 let r = cx.client.mkdir(&cred, parent.0, &name, mode & 0o7777).await;
-                // Empty unless a change of it (another process's create in it) already ended.
-                let empty = r.as_ref().is_ok_and(|e| cx.attrs.unchanged_since(t, e.attr.ino));
-                let e = cx.created(t, parent.0, &name, r)?;
-                if empty {
-                    cx.names.made(e.attr.ino);
+                if let Ok(e) = &r {
+                    cx.names.made_at(&cx.attrs, t, e.attr.ino);
                 }
+                let e = cx.created(t, parent.0, &name, r)?;
                 Ok((e, cx))
             },
             |r, (e, cx)| cx.entry(r, e),

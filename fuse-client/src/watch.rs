@@ -70,10 +70,7 @@ impl ChangeSink for KernelSink {
     }
 
     fn entry(&self, parent: InodeId, name: Bytes) {
-        // The parent's own change may come later: a mkdir whose reply is handled after this
-        // must not take the directory for empty (see `mkdir`).
-        self.caches.attrs.invalidate(parent);
-        self.caches.names.touched(parent, &name);
+        self.caches.names.entry_changed(&self.caches.attrs, parent, &name);
         self.send(Inval::Entry(parent, name));
     }
 

@@ -156,10 +156,7 @@ impl ChangeSink for CacheSink {
     }
 
     fn entry(&self, parent: InodeId, name: Bytes) {
-        // The directory's own change may come after: a mkdir whose reply is handled after
-        // this must not take the directory for empty (see `mkdir`).
-        self.attrs.invalidate(parent);
-        self.names.touched(parent, &name);
+        self.names.entry_changed(&self.attrs, parent, &name);
     }
 
     fn clear(&self) {
@@ -472,12 +469,7 @@ impl NfsBackend for Gateway {
     async fn lookup(&self, c: &Caller, dir: &nfs_fh3, name: &[u8]) -> NfsResult<(nfs_fh3, fattr3)> {
         let dir = self.ino(dir)?;
         let cred = self.creds(c);
-        if self.names.absent(dir, name)
-            && self
-                .attrs
-                .get(dir)
-                .is_some_and(|(d, _)| perm::check_access(&cred, &d, perm::X_OK).is_ok())
-        {
+        if self.names.answers_absent(&self.attrs, &cred, dir, name) {
             // A directory this gateway made, the caller may search it, and nobody made this
             // name in it.
             return Err(nfsstat3::NFS3ERR_NOENT);
@@ -657,11 +649,8 @@ impl NfsBackend for Gateway {
         self.naming(dir_ino, name);
         let t = self.attrs.ticket();
         let r = self.client.mkdir(&cred, dir_ino, name, mode_of(&attr, 0o755)).await;
-        // Empty unless a change of it (a create in it through another frontend) already ended.
         if let Ok(e) = &r {
-            if self.attrs.unchanged_since(t, e.attr.ino) {
-                self.names.made(e.attr.ino);
-            }
+            self.names.made_at(&self.attrs, t, e.attr.ino);
         }
         self.note_created(t, dir_ino, &r);
         let e = self.apply_rest(&cred, r.map_err(err)?, &attr).await?;
