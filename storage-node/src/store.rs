@@ -71,12 +71,18 @@ impl SpaceGuard {
         }
     }
 
+    /// Bytes free on the disk for unprivileged use, if the system says.
+    fn free(&self) -> Option<u64> {
+        let stat = match &self.dir_fd {
+            Some(f) => nix::sys::statvfs::fstatvfs(f),
+            None => nix::sys::statvfs::statvfs(&self.dir),
+        };
+        stat.ok().map(|s| s.blocks_available() * s.fragment_size())
+    }
+
     /// Whether `bytes` more would still leave the reserve free.
     fn room_for(&self, bytes: u64) -> bool {
-        match nix::sys::statvfs::statvfs(&self.dir) {
-            Ok(s) => s.blocks_available() * s.fragment_size() >= self.reserve + bytes,
-            Err(_) => false,
-        }
+        self.free().is_some_and(|free| free >= self.reserve + bytes)
     }
 
     fn check(&self) -> FsResult<()> {
@@ -84,12 +90,7 @@ impl SpaceGuard {
         let low = self.low.load(Ordering::Relaxed);
         // Every write looks (statvfs reads the superblock's counters, no I/O): RocksDB must
         // never be the one to find the disk full.
-        let stat = match &self.dir_fd {
-            Some(f) => nix::sys::statvfs::fstatvfs(f),
-            None => nix::sys::statvfs::statvfs(&self.dir),
-        };
-        if let Ok(s) = stat {
-            let free = s.blocks_available() * s.fragment_size();
+        if let Some(free) = self.free() {
             let now_low = free < self.reserve;
             if now_low != low {
                 if now_low {
