@@ -167,13 +167,14 @@ impl NfsBackend for Backend {
         plus: bool,
     ) -> NfsResult<DirPage> {
         ino(dir)?;
+        // Cookies come from the client, up to u64::MAX: the made-up inode numbers wrap.
         let entries = (cookie..cookie.saturating_add(u64::from(max_entries.min(3))))
             .map(|c| DirEntry {
-                fileid: c + 10,
+                fileid: c.wrapping_add(10),
                 name: format!("e{c}").into_bytes(),
                 cookie: c + 1,
-                attr: plus.then(|| attr(c + 10)),
-                handle: plus.then(|| sealfs_gateway::handle::make(CLUSTER, c + 10, 1)),
+                attr: plus.then(|| attr(c.wrapping_add(10))),
+                handle: plus.then(|| sealfs_gateway::handle::make(CLUSTER, c.wrapping_add(10), 1)),
             })
             .collect();
         Ok(DirPage {
