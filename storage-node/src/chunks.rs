@@ -313,6 +313,12 @@ impl ChunkStore {
                 if off <= start && end >= stop {
                     // Wholly new: checksum the caller's bytes, no read back.
                     s.set(b, &data[(start - off) as usize..(stop - off) as usize]);
+                } else if start >= old_len && stop <= off {
+                    // In the hole between the old end and this write: zeros, no read back
+                    // (write-behind sends a file's pieces out of order, so a chunk's later
+                    // megabytes often land first; reading the hole back block by block was
+                    // ~10% of a node's CPU in sequential writes).
+                    s.set_zeros(b, stop - start);
                 } else {
                     let now = read_buffered(&f, start, (stop - start) as usize)?;
                     s.set(b, &now);
@@ -683,6 +689,33 @@ mod tests {
         let block = pattern(9, sums::BLOCK as usize);
         c.write(0, 7, 0, 0, Bytes::from(block.clone()), true).await.unwrap();
         assert_eq!(&c.read(0, 7, 0, 0, 10).await.unwrap()[..], &block[..10]);
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_end_checksum_the_hole_as_zeros() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ChunkStore::open(d.path());
+        // Later pieces first, as write-behind sends them; an unaligned old end (5000) too.
+        for (off, len, seed) in [
+            (3u64 << 20, 1usize << 20, 1u8),
+            (0, 5000, 2),
+            (1 << 20, 4096, 3),
+            (70_000, 10, 4),
+        ] {
+            c.write(2, 5, 0, off, Bytes::from(pattern(seed, len)), false)
+                .await
+                .unwrap();
+            let path = c.path(2, 5, 0);
+            let kept = Sums::load(&sums::sum_path(&path)).unwrap().unwrap();
+            assert_eq!(
+                kept,
+                Sums::compute(&File::open(&path).unwrap()).unwrap(),
+                "after the write at {off}"
+            );
+        }
+        let mut hole = c.read(2, 5, 0, 5000, 100_000).await.unwrap().to_vec();
+        hole.retain(|&b| b != 0);
+        assert_eq!(hole, pattern(4, 10));
     }
 
     #[tokio::test]

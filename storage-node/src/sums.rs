@@ -26,6 +26,8 @@ use sealfs_core::{FsError, FsResult};
 pub const BLOCK: u64 = 4 << 10;
 /// The block size of version 1 files.
 const V1_BLOCK: u64 = 64 << 10;
+/// The largest block size a checksum file may have.
+const MAX_BLOCK: u64 = 1 << 20;
 const MAGIC: &[u8; 4] = b"SSUM";
 const VERSION: u32 = 2;
 const HEADER: usize = 16;
@@ -116,7 +118,7 @@ impl Sums {
         match word(4) {
             1 if block == V1_BLOCK => {}
             // 64 KiB blocks are written as version 1, so each file has one encoding.
-            2 if block != V1_BLOCK && block.is_power_of_two() && (4 << 10..=1 << 20).contains(&block) => {}
+            2 if block != V1_BLOCK && block.is_power_of_two() && (4 << 10..=MAX_BLOCK).contains(&block) => {}
             1 | 2 => return Err(format!("checksum block size {block}")),
             v => return Err(format!("checksum file version {v} (this node knows 1 to {VERSION})")),
         }
@@ -185,6 +187,12 @@ impl Sums {
             self.crcs.resize(b + 1, 0);
         }
         self.crcs[b] = crc32c::crc32c(data);
+    }
+
+    /// Set block `b`'s checksum to that of `len` zero bytes (a hole), without reading them.
+    pub fn set_zeros(&mut self, b: u64, len: u64) {
+        static ZEROS: [u8; MAX_BLOCK as usize] = [0; MAX_BLOCK as usize];
+        self.set(b, &ZEROS[..len.min(MAX_BLOCK) as usize]);
     }
 
     /// Keep the checksums of a chunk of `len` bytes.
