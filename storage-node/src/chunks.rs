@@ -522,12 +522,7 @@ fn read_open(data: &File, sums: Option<&File>, off: u64, len: usize, cached_only
         if !cached_only {
             return read_buffered(f, at, n).map(Some);
         }
-        let mut buf = vec![0u8; n];
-        match read_cached(f, &mut buf, at) {
-            Ok(true) => Ok(Some(buf)),
-            Ok(false) => Ok(None),
-            Err(e) => Err(io_err(e, "read chunk")),
-        }
+        read_cached(f, at, n).map_err(|e| io_err(e, "read chunk"))
     };
     let file_len = data.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
     let end = off.saturating_add(len as u64).min(file_len);

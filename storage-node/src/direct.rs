@@ -8,7 +8,7 @@
 //! readahead (direct reads measured ~30% slower sequentially).
 
 use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,18 +88,61 @@ pub fn write_at(path: &Path, f: &File, data: &[u8], off: u64) -> FsResult<()> {
 
 /// Read `len` bytes at `off` through the page cache (fewer at the end of the file).
 pub fn read_buffered(f: &File, off: u64, len: usize) -> FsResult<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e, "read chunk")),
-        }
+    match pread_fresh(f, off, len, 0) {
+        Ok((buf, _)) => Ok(buf),
+        Err(e) => Err(io_err(e, "read chunk")),
     }
-    buf.truncate(done);
-    Ok(buf)
+}
+
+/// How [`pread_fresh`] stopped short of the length asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Short {
+    /// It read everything asked for.
+    No,
+    /// The file ended first.
+    End,
+    /// The rest would have waited for the disk (`RWF_NOWAIT`, or the kernel could not say).
+    WouldWait,
+}
+
+/// `preadv2` of up to `len` bytes at `off` with `flags` into a new buffer that is never zeroed
+/// first: a memset of every read's buffer was ~4% of a node's CPU in sequential reads. Returns
+/// the bytes read and why they are fewer than `len`, if they are.
+pub fn pread_fresh(f: &File, off: u64, len: usize, flags: libc::c_int) -> std::io::Result<(Vec<u8>, Short)> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let nowait = flags & libc::RWF_NOWAIT != 0;
+    while buf.len() < len {
+        let done = buf.len();
+        let Ok(at) = libc::off_t::try_from(off + done as u64) else {
+            return Ok((buf, Short::End));
+        };
+        let iov = libc::iovec {
+            // Raw pointers into the spare capacity: no reference to uninitialised bytes is made.
+            iov_base: buf.spare_capacity_mut().as_mut_ptr().cast(),
+            iov_len: len - done,
+        };
+        // SAFETY: the one iovec covers the buffer's spare capacity (`len - done` bytes past its
+        // length, allocated above), valid for writes and alive across the call; the descriptor
+        // belongs to `f`.
+        let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at, flags) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Not cached, or RWF_NOWAIT not supported here.
+                Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) if nowait => {
+                    return Ok((buf, Short::WouldWait))
+                }
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Ok((buf, Short::End));
+        }
+        // SAFETY: the kernel wrote `n` bytes (at most `len - done`) right after the first `done`.
+        unsafe { buf.set_len(done + n as usize) };
+    }
+    Ok((buf, Short::No))
 }
 
 #[cfg(test)]
@@ -139,5 +182,12 @@ mod tests {
         write_at(&path, &f, &b, 0).unwrap();
         assert_eq!(read_buffered(&f, 0, n).unwrap(), b);
         assert_eq!(read_buffered(&f, n as u64, ALIGN).unwrap(), b"tail");
+        // Why a read came back short is told apart; a read past the end gets nothing.
+        let (whole, short) = pread_fresh(&f, 1, 10, 0).unwrap();
+        assert_eq!((&whole[..], short), (&b[1..11], Short::No));
+        let (tail, short) = pread_fresh(&f, n as u64 + 2, 100, 0).unwrap();
+        assert_eq!((&tail[..], short), (&b"il"[..], Short::End));
+        assert_eq!(pread_fresh(&f, 1 << 40, 10, 0).unwrap(), (Vec::new(), Short::End));
+        assert_eq!(pread_fresh(&f, 0, 0, 0).unwrap(), (Vec::new(), Short::No));
     }
 }

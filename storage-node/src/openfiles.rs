@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::direct::{pread_fresh, Short};
 
 use sealfs_core::{InodeId, PartitionId};
 
@@ -97,38 +98,12 @@ impl OpenChunks {
     }
 }
 
-/// Fill `buf` from `f` at `off` from the page cache only. `Ok(false)` when that would mean
-/// waiting for the disk (or the kernel cannot tell, or the file ends first): the caller then
-/// takes the path that waits.
-pub fn read_cached(f: &File, buf: &mut [u8], off: u64) -> io::Result<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        let iov = libc::iovec {
-            iov_base: rest.as_mut_ptr().cast(),
-            iov_len: rest.len(),
-        };
-        let Ok(at) = libc::off_t::try_from(off + done as u64) else {
-            return Ok(false);
-        };
-        // SAFETY: the one iovec points into `rest`, which is valid for writes of its length and
-        // outlives the call; the descriptor belongs to `f`, open for reading.
-        let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // Not cached, or RWF_NOWAIT not supported here.
-                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(false),
-                _ => Err(e),
-            };
-        }
-        if n == 0 {
-            return Ok(false);
-        }
-        done += n as usize;
-    }
-    Ok(true)
+/// `len` bytes of `f` at `off` from the page cache only. `None` when that would mean waiting
+/// for the disk (or the kernel cannot tell, or the file ends first): the caller then takes the
+/// path that waits.
+pub fn read_cached(f: &File, off: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+    let (buf, short) = pread_fresh(f, off, len, libc::RWF_NOWAIT)?;
+    Ok((short == Short::No).then_some(buf))
 }
 
 #[cfg(test)]
@@ -186,13 +161,11 @@ mod tests {
         f.write_all(&[7u8; 8192]).unwrap();
         f.sync_all().unwrap();
         let r = File::open(&p).unwrap();
-        let mut buf = vec![0u8; 4096];
         // Just written: in the page cache, unless the kernel cannot say (then it declines).
-        if read_cached(&r, &mut buf, 4096).unwrap() {
-            assert!(buf.iter().all(|b| *b == 7));
+        if let Some(buf) = read_cached(&r, 4096, 4096).unwrap() {
+            assert_eq!(buf, vec![7u8; 4096]);
         }
         // Past the end: declined, never a short fill passed off as whole.
-        let mut past = vec![0u8; 4096];
-        assert!(!read_cached(&r, &mut past, 6144).unwrap());
+        assert_eq!(read_cached(&r, 6144, 4096).unwrap(), None);
     }
 }
