@@ -599,6 +599,17 @@ impl LocalCluster {
         self.nodes[i].start(&spec)
     }
 
+    /// Start node `i` again with the same folders and on the address it had, as a node with a
+    /// fixed port comes back (the manager sees the same node at the same place).
+    pub fn start_node_in_place(&mut self, i: usize) -> anyhow::Result<()> {
+        let addr = self.node_addr(i).context("the node never ran")?;
+        let cmd = &mut self.nodes[i].cmd;
+        if let Some(at) = cmd.iter().position(|a| a == "--listen") {
+            cmd[at + 1] = addr;
+        }
+        self.start_node(i)
+    }
+
     /// Stop every process in order: FUSE, nodes, manager.
     pub fn stop_all(&mut self) {
         self.unmount_fuse();

@@ -62,7 +62,7 @@ impl manager_server::Manager for ManagerService {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         let r = req.into_inner();
         let mut s = self.lock();
-        match s.register(r.node_id, &r.addr, r.stats, Instant::now()) {
+        match s.register(r.node_id, &r.addr, r.stats, r.fresh, Instant::now()) {
             Ok(reg) => Ok(Response::new(pb::RegisterReply {
                 node_id: reg.node_id,
                 cluster_id: reg.cluster_id,

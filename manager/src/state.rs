@@ -265,12 +265,16 @@ impl State {
         Ok(())
     }
 
-    /// A node announces itself. `node_id` 0 asks for a new id.
+    /// A node announces itself. `node_id` 0 asks for a new id. A `fresh` node (a process started
+    /// after a crash) moves the epoch even if nothing else changes: replicas count as in sync
+    /// only from the epoch they first see (Replication::writes_survived), and this one may have
+    /// lost what it took unsynced before.
     pub fn register(
         &mut self,
         node_id: NodeId,
         addr: &str,
         stats: Option<pb::NodeStats>,
+        fresh: bool,
         now: Instant,
     ) -> Result<Registered, Refused> {
         if addr.is_empty() || addr.len() > 256 {
@@ -293,6 +297,9 @@ impl State {
                     info!(node = id, addr, "node is back");
                     n.addr = addr.to_string();
                     n.state = NodeState::Up;
+                    changed = true;
+                } else if fresh {
+                    info!(node = id, "node restarted after a crash: a new epoch");
                     changed = true;
                 }
             }
@@ -474,9 +481,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = Instant::now();
         let mut s = State::open(dir.path(), &config(2, 1)).unwrap();
-        let a = s.register(0, "a:1", None, now).unwrap();
+        let a = s.register(0, "a:1", None, false, now).unwrap();
         assert!(!s.map.is_initialized());
-        let b = s.register(0, "b:1", None, now).unwrap();
+        let b = s.register(0, "b:1", None, false, now).unwrap();
         assert_ne!(a.node_id, b.node_id);
         assert_eq!(a.cluster_id, b.cluster_id);
         assert!(s.map.is_initialized());
@@ -485,10 +492,29 @@ mod tests {
             "the first placement needs no fills"
         );
         // A third node joins: it is filled with its share, nothing leaves before that.
-        s.register(0, "c:1", None, now).unwrap();
+        s.register(0, "c:1", None, false, now).unwrap();
         let filling: Vec<_> = s.map.assignment.iter().filter(|r| !r.filling.is_empty()).collect();
         assert!(!filling.is_empty());
         assert!(s.map.assignment.iter().all(|r| r.in_sync.len() == 1));
+    }
+
+    #[test]
+    fn a_node_back_from_a_crash_moves_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut s = State::open(dir.path(), &config(2, 2)).unwrap();
+        let a = s.register(0, "a:1", None, false, now).unwrap().node_id;
+        s.register(0, "b:1", None, false, now).unwrap();
+        let (epoch, assignment) = (s.map.epoch, s.map.assignment.clone());
+        // Registering again after a clean stop (or after a manager restart) changes nothing.
+        s.register(a, "a:1", None, false, now).unwrap();
+        assert_eq!(s.map.epoch, epoch);
+        // After a crash it moves the epoch, and only the epoch.
+        s.register(a, "a:1", None, true, now).unwrap();
+        assert_eq!(s.map.epoch, epoch + 1);
+        assert_eq!(s.map.assignment, assignment);
+        let reopened = State::open(dir.path(), &config(2, 2)).unwrap();
+        assert_eq!(reopened.map.epoch, epoch + 1, "the new epoch is persisted");
     }
 
     #[test]
@@ -497,13 +523,13 @@ mod tests {
         let now = Instant::now();
         let (map, id) = {
             let mut s = State::open(dir.path(), &config(1, 1)).unwrap();
-            let r = s.register(0, "a:1", None, now).unwrap();
+            let r = s.register(0, "a:1", None, false, now).unwrap();
             (s.map.clone(), r.node_id)
         };
         let mut s = State::open(dir.path(), &config(1, 1)).unwrap();
         assert_eq!(s.map, map);
         // Ids are never handed out twice.
-        let r = s.register(0, "b:1", None, now).unwrap();
+        let r = s.register(0, "b:1", None, false, now).unwrap();
         assert!(r.node_id > id);
     }
 
@@ -514,7 +540,7 @@ mod tests {
         let mut s = State::open(dir.path(), &config(3, 2)).unwrap();
         let ids: Vec<NodeId> = ["a:1", "b:1", "c:1"]
             .iter()
-            .map(|a| s.register(0, a, None, t0).unwrap().node_id)
+            .map(|a| s.register(0, a, None, false, t0).unwrap().node_id)
             .collect();
         let dead = ids[0];
         let led: Vec<PartitionId> = s.map.primary_partitions(dead);
@@ -555,8 +581,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
         let mut s = State::open(dir.path(), &config(2, 2)).unwrap();
-        let a = s.register(0, "a:1", None, t0).unwrap().node_id;
-        let b = s.register(0, "b:1", None, t0).unwrap().node_id;
+        let a = s.register(0, "a:1", None, false, t0).unwrap().node_id;
+        let b = s.register(0, "b:1", None, false, t0).unwrap().node_id;
         let p = s.map.primary_partitions(a)[0];
         assert!(
             matches!(s.replica_failed(b, p, a, "x"), Err(Refused::Stale(_))),
@@ -574,7 +600,7 @@ mod tests {
         let mut s = State::open(dir.path(), &config(3, 2)).unwrap();
         let ids: Vec<NodeId> = ["a:1", "b:1", "c:1"]
             .iter()
-            .map(|a| s.register(0, a, None, t0).unwrap().node_id)
+            .map(|a| s.register(0, a, None, false, t0).unwrap().node_id)
             .collect();
         assert!(s.remove_node(ids[2]).is_err(), "a node holding data cannot be removed");
         s.drain(ids[2], true).unwrap();

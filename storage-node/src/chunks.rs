@@ -27,6 +27,9 @@ pub struct ChunkStore {
     /// and a commit reports the new value so the writer knows. A clean stop syncs every chunk
     /// first, so the next start keeps the value and commits of those writes still succeed.
     pub verifier: u64,
+    /// The verifier is new with this start: no clean stop came before it (a crash, or the first
+    /// start), so whatever an earlier run took unsynced may be lost.
+    pub fresh: bool,
     /// Writers of a chunk and its checksums, striped by chunk: a partial block is read, checked
     /// and rewritten as one step.
     stripes: Arc<Vec<Mutex<()>>>,
@@ -73,6 +76,7 @@ impl ChunkStore {
         let store = ChunkStore {
             root: root.to_path_buf(),
             verifier: kept.unwrap_or_else(|| rand::random::<u64>() | 1),
+            fresh: kept.is_none(),
             stripes: Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect()),
             open: Arc::new(OpenChunks::new(OPEN_CHUNKS)),
         };

@@ -57,6 +57,7 @@ async fn register(
     node_id: u64,
     addr: &str,
     st: pb::NodeStats,
+    fresh: bool,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(u64, u64)> {
     let mut warned = false;
@@ -65,6 +66,7 @@ async fn register(
             node_id,
             addr: addr.to_string(),
             stats: Some(st.clone()),
+            fresh,
         };
         match mgr.register(req).await {
             Ok(r) => {
@@ -113,7 +115,9 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     let stored_cluster = store.node_u64("cluster_id")?;
     let mut mgr = sealfs_client::manager_client(&security, &config.manager, Duration::from_secs(2))?;
     let st = stats(None, &chunks, &store, &security);
-    let (id, cluster_id) = register(&mut mgr, stored_id, &addr, st, &cancel).await?;
+    // After a crash the manager moves the epoch, so that this node, whose unsynced writes of
+    // before may be gone, vouches only for what it takes from the map it gets next.
+    let (id, cluster_id) = register(&mut mgr, stored_id, &addr, st, chunks.fresh, &cancel).await?;
     if let Some(c) = stored_cluster {
         if c != cluster_id {
             bail!(
@@ -323,6 +327,7 @@ async fn heartbeat_loop(
                         node_id: node.id,
                         addr: addr.clone(),
                         stats: None,
+                        fresh: false,
                     };
                     if let Err(e) = mgr.register(req).await {
                         warn!("re-registration failed: {}", e.message());
