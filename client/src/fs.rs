@@ -199,6 +199,11 @@ impl DirtyChunks {
         self.parts.is_empty() && !self.size_dirty
     }
 
+    /// How many chunks hold unstable writes.
+    pub fn chunks(&self) -> usize {
+        self.parts.values().map(|d| d.chunks.len()).sum()
+    }
+
     fn add(&mut self, p: PartitionId, verifier: u64, epoch: u64, ino: InodeId, index: u64) {
         let e = self.parts.entry(p).or_insert(DirtyPart {
             verifier,
@@ -738,6 +743,11 @@ impl SealClient {
             }
         }
         Ok((self.read_chunks(ino, offset, end, cs).await?, attr))
+    }
+
+    /// The chunk size of `ino` if it is known to be a chunked file (it stays one for life).
+    pub fn known_chunk_size(&self, ino: InodeId) -> Option<u32> {
+        self.layouts.get(&ino).map(|c| *c)
     }
 
     /// Note that `ino` is chunked with chunk size `cs` (see `read_checked`).

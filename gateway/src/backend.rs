@@ -7,13 +7,22 @@
 //! a GETATTR at every open and whenever their own cache times out, and each would otherwise be a
 //! round trip to a node. The gateway's own changes update the cache as they end; other processes'
 //! changes (other gateways, FUSE mounts) drop entries as their nodes commit them.
+//!
+//! UNSTABLE writes are answered once the chunks' replicas hold them, unsynced; the gateway keeps
+//! what they touched (soft state, per file) until a COMMIT syncs it on every replica. Its write
+//! verifier is drawn at start and changes whenever a COMMIT finds that a node can no longer vouch
+//! for such writes (it crashed since), so clients resend what they had not seen committed: after
+//! a gateway restart, a move to another gateway, or a node's crash. Writes no COMMIT covered for
+//! `UNSTABLE_IDLE` are committed by the gateway itself.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use dashmap::DashMap;
 use nfsserve::mount::mountstat3;
 use nfsserve::nfs::*;
 use nfsserve::vfs::*;
@@ -24,7 +33,7 @@ use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{GatewayConfig, MAX_FILE_SIZE};
 use sealfs_core::perm::{self, Credentials};
 use sealfs_core::{FsError, FsResult, InodeId, ROOT_INO};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::handle;
 
@@ -142,7 +151,23 @@ pub struct Gateway {
     /// The directories this gateway made, with every name that may exist in them: a LOOKUP of
     /// any other name is answered ENOENT here (the one before each create, mostly).
     names: Arc<KnownDirs>,
+    /// Chunks of UNSTABLE writes answered and not yet covered by a COMMIT, per file, with the
+    /// time of the last one.
+    unstable: DashMap<InodeId, (DirtyChunks, Instant)>,
+    /// How many chunks `unstable` holds (about: updated after each change of it).
+    unstable_chunks: AtomicUsize,
+    /// Drawn at start: the base of the write verifier.
+    boot: u64,
+    /// COMMITs that found unstable writes a node could no longer vouch for.
+    losses: AtomicU64,
 }
+
+/// Most chunks of unstable writes a gateway keeps for COMMITs; past that, writes are made
+/// durable before their reply (FILE_SYNC), so clients that never commit cannot grow it.
+const MAX_UNSTABLE_CHUNKS: usize = 65_536;
+/// Unstable writes no COMMIT covered for this long are committed by the gateway itself (a client
+/// that wrote and then removed the file, or went away, never sends one).
+pub const UNSTABLE_IDLE: Duration = Duration::from_secs(30);
 
 /// The gateway's caches, as the change streams' sink.
 struct CacheSink {
@@ -180,6 +205,10 @@ impl Gateway {
             attrs: AttrCache::new(ttl.clone()),
             names: KnownDirs::new(ttl.clone()),
             ttl,
+            unstable: DashMap::new(),
+            unstable_chunks: AtomicUsize::new(0),
+            boot: rand::random(),
+            losses: AtomicU64::new(0),
         })
     }
 
@@ -388,10 +417,115 @@ impl Gateway {
         Ok(ino)
     }
 
+    /// The write verifier: it changes whenever unstable writes it was answered with may be lost.
     fn verifier(&self) -> writeverf3 {
-        // Every write is durable before its reply, so one verifier for the cluster's life is
-        // honest, and clients moving between gateways never resend anything.
-        self.cluster_id.to_be_bytes()
+        self.boot.wrapping_add(self.losses.load(Ordering::SeqCst)).to_be_bytes()
+    }
+
+    /// A READ of a chunked file whose attributes are cached: the permission is checked here, on
+    /// the same rule the node applies, and only the chunks are read (the inode's round trip is
+    /// saved: it is the busier of the two for small reads). None when either is not known.
+    async fn read_with_cached_attr(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        offset: u64,
+        count: u32,
+    ) -> Option<FsResult<(Bytes, FileAttr)>> {
+        let cs = self.client.known_chunk_size(ino)?;
+        let (a, _) = self.attrs.get(ino)?;
+        if a.kind != FileKind::Regular {
+            return None;
+        }
+        Some(
+            async {
+                perm::check_io(cred, &a, false)?;
+                let end = offset.saturating_add(u64::from(count)).min(a.size);
+                if offset >= end {
+                    return Ok((Bytes::new(), a));
+                }
+                let data = self.client.read_chunks(ino, offset, end, cs).await?;
+                Ok((data, a))
+            }
+            .await,
+        )
+    }
+
+    /// Keep the chunks of an answered unstable write of `ino` for its COMMIT.
+    fn keep_unstable(&self, ino: InodeId, dirty: DirtyChunks) {
+        let mut e = self
+            .unstable
+            .entry(ino)
+            .or_insert_with(|| (DirtyChunks::default(), Instant::now()));
+        let before = e.0.chunks();
+        e.0.merge(dirty);
+        e.1 = Instant::now();
+        let added = e.0.chunks() - before;
+        drop(e);
+        self.unstable_chunks.fetch_add(added, Ordering::SeqCst);
+    }
+
+    /// Take what unstable writes of `ino` left to commit.
+    fn take_unstable(&self, ino: InodeId) -> Option<DirtyChunks> {
+        let (_, (d, _)) = self.unstable.remove(&ino)?;
+        self.unstable_chunks.fetch_sub(d.chunks(), Ordering::SeqCst);
+        Some(d)
+    }
+
+    /// Make the unstable writes of `ino` durable. When a node cannot vouch for them (it crashed
+    /// since) or cannot sync them, the write verifier moves and this still succeeds: the client
+    /// sends again every write it has not seen committed. Other failures keep them for a retry.
+    async fn commit_unstable(&self, ino: InodeId) -> FsResult<()> {
+        let Some(dirty) = self.take_unstable(ino) else {
+            return Ok(());
+        };
+        match self.client.commit(ino, dirty.clone()).await {
+            Ok(()) => Ok(()),
+            Err(FsError::Io(e)) => {
+                warn!(ino, "unstable writes may be lost; the write verifier changes: {e}");
+                self.losses.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.keep_unstable(ino, dirty);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commit the unstable writes of every file last written more than `idle` ago; returns how
+    /// many files were committed.
+    pub async fn commit_idle(&self, idle: Duration) -> usize {
+        let old: Vec<InodeId> = self
+            .unstable
+            .iter()
+            .filter(|e| e.value().1.elapsed() >= idle)
+            .map(|e| *e.key())
+            .collect();
+        let mut done = 0;
+        for ino in old {
+            match self.commit_unstable(ino).await {
+                Ok(()) => done += 1,
+                Err(e) => debug!(ino, "idle unstable writes not committed yet: {e}"),
+            }
+        }
+        done
+    }
+
+    /// Run [`Gateway::commit_idle`] every so often until `cancel` fires.
+    pub async fn commit_idle_loop(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(UNSTABLE_IDLE / 2) => {}
+            }
+            self.commit_idle(UNSTABLE_IDLE).await;
+        }
+    }
+
+    /// Files with unstable writes no COMMIT has covered yet.
+    pub fn unstable_files(&self) -> usize {
+        self.unstable.len()
     }
 }
 
@@ -524,10 +658,16 @@ impl NfsBackend for Gateway {
     ) -> NfsResult<(Bytes, bool, Option<fattr3>)> {
         let ino = self.ino(fh)?;
         let count = count.min(self.config.max_io);
+        let cred = self.creds(c);
+        if let Some(r) = self.read_with_cached_attr(&cred, ino, offset, count).await {
+            let (data, attr) = r.map_err(err)?;
+            let eof = offset.saturating_add(data.len() as u64) >= attr.size;
+            return Ok((data, eof, Some(self.fattr(&attr))));
+        }
         let t = self.attrs.ticket();
         let (data, attr) = self
             .client
-            .read_checked(&self.creds(c), ino, offset, count, true)
+            .read_checked(&cred, ino, offset, count, true)
             .await
             .map_err(err)?;
         self.attrs.offer(t, &attr);
@@ -541,7 +681,7 @@ impl NfsBackend for Gateway {
         fh: &nfs_fh3,
         offset: u64,
         data: Bytes,
-        _stable: stable_how,
+        stable: stable_how,
     ) -> NfsResult<Written> {
         self.writable()?;
         let ino = self.ino(fh)?;
@@ -550,8 +690,10 @@ impl NfsBackend for Gateway {
         }
         let count = data.len() as u32;
         let mut dirty = DirtyChunks::default();
+        let unstable =
+            stable == stable_how::UNSTABLE && self.unstable_chunks.load(Ordering::SeqCst) < MAX_UNSTABLE_CHUNKS;
         let mode = WriteMode {
-            stable: true,
+            stable: !unstable,
             check_perm: true,
             known: None,
         };
@@ -562,9 +704,16 @@ impl NfsBackend for Gateway {
             .await;
         self.changed(t, ino, &r);
         let e = r.map_err(err)?;
+        // Data written inline in the inode is durable whatever was asked.
+        let committed = if dirty.is_empty() {
+            stable_how::FILE_SYNC
+        } else {
+            self.keep_unstable(ino, dirty);
+            stable_how::UNSTABLE
+        };
         Ok(Written {
             count,
-            committed: stable_how::FILE_SYNC,
+            committed,
             verifier: self.verifier(),
             attr: Some(self.fattr(&e.attr)),
         })
@@ -857,8 +1006,9 @@ impl NfsBackend for Gateway {
         _offset: u64,
         _count: u32,
     ) -> NfsResult<(writeverf3, Option<fattr3>)> {
-        // Writes are durable before their reply: nothing is left to commit.
+        // The whole file's unstable writes are committed, whatever the range: a superset.
         let ino = self.ino(fh)?;
+        self.commit_unstable(ino).await.map_err(err)?;
         Ok((self.verifier(), self.attr_of(&self.creds(c), ino).await))
     }
 }

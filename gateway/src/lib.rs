@@ -45,6 +45,7 @@ pub async fn run(
     let per_client = config.max_connections_per_client;
     let backend = Arc::new(backend::Gateway::new(client, config)?);
     backend.watch(cancel.child_token());
+    tokio::spawn(backend.clone().commit_idle_loop(cancel.child_token()));
     nfsserve::server::run(backend, nfs, portmap, port, per_client, cancel).await?;
     info!("gateway stopped");
     Ok(())

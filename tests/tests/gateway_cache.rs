@@ -3,18 +3,20 @@
 //! drop what they touch), its own changes at once, and serves nothing while a stream is down;
 //! in folders it made, it answers LOOKUPs of names nobody made without asking a node, and finds
 //! the names another process makes there.
-//! The gateway backend runs in this test over a real cluster of processes; the FUSE mount is
+//! Its UNSTABLE writes are committed by COMMIT (or by itself once idle) under one write
+//! verifier, which changes when a crash of the nodes may have lost them.
+//! The gateway backend runs in these tests over a real cluster of processes; the FUSE mount is
 //! another process, as a second gateway or a user's mount would be.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use nfsserve::nfs::{fattr3, nfs_fh3, nfsstat3, sattr3, set_mode3};
-use nfsserve::vfs::{Caller, NfsBackend};
+use nfsserve::vfs::{stable_how, Caller, NfsBackend};
 use sealfs_client::SealClient;
 use sealfs_core::config::{ClientConfig, GatewayConfig, SecurityConfig};
 use sealfs_gateway::backend::Gateway;
-use sealfs_tests::TestCluster;
+use sealfs_tests::{pattern, TestCluster};
 use tokio_util::sync::CancellationToken;
 
 /// Five minutes: a change seen within the deadline below was dropped by a stream, not expired.
@@ -49,6 +51,42 @@ async fn attr(gw: &Gateway, fh: &nfs_fh3) -> Result<fattr3, nfsstat3> {
     gw.getattr(&root(), fh).await
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A gateway backend over the cluster of `c`, caching attributes for `cache_ms`; with a cache,
+/// once every change stream is live.
+fn gateway(c: &TestCluster, rt: &tokio::runtime::Runtime, cache_ms: u64, cancel: &CancellationToken) -> Gateway {
+    let security = SecurityConfig {
+        secret_file: Some(c.dir.path().join("secret").to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    rt.block_on(async {
+        let client_cfg = ClientConfig {
+            manager: c.cluster.manager_addr.clone(),
+            security: security.clone(),
+            ..Default::default()
+        };
+        let client = SealClient::connect(client_cfg, Duration::from_secs(30)).await.unwrap();
+        let cfg = GatewayConfig {
+            manager: c.cluster.manager_addr.clone(),
+            attr_cache_ms: cache_ms,
+            security,
+            ..Default::default()
+        };
+        let gw = Gateway::new(client, cfg).unwrap();
+        if cache_ms > 0 {
+            gw.watch(cancel.clone());
+            eventually("every change stream live", || async { gw.caching() }).await;
+        }
+        gw
+    })
+}
+
 #[test]
 fn the_gateway_cache_follows_other_processes_changes() {
     let mut c = TestCluster::start(3, true);
@@ -58,33 +96,9 @@ fn the_gateway_cache_follows_other_processes_changes() {
     std::fs::write(mnt.join("d/g"), b"gone soon").unwrap();
     std::fs::set_permissions(mnt.join("d/f"), std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let security = SecurityConfig {
-        secret_file: Some(c.dir.path().join("secret").to_string_lossy().into_owned()),
-        ..Default::default()
-    };
+    let rt = runtime();
     let cancel = CancellationToken::new();
-    let gw = rt.block_on(async {
-        let client_cfg = ClientConfig {
-            manager: c.cluster.manager_addr.clone(),
-            security: security.clone(),
-            ..Default::default()
-        };
-        let client = SealClient::connect(client_cfg, Duration::from_secs(30)).await.unwrap();
-        let cfg = GatewayConfig {
-            manager: c.cluster.manager_addr.clone(),
-            attr_cache_ms: LONG_CACHE_MS,
-            security,
-            ..Default::default()
-        };
-        let gw = Gateway::new(client, cfg).unwrap();
-        gw.watch(cancel.clone());
-        eventually("every change stream live", || async { gw.caching() }).await;
-        gw
-    });
+    let gw = gateway(&c, &rt, LONG_CACHE_MS, &cancel);
 
     let (f, g, fa) = rt.block_on(async {
         let top = gw.mount(&root(), b"/").await.expect("mount");
@@ -190,6 +204,35 @@ fn the_gateway_cache_follows_other_processes_changes() {
     ));
     assert!(!gw.known_absent(&own, b"b"));
 
+    // READs of a chunked file with its attributes cached skip the inode, not the permission
+    // check, and follow another process's overwrite.
+    let big = pattern(11, 2 << 20);
+    std::fs::write(mnt.join("big"), &big).unwrap();
+    std::fs::set_permissions(mnt.join("big"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let user = Caller {
+        uid: 1000,
+        gid: 1000,
+        ..root()
+    };
+    let bh = rt.block_on(async {
+        let top = gw.mount(&root(), b"/").await.unwrap();
+        let (bh, ba) = gw.lookup(&root(), &top, b"big").await.unwrap();
+        let (data, eof, _) = gw.read(&root(), &bh, 0, 1 << 20).await.unwrap();
+        assert_eq!((&data[..], eof), (&big[..1 << 20], false));
+        assert!(gw.cached(ba.fileid));
+        let (data, eof, _) = gw.read(&root(), &bh, 1 << 20, 1 << 20).await.unwrap();
+        assert_eq!((&data[..], eof), (&big[1 << 20..], true));
+        assert_eq!(gw.read(&user, &bh, 0, 4096).await.err(), Some(nfsstat3::NFS3ERR_ACCES));
+        bh
+    });
+    let newer = pattern(12, 2 << 20);
+    std::fs::write(mnt.join("big"), &newer).unwrap();
+    rt.block_on(eventually("the other mount's overwrite", || async {
+        gw.read(&root(), &bh, 4096, 4096)
+            .await
+            .is_ok_and(|(d, _, _)| d[..] == newer[4096..8192])
+    }));
+
     // A node that dies breaks its stream: what was cached may have missed changes, so it goes
     // (nothing reads the file again here, so nothing puts it back).
     assert!(gw.cached(fa.fileid));
@@ -202,5 +245,112 @@ fn the_gateway_cache_follows_other_processes_changes() {
         !gw.known_absent(&own, b"c"),
         "nothing is known absent while a stream is down"
     );
+    cancel.cancel();
+}
+
+/// WRITE with UNSTABLE is answered before the data is durable, under one write verifier, and
+/// COMMIT makes it durable under the same; FILE_SYNC and inline writes are durable at once. When
+/// every node restarts after a crash between a write and its COMMIT, no node can vouch for the
+/// write any more (it may have been lost with the page cache), and the COMMIT answers a new
+/// verifier, which makes a client send it again.
+#[test]
+fn unstable_writes_are_committed_and_a_crash_changes_the_verifier() {
+    let mut c = TestCluster::start(3, false);
+    let rt = runtime();
+    let cancel = CancellationToken::new();
+    let gw = gateway(&c, &rt, 0, &cancel);
+    let piece = |i: u64| bytes::Bytes::from(pattern(i, 1 << 20));
+    let (fh, v0) = rt.block_on(async {
+        let top = gw.mount(&root(), b"/").await.unwrap();
+        let how = nfsserve::vfs::CreateHow::Unchecked(sattr3::default());
+        let fh = gw.create(&root(), &top, b"u", how).await.unwrap().handle;
+        // 6 MiB over two chunks, unstable.
+        let mut verifiers = Vec::new();
+        for i in 0..6u64 {
+            let w = gw
+                .write(&root(), &fh, i << 20, piece(i), stable_how::UNSTABLE)
+                .await
+                .unwrap();
+            assert_eq!((w.count, w.committed), (1 << 20, stable_how::UNSTABLE));
+            verifiers.push(w.verifier);
+        }
+        let v0 = verifiers[0];
+        assert!(verifiers.iter().all(|v| *v == v0), "one verifier for all");
+        // Readable before the commit.
+        let (data, _, attr) = gw.read(&root(), &fh, 3 << 20, 1 << 20).await.unwrap();
+        assert_eq!(data, piece(3));
+        assert_eq!(attr.unwrap().size, 6 << 20);
+        let (v, attr) = gw.commit(&root(), &fh, 0, 0).await.unwrap();
+        assert_eq!(v, v0, "nothing was lost");
+        assert_eq!(attr.unwrap().size, 6 << 20);
+        // Asked for durability: durable before the reply, same verifier.
+        let w = gw
+            .write(&root(), &fh, 0, piece(9), stable_how::FILE_SYNC)
+            .await
+            .unwrap();
+        assert_eq!((w.committed, w.verifier), (stable_how::FILE_SYNC, v0));
+        // A small file's data lives in its inode, durable at once.
+        let small = gw.create(&root(), &top, b"small", how).await.unwrap().handle;
+        let w = gw
+            .write(
+                &root(),
+                &small,
+                0,
+                bytes::Bytes::from_static(b"tiny"),
+                stable_how::UNSTABLE,
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.committed, stable_how::FILE_SYNC);
+        // Writes no COMMIT covers are committed by the gateway once idle.
+        let w = gw
+            .write(&root(), &fh, 1 << 20, piece(8), stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        assert_eq!(w.committed, stable_how::UNSTABLE);
+        assert_eq!(gw.unstable_files(), 1);
+        assert_eq!(gw.commit_idle(Duration::from_secs(3600)).await, 0, "not idle yet");
+        assert_eq!(gw.commit_idle(Duration::ZERO).await, 1);
+        assert_eq!(gw.unstable_files(), 0);
+        assert_eq!(gw.commit(&root(), &fh, 0, 0).await.unwrap().0, v0);
+        // Unstable again, then no commit before the crash.
+        let w = gw
+            .write(&root(), &fh, 4 << 20, piece(7), stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        assert_eq!((w.committed, w.verifier), (stable_how::UNSTABLE, v0));
+        (fh, v0)
+    });
+    for i in 0..3 {
+        c.cluster.stop_node(i, nix::sys::signal::Signal::SIGKILL);
+    }
+    // Back on their addresses within the failure timeout: to the manager nothing changed but
+    // the nodes' word that they crashed.
+    for i in 0..3 {
+        c.cluster.start_node_in_place(i).unwrap();
+    }
+    c.cluster.wait_nodes_up(DEADLINE).unwrap();
+    rt.block_on(async {
+        let start = Instant::now();
+        let v1 = loop {
+            match gw.commit(&root(), &fh, 0, 0).await {
+                Ok((v, _)) => break v,
+                Err(nfsstat3::NFS3ERR_JUKEBOX) if start.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("commit after the restart: {e:?}"),
+            }
+        };
+        assert_ne!(v1, v0, "after a crash of every node the writes cannot be vouched for");
+        // The client sends the write again; from here on the new verifier holds.
+        let w = gw
+            .write(&root(), &fh, 4 << 20, piece(7), stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        assert_eq!(w.verifier, v1);
+        assert_eq!(gw.commit(&root(), &fh, 0, 0).await.unwrap().0, v1);
+        let (data, _, _) = gw.read(&root(), &fh, 4 << 20, 1 << 20).await.unwrap();
+        assert_eq!(data, piece(7));
+    });
     cancel.cancel();
 }
