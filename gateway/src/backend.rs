@@ -156,6 +156,9 @@ pub struct Gateway {
     unstable: DashMap<InodeId, (DirtyChunks, Instant)>,
     /// How many chunks `unstable` holds (about: updated after each change of it).
     unstable_chunks: AtomicUsize,
+    /// Held, striped by inode, while a file's unstable writes are being committed: a second
+    /// COMMIT (or the idle sweep) waits for the first instead of answering before it is done.
+    committing: Vec<tokio::sync::Mutex<()>>,
     /// Drawn at start: the base of the write verifier.
     boot: u64,
     /// COMMITs that found unstable writes a node could no longer vouch for.
@@ -168,6 +171,8 @@ const MAX_UNSTABLE_CHUNKS: usize = 65_536;
 /// Unstable writes no COMMIT covered for this long are committed by the gateway itself (a client
 /// that wrote and then removed the file, or went away, never sends one).
 pub const UNSTABLE_IDLE: Duration = Duration::from_secs(30);
+/// Stripes of the per-file commit lock.
+const COMMIT_STRIPES: usize = 64;
 
 /// The gateway's caches, as the change streams' sink.
 struct CacheSink {
@@ -207,6 +212,7 @@ impl Gateway {
             ttl,
             unstable: DashMap::new(),
             unstable_chunks: AtomicUsize::new(0),
+            committing: (0..COMMIT_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             boot: rand::random(),
             losses: AtomicU64::new(0),
         })
@@ -476,6 +482,7 @@ impl Gateway {
     /// since) or cannot sync them, the write verifier moves and this still succeeds: the client
     /// sends again every write it has not seen committed. Other failures keep them for a retry.
     async fn commit_unstable(&self, ino: InodeId) -> FsResult<()> {
+        let _one_at_a_time = self.committing[(ino % COMMIT_STRIPES as u64) as usize].lock().await;
         let Some(dirty) = self.take_unstable(ino) else {
             return Ok(());
         };
