@@ -220,6 +220,13 @@ pub fn is_fuse_mounted(path: &Path) -> bool {
 }
 
 impl Proc {
+    /// Listen on `addr` from the next start on (the process's `--listen` argument).
+    fn listen_on(&mut self, addr: String) {
+        if let Some(i) = self.cmd.iter().position(|a| a == "--listen") {
+            self.cmd[i + 1] = addr;
+        }
+    }
+
     fn spawn(name: &str, cmd: Vec<String>, spec: &ClusterSpec) -> anyhow::Result<Proc> {
         let mut p = Proc {
             name: name.to_string(),
@@ -574,10 +581,7 @@ impl LocalCluster {
     /// Start the manager again on the address it had.
     pub fn start_manager(&mut self) -> anyhow::Result<()> {
         let spec = self.spec.clone();
-        let listen = self.manager_addr.clone();
-        if let Some(i) = self.manager.cmd.iter().position(|a| a == "--listen") {
-            self.manager.cmd[i + 1] = listen;
-        }
+        self.manager.listen_on(self.manager_addr.clone());
         self.manager.start(&spec)
     }
 
@@ -603,10 +607,7 @@ impl LocalCluster {
     /// fixed port comes back (the manager sees the same node at the same place).
     pub fn start_node_in_place(&mut self, i: usize) -> anyhow::Result<()> {
         let addr = self.node_addr(i).context("the node never ran")?;
-        let cmd = &mut self.nodes[i].cmd;
-        if let Some(at) = cmd.iter().position(|a| a == "--listen") {
-            cmd[at + 1] = addr;
-        }
+        self.nodes[i].listen_on(addr);
         self.start_node(i)
     }
 
@@ -624,10 +625,7 @@ impl LocalCluster {
         let spec = self.spec.clone();
         if !self.manager.running() {
             // Keep the address the nodes and clients know.
-            let listen = self.manager_addr.clone();
-            if let Some(i) = self.manager.cmd.iter().position(|a| a == "--listen") {
-                self.manager.cmd[i + 1] = listen;
-            }
+            self.manager.listen_on(self.manager_addr.clone());
             self.manager.start(&spec)?;
         }
         for p in &mut self.nodes {

@@ -666,18 +666,19 @@ impl NfsBackend for Gateway {
         let ino = self.ino(fh)?;
         let count = count.min(self.config.max_io);
         let cred = self.creds(c);
-        if let Some(r) = self.read_with_cached_attr(&cred, ino, offset, count).await {
-            let (data, attr) = r.map_err(err)?;
-            let eof = offset.saturating_add(data.len() as u64) >= attr.size;
-            return Ok((data, eof, Some(self.fattr(&attr))));
-        }
-        let t = self.attrs.ticket();
-        let (data, attr) = self
-            .client
-            .read_checked(&cred, ino, offset, count, true)
-            .await
-            .map_err(err)?;
-        self.attrs.offer(t, &attr);
+        let (data, attr) = match self.read_with_cached_attr(&cred, ino, offset, count).await {
+            Some(r) => r.map_err(err)?,
+            None => {
+                let t = self.attrs.ticket();
+                let r = self
+                    .client
+                    .read_checked(&cred, ino, offset, count, true)
+                    .await
+                    .map_err(err)?;
+                self.attrs.offer(t, &r.1);
+                r
+            }
+        };
         let eof = offset.saturating_add(data.len() as u64) >= attr.size;
         Ok((data, eof, Some(self.fattr(&attr))))
     }
