@@ -183,7 +183,11 @@ const LAYOUT_CACHE_MAX: usize = 100_000;
 #[derive(Debug, Default, Clone)]
 pub struct DirtyChunks {
     parts: HashMap<PartitionId, DirtyPart>,
+    /// The file's size and times are owed, or were changed without a sync, since the last commit.
     size_dirty: bool,
+    /// What the inode's node answered the first unsynced size change with (its verifier, the
+    /// earliest epoch), for the sync to check, as chunks' commits do.
+    size_stamp: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +228,16 @@ impl DirtyChunks {
             }
         }
         self.size_dirty |= other.size_dirty;
+        if let Some((v, e)) = other.size_stamp {
+            self.stamp_size(v, e);
+        }
+    }
+
+    /// Record an unsynced size change the inode's node answered with `verifier` at `epoch`.
+    fn stamp_size(&mut self, verifier: u64, epoch: u64) {
+        self.size_dirty = true;
+        let s = self.size_stamp.get_or_insert((verifier, epoch));
+        s.1 = s.1.min(epoch);
     }
 }
 
@@ -851,7 +865,7 @@ impl SealClient {
             chunk_size = r.attr.as_ref().map(|a| a.chunk_size).unwrap_or(0);
         }
         self.write_chunks(ino, offset, data, chunk_size, stable, dirty).await?;
-        self.extend_size(cred, ino, end, stable).await
+        self.extend_size(cred, ino, end, stable, dirty).await
     }
 
     /// Write `data` at `offset` straight to the chunks of a chunked file (`chunk_size` from its
@@ -912,8 +926,15 @@ impl SealClient {
     }
 
     /// Grow the file's size to at least `end` after chunk writes (and set its mtime and ctime);
-    /// durably with `sync`. Returns its attributes.
-    pub async fn extend_size(&self, cred: &Credentials, ino: InodeId, end: u64, sync: bool) -> FsResult<Entry> {
+    /// durably with `sync`, else noted in `dirty` for the commit. Returns its attributes.
+    pub async fn extend_size(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        end: u64,
+        sync: bool,
+        dirty: &mut DirtyChunks,
+    ) -> FsResult<Entry> {
         let r = self
             .router
             .call(self.ino_part(ino), |mut c, epoch| {
@@ -926,6 +947,9 @@ impl SealClient {
                 async move { c.extend_size(req).await }
             })
             .await?;
+        if !sync {
+            dirty.stamp_size(r.verifier, r.epoch);
+        }
         entry_of(r.attr.as_ref())
     }
 
@@ -936,7 +960,16 @@ impl SealClient {
         if dirty.is_empty() {
             return Ok(());
         }
-        try_join_all(dirty.parts.into_iter().map(|(p, d)| async move {
+        // The size goes with the chunks, not after them: an unsynced size change is in the WAL
+        // and may reach the disk at any time anyway, so waiting for the chunks first kept no
+        // order a crash could rely on.
+        let size = async {
+            if dirty.size_dirty {
+                self.sync_inode(ino, dirty.size_stamp).await?;
+            }
+            Ok::<_, FsError>(())
+        };
+        let chunks = try_join_all(dirty.parts.into_iter().map(|(p, d)| async move {
             let chunks: Vec<pb::ChunkId> = d
                 .chunks
                 .into_iter()
@@ -953,21 +986,24 @@ impl SealClient {
                     async move { c.commit(req).await }
                 })
                 .await
-        }))
-        .await?;
-        if dirty.size_dirty {
-            self.sync_inode(ino).await?;
-        }
-        Ok(())
+        }));
+        let (size, chunks) = tokio::join!(size, chunks);
+        chunks?;
+        size
     }
 
-    /// Make the inode record durable (its size and times after unstable writes).
-    pub async fn sync_inode(&self, ino: InodeId) -> FsResult<()> {
+    /// Make the inode record durable on every replica (its size and times after unstable
+    /// writes), failing with EIO if the node cannot vouch for the unsynced size change `stamp`
+    /// (verifier, epoch) stands for.
+    async fn sync_inode(&self, ino: InodeId, stamp: Option<(u64, u64)>) -> FsResult<()> {
+        let (verifier, since) = stamp.unwrap_or((0, 0));
         self.router
             .call(self.ino_part(ino), |mut c, epoch| {
-                let req = pb::InoRequest {
+                let req = pb::SyncInodeRequest {
                     ctx: Some(ctx(epoch, &Credentials::root())),
                     ino,
+                    verifier,
+                    epoch: since,
                 };
                 async move { c.sync_inode(req).await }
             })

@@ -303,6 +303,26 @@ impl Node {
         r.into_iter().collect()
     }
 
+    /// Make every earlier unsynced change of partition `p` durable here and on its other
+    /// replicas (each syncs its whole WAL, the only log it has).
+    pub async fn sync_partition(&self, p: PartitionId) -> FsResult<()> {
+        let req = move |epoch: u64| pb::ReplicateMetaRequest {
+            ctx: Some(ctx(epoch, &Credentials::root())),
+            sender: self.id,
+            partition: p,
+            puts: Vec::new(),
+            deletes: Vec::new(),
+            sync: true,
+        };
+        let send = |mut c: pb::node_client::NodeClient<sealfs_proto::auth::AuthChannel>, epoch| {
+            let r = req(epoch);
+            async move { c.replicate_meta(r).await.map(|_| ()) }
+        };
+        let (l, r) = tokio::join!(self.store.sync(), self.forward(p, &send));
+        l?;
+        r
+    }
+
     /// Apply a chunk change here and on every other replica of partition `p`.
     pub async fn chunk_op(&self, p: PartitionId, ino: InodeId, index: u64, op: ChunkOp) -> FsResult<()> {
         let gate = self.repl.commit_gate.read().await;
@@ -501,6 +521,13 @@ impl Node {
                 return Err(FsError::Invalid("a forwarded key of another partition".into()));
             }
             ops.push((k.to_vec(), None));
+        }
+        if ops.is_empty() {
+            // A sync of the changes already taken (Node::sync_partition).
+            if r.sync {
+                self.store.sync().await?;
+            }
+            return Ok(self.router.map().epoch);
         }
         let fill = self.repl.fills_in.get(&r.partition).map(|f| f.clone());
         match fill {

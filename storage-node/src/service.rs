@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sealfs_core::attr::{SetAttr, TimeUpdate};
 use sealfs_core::config::MAX_IO_SIZE;
+use sealfs_core::ids::ino_partition;
 use sealfs_core::{FsError, FsResult};
 use sealfs_proto::pb::{self, node_server};
 use sealfs_proto::{creds_from_ctx, status_from_error, time_from_pb};
@@ -265,30 +266,39 @@ impl node_server::Node for NodeService {
         )
     }
 
-    async fn extend_size(&self, req: Request<pb::ExtendRequest>) -> R<pb::AttrReply> {
+    async fn extend_size(&self, req: Request<pb::ExtendRequest>) -> R<pb::ExtendReply> {
         let r = req.into_inner();
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
+                // Read before the change: a replica in sync since this epoch has it.
+                let epoch = self.0.router.map().epoch;
                 let attr = self
                     .0
                     .op_extend(&creds_from_ctx(r.ctx.as_ref()), r.ino, r.end, r.sync)
                     .await?;
-                Ok(pb::AttrReply {
+                Ok(pb::ExtendReply {
                     attr: Some(attr),
-                    ..Default::default()
+                    verifier: self.0.chunks.verifier,
+                    epoch,
                 })
             }
             .await,
         )
     }
 
-    async fn sync_inode(&self, req: Request<pb::InoRequest>) -> R<pb::Empty> {
+    async fn sync_inode(&self, req: Request<pb::SyncInodeRequest>) -> R<pb::Empty> {
         let r = req.into_inner();
         done(
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
-                self.0.store.sync().await?;
+                let p = ino_partition(r.ino);
+                if r.verifier != 0 && !self.0.writes_survived(p, r.verifier, r.epoch) {
+                    return Err(FsError::Io(format!(
+                        "partition {p}: its node restarted since the unsynced size change; it may be lost"
+                    )));
+                }
+                self.0.sync_partition(p).await?;
                 Ok(pb::Empty {})
             }
             .await,

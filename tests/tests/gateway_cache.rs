@@ -4,7 +4,8 @@
 //! in folders it made, it answers LOOKUPs of names nobody made without asking a node, and finds
 //! the names another process makes there.
 //! Its UNSTABLE writes are committed by COMMIT (or by itself once idle) under one write
-//! verifier, which changes when a crash of the nodes may have lost them.
+//! verifier, which changes when a crash of the nodes may have lost them; a file's size grown
+//! unsynced is vouched for the same way by the inode's node at the commit.
 //! The gateway backend runs in these tests over a real cluster of processes; the FUSE mount is
 //! another process, as a second gateway or a user's mount would be.
 
@@ -353,4 +354,107 @@ fn unstable_writes_are_committed_and_a_crash_changes_the_verifier() {
         assert_eq!(data, piece(7));
     });
     cancel.cancel();
+}
+
+/// A file's size grown without a sync (the chunks are elsewhere) is vouched for at the commit by
+/// the inode's node: if that node alone crashed and came back in place before the commit, the
+/// commit fails instead of calling a size durable that the crash may have lost.
+#[test]
+fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
+    use sealfs_client::{DirtyChunks, WriteMode};
+    use sealfs_core::attr::FileKind;
+    use sealfs_core::perm::Credentials;
+    use sealfs_core::{FsError, ROOT_INO};
+    let mut c = TestCluster::start(3, false);
+    let rt = runtime();
+    let client = rt.block_on(async {
+        let cfg = ClientConfig {
+            manager: c.cluster.manager_addr.clone(),
+            security: SecurityConfig {
+                secret_file: Some(c.dir.path().join("secret").to_string_lossy().into_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        SealClient::connect(cfg, Duration::from_secs(30)).await.unwrap()
+    });
+    let cred = Credentials::root();
+    let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
+    let primary = |p| map.primary(p).expect("a primary").id;
+    // A file whose inode's primary is not its first chunk's: the chunk commit then succeeds on
+    // its own, and only the size can fail it.
+    let ino = rt.block_on(async {
+        for i in 0..64 {
+            let name = format!("f{i}");
+            let e = client
+                .create(
+                    &cred,
+                    ROOT_INO,
+                    name.as_bytes(),
+                    FileKind::Regular,
+                    0o644,
+                    0,
+                    true,
+                    libc::O_RDWR,
+                )
+                .await
+                .unwrap();
+            let ino = e.attr.ino;
+            if primary(map.inode_partition(ino)) != primary(map.chunk_partition(ino, 0)) {
+                return ino;
+            }
+        }
+        panic!("no file of 64 has its inode and first chunk on different primaries");
+    });
+    let data = bytes::Bytes::from(pattern(1, 64 << 10));
+    let unstable = WriteMode {
+        stable: false,
+        check_perm: false,
+        known: None,
+    };
+    // Unstable, then committed: nothing was lost.
+    let mut dirty = DirtyChunks::default();
+    rt.block_on(client.write(&cred, ino, 0, data.clone(), unstable, &mut dirty))
+        .unwrap();
+    rt.block_on(client.commit(ino, dirty)).unwrap();
+    // Unstable again (growing the file), then the inode's node crashes and is back in place.
+    let mut dirty = DirtyChunks::default();
+    rt.block_on(client.write(&cred, ino, 64 << 10, data.clone(), unstable, &mut dirty))
+        .unwrap();
+    let victim = sealfs_tests::node_index(&c.cluster, &map, primary(map.inode_partition(ino)));
+    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
+    c.cluster.start_node_in_place(victim).unwrap();
+    c.cluster.wait_nodes_up(DEADLINE).unwrap();
+    let after = sealfs_tests::cluster_map(&c.cluster);
+    assert_eq!(
+        after.primary(map.inode_partition(ino)).map(|n| n.id),
+        Some(primary(map.inode_partition(ino))),
+        "the node is back before the manager saw it down: still the inode's primary"
+    );
+    let r = rt.block_on(async {
+        let start = Instant::now();
+        loop {
+            match client.commit(ino, dirty.clone()).await {
+                Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r,
+            }
+        }
+    });
+    assert!(
+        matches!(r, Err(FsError::Io(_))),
+        "the commit must not vouch for a size its node may have lost: {r:?}"
+    );
+    // The file as the nodes have it now is whole up to what was durable, and writable again.
+    let mut dirty = DirtyChunks::default();
+    let stable = WriteMode {
+        stable: true,
+        check_perm: false,
+        known: None,
+    };
+    rt.block_on(client.write(&cred, ino, 64 << 10, data.clone(), stable, &mut dirty))
+        .unwrap();
+    let attr = rt.block_on(client.getattr(&cred, ino)).unwrap().attr;
+    assert_eq!(attr.size, 128 << 10);
 }
