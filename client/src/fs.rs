@@ -1121,3 +1121,29 @@ impl SealClient {
         attr_to_pb(&e.attr, e.layout.inline, e.layout.chunk_size)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_vouches_with_the_first_answer_and_the_earliest_epoch() {
+        let mut d = DirtyChunks::default();
+        assert!(d.is_empty());
+        d.stamp_size(7, 12);
+        assert!(!d.is_empty(), "an unsynced size alone is something to commit");
+        d.stamp_size(7, 10);
+        let mut later = DirtyChunks::default();
+        later.stamp_size(9, 15);
+        later.add(3, 9, 14, 42, 0);
+        d.merge(later);
+        // Another node's later answer does not replace the first: the committing node must
+        // vouch from before the earliest change.
+        assert_eq!(d.size_stamp, Some((7, 10)));
+        assert_eq!(d.chunks(), 1);
+        let mut chunks_only = DirtyChunks::default();
+        chunks_only.add(3, 9, 14, 42, 0);
+        assert_eq!(chunks_only.size_stamp, None);
+        assert!(!chunks_only.size_dirty);
+    }
+}
