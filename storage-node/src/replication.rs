@@ -281,21 +281,11 @@ impl Node {
             drop(gate);
             r
         };
-        let remote = join_all(by_part.into_iter().map(|(p, (puts, dels))| async move {
-            let req = move |epoch: u64| pb::ReplicateMetaRequest {
-                ctx: Some(ctx(epoch, &Credentials::root())),
-                sender: self.id,
-                partition: p,
-                puts: puts.clone(),
-                deletes: dels.clone(),
-                sync,
-            };
-            self.forward(p, &|mut c, epoch| {
-                let r = req(epoch);
-                async move { c.replicate_meta(r).await.map(|_| ()) }
-            })
-            .await
-        }));
+        let remote = join_all(
+            by_part
+                .into_iter()
+                .map(|(p, (puts, dels))| self.forward_meta(p, puts, dels, sync)),
+        );
         let (l, r) = tokio::join!(local, remote);
         l?;
         // Published once it is applied here, even if a replica failed: reads here show it.
@@ -306,21 +296,33 @@ impl Node {
     /// Make every earlier unsynced change of partition `p` durable here and on its other
     /// replicas (each syncs its whole WAL, the only log it has).
     pub async fn sync_partition(&self, p: PartitionId) -> FsResult<()> {
+        let (l, r) = tokio::join!(self.store.sync(), self.forward_meta(p, Vec::new(), Vec::new(), true));
+        l?;
+        r
+    }
+
+    /// Send metadata puts and deletes of partition `p` to its other replicas (none of either
+    /// with `sync`: a sync of what they took before).
+    async fn forward_meta(
+        &self,
+        p: PartitionId,
+        puts: Vec<pb::KvPut>,
+        deletes: Vec<Bytes>,
+        sync: bool,
+    ) -> FsResult<()> {
         let req = move |epoch: u64| pb::ReplicateMetaRequest {
             ctx: Some(ctx(epoch, &Credentials::root())),
             sender: self.id,
             partition: p,
-            puts: Vec::new(),
-            deletes: Vec::new(),
-            sync: true,
+            puts: puts.clone(),
+            deletes: deletes.clone(),
+            sync,
         };
-        let send = |mut c: pb::node_client::NodeClient<sealfs_proto::auth::AuthChannel>, epoch| {
+        self.forward(p, &|mut c, epoch| {
             let r = req(epoch);
             async move { c.replicate_meta(r).await.map(|_| ()) }
-        };
-        let (l, r) = tokio::join!(self.store.sync(), self.forward(p, &send));
-        l?;
-        r
+        })
+        .await
     }
 
     /// Apply a chunk change here and on every other replica of partition `p`.
@@ -934,6 +936,16 @@ impl Node {
     /// taken by this very process, or this node has been in sync since before they were made.
     pub fn writes_survived(&self, p: PartitionId, verifier: u64, epoch: u64) -> bool {
         verifier == self.chunks.verifier || self.repl.in_sync_since.get(&p).is_some_and(|s| *s <= epoch)
+    }
+
+    /// [`Node::writes_survived`] as an EIO naming `what` may be lost.
+    pub fn vouch(&self, p: PartitionId, verifier: u64, epoch: u64, what: &str) -> FsResult<()> {
+        if self.writes_survived(p, verifier, epoch) {
+            return Ok(());
+        }
+        Err(FsError::Io(format!(
+            "partition {p}: its node restarted since the {what}; they may be lost"
+        )))
     }
 }
 

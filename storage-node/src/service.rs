@@ -293,10 +293,8 @@ impl node_server::Node for NodeService {
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
                 let p = ino_partition(r.ino);
-                if r.verifier != 0 && !self.0.writes_survived(p, r.verifier, r.epoch) {
-                    return Err(FsError::Io(format!(
-                        "partition {p}: its node restarted since the unsynced size change; it may be lost"
-                    )));
+                if r.verifier != 0 {
+                    self.0.vouch(p, r.verifier, r.epoch, "unsynced size changes")?;
                 }
                 self.0.sync_partition(p).await?;
                 Ok(pb::Empty {})
@@ -371,11 +369,7 @@ impl node_server::Node for NodeService {
                 let mut list = Vec::with_capacity(r.chunks.len());
                 for c in &r.chunks {
                     let p = self.chunk_partition(r.ctx.as_ref(), c.ino, c.index).await?;
-                    if !self.0.writes_survived(p, r.verifier, r.epoch) {
-                        return Err(FsError::Io(format!(
-                            "partition {p}: its node restarted since the unstable writes; they may be lost"
-                        )));
-                    }
+                    self.0.vouch(p, r.verifier, r.epoch, "unstable writes")?;
                     list.push((p, c.ino, c.index));
                 }
                 futures::future::try_join_all(

@@ -59,24 +59,32 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+fn security(c: &TestCluster) -> SecurityConfig {
+    SecurityConfig {
+        secret_file: Some(c.dir.path().join("secret").to_string_lossy().into_owned()),
+        ..Default::default()
+    }
+}
+
+/// A client library connected to the cluster of `c`.
+async fn client(c: &TestCluster) -> SealClient {
+    let cfg = ClientConfig {
+        manager: c.cluster.manager_addr.clone(),
+        security: security(c),
+        ..Default::default()
+    };
+    SealClient::connect(cfg, Duration::from_secs(30)).await.unwrap()
+}
+
 /// A gateway backend over the cluster of `c`, caching attributes for `cache_ms`; with a cache,
 /// once every change stream is live.
 fn gateway(c: &TestCluster, rt: &tokio::runtime::Runtime, cache_ms: u64, cancel: &CancellationToken) -> Gateway {
-    let security = SecurityConfig {
-        secret_file: Some(c.dir.path().join("secret").to_string_lossy().into_owned()),
-        ..Default::default()
-    };
     rt.block_on(async {
-        let client_cfg = ClientConfig {
-            manager: c.cluster.manager_addr.clone(),
-            security: security.clone(),
-            ..Default::default()
-        };
-        let client = SealClient::connect(client_cfg, Duration::from_secs(30)).await.unwrap();
+        let client = client(c).await;
         let cfg = GatewayConfig {
             manager: c.cluster.manager_addr.clone(),
             attr_cache_ms: cache_ms,
-            security,
+            security: security(c),
             ..Default::default()
         };
         let gw = Gateway::new(client, cfg).unwrap();
@@ -367,17 +375,7 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     use sealfs_core::{FsError, ROOT_INO};
     let mut c = TestCluster::start(3, false);
     let rt = runtime();
-    let client = rt.block_on(async {
-        let cfg = ClientConfig {
-            manager: c.cluster.manager_addr.clone(),
-            security: SecurityConfig {
-                secret_file: Some(c.dir.path().join("secret").to_string_lossy().into_owned()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        SealClient::connect(cfg, Duration::from_secs(30)).await.unwrap()
-    });
+    let client = rt.block_on(client(&c));
     let cred = Credentials::root();
     let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
     let primary = |p| map.primary(p).expect("a primary").id;
