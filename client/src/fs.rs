@@ -12,7 +12,7 @@ use futures::future::try_join_all;
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeUpdate};
 use sealfs_core::config::{ClientConfig, INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE};
 use sealfs_core::{Credentials, FsError, FsResult, InodeId, PartitionId};
-use sealfs_proto::{attr_to_pb, ctx, pb, required_attr, time_to_pb};
+use sealfs_proto::{attach, attr_to_pb, ctx, pb, required_attr, time_to_pb};
 
 use crate::router::Router;
 
@@ -808,7 +808,13 @@ impl SealClient {
                             size: len,
                             from_replica: false,
                         };
-                        async move { c.read_chunk(req).await }
+                        async move {
+                            let (md, mut msg, mut ext) = c.read_chunk(req).await?.into_parts();
+                            if let Some(d) = attach::take(&mut ext) {
+                                msg.data = d;
+                            }
+                            Ok(tonic::Response::from_parts(md, msg, ext))
+                        }
                     })
                     .await?;
                 Ok::<_, FsError>((r.data, len))
@@ -905,10 +911,12 @@ impl SealClient {
                             ctx: Some(ctx(epoch, &Credentials::root())),
                             chunk: Some(pb::ChunkId { ino, index }),
                             offset: off,
-                            data: piece.clone(),
+                            data: Bytes::new(),
                             stable,
                             chunk_size,
                         };
+                        // The data goes beside the message (see sealfs_proto::attach).
+                        let req = attach::request(req, attach::WRITE_CHUNK_DATA, piece.clone());
                         async move { c.write_chunk(req).await }
                     })
                     .await?;

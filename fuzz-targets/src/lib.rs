@@ -35,12 +35,13 @@ pub fn rpc_decode(data: &[u8]) {
     };
     if which >= 0xF0 {
         // A frame of the framed transport (after its length prefix), as a server or a client
-        // would decode it.
+        // would decode it, on a version 1 or 2 (attachments) connection.
         let mut frame = bytes::Bytes::copy_from_slice(body);
+        let v2 = which & 2 != 0;
         if which & 1 == 0 {
-            let _ = sealfs_proto::framed::decode_request(&mut frame);
+            let _ = sealfs_proto::framed::decode_request(&mut frame, v2);
         } else {
-            let _ = sealfs_proto::framed::decode_reply(&mut frame);
+            let _ = sealfs_proto::framed::decode_reply(&mut frame, v2);
         }
         return;
     }

@@ -328,12 +328,40 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Transport {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         match self {
             Transport::Http2(c) => {
+                if req.extensions().get::<crate::attach::Attachment>().is_some() {
+                    // HTTP/2 carries no attachment: it goes into the message it stands for.
+                    // A clone has no slot of its own in the channel's buffer until it is ready.
+                    let mut c = c.clone();
+                    return Box::pin(async move {
+                        let req = inline_attachment(req).await?;
+                        std::future::poll_fn(|cx| c.poll_ready(cx)).await?;
+                        c.call(req).await.map_err(Into::into)
+                    });
+                }
                 let fut = c.call(req);
                 Box::pin(async move { fut.await.map_err(Into::into) })
             }
             Transport::Framed(f) => f.call(req),
         }
     }
+}
+
+/// `req` with the [`crate::attach::Attachment`] in its extensions appended to its body as the
+/// field it stands for.
+async fn inline_attachment(
+    req: http::Request<tonic::body::Body>,
+) -> Result<http::Request<tonic::body::Body>, BoxError> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let body = match parts.extensions.remove::<crate::attach::Attachment>() {
+        Some(a) => a.inline_into(&body)?,
+        None => body,
+    };
+    Ok(http::Request::from_parts(
+        parts,
+        tonic::body::Body::new(http_body_util::Full::new(body)),
+    ))
 }
 
 /// The metadata key naming the calling process (a random id each process draws), so a node can

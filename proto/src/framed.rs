@@ -7,15 +7,20 @@
 //! writes its frame to the socket itself, one reader task per connection hands replies back, and
 //! a server runs each call as one task that writes its own reply.
 //!
-//! Servers tell the two protocols apart by the first eight bytes of a connection ([`MAGIC`]);
-//! HTTP/2 clients and TLS handshakes never start with them.
+//! Servers tell the two protocols apart by the first eight bytes of a connection ([`MAGIC`] or
+//! [`MAGIC_V2`]); HTTP/2 clients and TLS handshakes never start with them. Version 2 adds an
+//! attachment to every frame: bytes carried beside the message instead of inside it
+//! ([`crate::attach`]), so a chunk's data is neither copied into an encoded message nor out of
+//! a received one. A version 2 server answers the magic with its own; a client that gets
+//! anything else (a version 1 server hands the connection to HTTP/2, which closes it) connects
+//! again with version 1 and inlines attachments into their messages.
 //!
-//! Frame layout (integers little-endian):
+//! Frame layout (integers little-endian; `[a]`: version 2 only):
 //!
 //! | frame | fields |
 //! |---|---|
-//! | request | `u32` length of the rest, `u64` id, path (`u16` length + bytes), headers, body |
-//! | reply | `u32` length of the rest, `u64` id, `u16` HTTP status, headers, trailers, body |
+//! | request | `u32` length of the rest, `u64` id, [`u32` attachment length], path (`u16` length + bytes), headers, body, [attachment] |
+//! | reply | `u32` length of the rest, `u64` id, [`u32` attachment length], `u16` HTTP status, headers, trailers, body, [attachment] |
 //! | headers | `u16` count, then per header name and value, each `u16` length + bytes |
 
 use std::collections::HashMap;
@@ -41,8 +46,13 @@ use tonic::transport::server::TcpConnectInfo;
 use tonic::Status;
 use tracing::debug;
 
-/// The first bytes of every framed connection (the format's version is in them).
+use crate::attach::{Attached, Attachment, RepliesTakeAttachments};
+
+/// The first bytes of a framed connection of version 1 (the format's version is in them).
 pub const MAGIC: &[u8; 8] = b"SEALRPC1";
+/// The first bytes of a version 2 connection (frames carry attachments), which a version 2
+/// server sends back.
+pub const MAGIC_V2: &[u8; 8] = b"SEALRPC2";
 /// The largest frame taken either way: the largest gRPC message plus room for headers.
 const MAX_FRAME: usize = sealfs_core::config::MAX_MESSAGE_SIZE + (64 << 10);
 /// Calls one server connection runs at once; past that the server stops reading from it.
@@ -129,23 +139,47 @@ async fn read_len<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Option<us
     Ok(Some(len))
 }
 
+/// Frames at least this long are read into memory so that they end on an [`END_ALIGN`]
+/// boundary: their attachment (a chunk's data) is their last bytes, so data of a multiple of
+/// that length also starts on one, and a node writes it with `O_DIRECT` from where it is
+/// instead of copying it into an aligned buffer first.
+const ALIGN_FROM: usize = 64 << 10;
+/// See [`ALIGN_FROM`]: the block size of direct I/O.
+const END_ALIGN: usize = 4096;
+
 /// Read the `len` bytes of a frame after its length prefix.
 async fn read_body<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> std::io::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(len);
-    while buf.len() < len {
-        let want = len - buf.len();
+    let room = if len >= ALIGN_FROM { END_ALIGN } else { 0 };
+    let mut buf = BytesMut::with_capacity(len + room);
+    if room > 0 {
+        let end = buf.as_ptr() as usize + len;
+        buf.put_bytes(0, (END_ALIGN - end % END_ALIGN) % END_ALIGN);
+    }
+    let start = buf.len();
+    while buf.len() - start < len {
+        let want = len - (buf.len() - start);
         let n = (&mut *rd).take(want as u64).read_buf(&mut buf).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
-    Ok(buf.freeze())
+    let mut frame = buf.freeze();
+    frame.advance(start);
+    Ok(frame)
 }
 
-/// A frame's head (length prefix filled in for `body_len` more bytes) and its body, written as
-/// one buffer when the body is small.
-fn finish_frame(mut head: BytesMut, body: Bytes) -> Result<(Bytes, Bytes), Status> {
-    let total = head.len() - 4 + body.len();
+/// A frame ready to go out: its head, then its body and attachment (each empty when it was
+/// small enough to be copied into the head, so the frame goes out in one write).
+struct Frame {
+    head: Bytes,
+    body: Bytes,
+    attachment: Bytes,
+}
+
+/// A frame of `head` (its length prefix filled in here), `body` and `attachment` (whose length
+/// the head holds on version 2 connections; always empty on version 1).
+fn finish_frame(mut head: BytesMut, mut body: Bytes, mut attachment: Bytes) -> Result<Frame, Status> {
+    let total = head.len() - 4 + body.len() + attachment.len();
     if total > MAX_FRAME {
         return Err(Status::resource_exhausted(format!(
             "frame of {total} bytes is too large"
@@ -153,18 +187,39 @@ fn finish_frame(mut head: BytesMut, body: Bytes) -> Result<(Bytes, Bytes), Statu
     }
     head[..4].copy_from_slice(&(total as u32).to_le_bytes());
     if body.len() <= COALESCE {
-        head.put_slice(&body);
-        return Ok((head.freeze(), Bytes::new()));
+        head.put_slice(&std::mem::take(&mut body));
+        if attachment.len() <= COALESCE {
+            head.put_slice(&std::mem::take(&mut attachment));
+        }
     }
-    Ok((head.freeze(), body))
+    Ok(Frame {
+        head: head.freeze(),
+        body,
+        attachment,
+    })
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    w.write_all(head).await?;
-    if !body.is_empty() {
-        w.write_all(body).await?;
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
+    w.write_all(&f.head).await?;
+    for piece in [&f.body, &f.attachment] {
+        if !piece.is_empty() {
+            w.write_all(piece).await?;
+        }
     }
     Ok(())
+}
+
+/// A version 2 frame's attachment: its length (read from `frame`) and its bytes, the frame's
+/// last (split off `frame`).
+fn get_attachment(frame: &mut Bytes) -> Result<Bytes, FrameError> {
+    if frame.remaining() < 4 {
+        return Err(FrameError("truncated attachment length"));
+    }
+    let n = frame.get_u32_le() as usize;
+    if frame.remaining() < n {
+        return Err(FrameError("attachment longer than the frame"));
+    }
+    Ok(frame.split_off(frame.len() - n))
 }
 
 /// A body handed to tonic: the data, then the trailers (where gRPC puts a reply's status).
@@ -225,6 +280,8 @@ impl http_body::Body for FrameBody {
 /// One connection to a server, shared by every call to it.
 struct Conn {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Whether the server speaks version 2 (frames carry attachments).
+    v2: bool,
     pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
     next: AtomicU64,
     closed: AtomicBool,
@@ -301,18 +358,18 @@ impl FramedChannel {
             return Ok(c.clone());
         }
         let addr = &self.inner.addr;
-        let stream = tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr.as_str()))
-            .await
-            .map_err(|_| Status::unavailable(format!("connecting to {addr} timed out")))?
-            .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        keepalive(&stream);
-        let (rd, mut wr) = stream.into_split();
-        wr.write_all(MAGIC)
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot write to {addr}: {e}")))?;
+        // Each new connection asks for version 2 first: a server upgraded since speaks it.
+        let (rd, wr, v2) = match self.connect(true).await? {
+            (rd, wr, true) => (rd, wr, true),
+            _ => {
+                debug!("{addr} does not take framed version 2: using version 1");
+                let (rd, wr, _) = self.connect(false).await?;
+                (rd, wr, false)
+            }
+        };
         let conn = Arc::new(Conn {
             writer: tokio::sync::Mutex::new(wr),
+            v2,
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             closed: AtomicBool::new(false),
@@ -324,17 +381,65 @@ impl FramedChannel {
         Ok(conn)
     }
 
+    /// Open a connection and send the magic of version 2 (`v2`) or 1. The flag returned is false
+    /// when version 2 was asked and the server did not answer it (a version 1 server).
+    async fn connect(&self, v2: bool) -> Result<(OwnedReadHalf, OwnedWriteHalf, bool), Status> {
+        let addr = &self.inner.addr;
+        let limit = self.inner.connect_timeout;
+        let stream = tokio::time::timeout(limit, TcpStream::connect(addr.as_str()))
+            .await
+            .map_err(|_| Status::unavailable(format!("connecting to {addr} timed out")))?
+            .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        keepalive(&stream);
+        let (mut rd, mut wr) = stream.into_split();
+        wr.write_all(if v2 { MAGIC_V2 } else { MAGIC })
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot write to {addr}: {e}")))?;
+        if !v2 {
+            return Ok((rd, wr, true));
+        }
+        let mut answer = [0u8; 8];
+        match tokio::time::timeout(limit, rd.read_exact(&mut answer)).await {
+            Err(_) => Err(Status::unavailable(format!("{addr} did not answer within {limit:?}"))),
+            Ok(Ok(_)) if &answer == MAGIC_V2 => Ok((rd, wr, true)),
+            // Another answer, or the connection closed: HTTP/2 turned the magic down.
+            Ok(Ok(_)) => Ok((rd, wr, false)),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok((rd, wr, false))
+            }
+            Ok(Err(e)) => Err(Status::unavailable(format!("cannot read from {addr}: {e}"))),
+        }
+    }
+
     async fn send(self, req: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.map_err(|s| Box::new(s) as BoxError)?.to_bytes();
+        let (mut parts, body) = req.into_parts();
+        let mut body = body.collect().await.map_err(|s| Box::new(s) as BoxError)?.to_bytes();
+        let attachment = parts.extensions.remove::<Attachment>();
         let conn = self.connection().await?;
         let id = conn.next.fetch_add(1, Ordering::Relaxed);
         let mut head = BytesMut::with_capacity(256 + body.len().min(COALESCE));
         head.put_u32_le(0);
         head.put_u64_le(id);
+        let attachment = match attachment {
+            Some(a) if !conn.v2 => {
+                body = a.inline_into(&body)?;
+                Bytes::new()
+            }
+            Some(a) => a.data().clone(),
+            None => Bytes::new(),
+        };
+        if conn.v2 {
+            head.put_u32_le(attachment.len() as u32);
+        }
         put_bytes(&mut head, parts.uri.path().as_bytes())?;
         put_headers(&mut head, &parts.headers)?;
-        let (head, body) = finish_frame(head, body)?;
+        let frame = finish_frame(head, body, attachment)?;
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         let addr = &self.inner.addr;
@@ -344,7 +449,7 @@ impl FramedChannel {
                 return Err(Status::unavailable(format!("connection to {addr} closed")));
             }
             let mut guard = CloseOnDrop(Some(&conn));
-            let r = write_frame(&mut *w, &head, &body).await;
+            let r = write_frame(&mut *w, &frame).await;
             if r.is_ok() {
                 guard.0 = None;
             }
@@ -369,15 +474,16 @@ impl FramedChannel {
                 );
             }
         };
-        decode_reply(&mut frame).map_err(|e| {
+        decode_reply(&mut frame, conn.v2).map_err(|e| {
             conn.close();
             Status::unavailable(format!("{addr}: {e}")).into()
         })
     }
 }
 
-/// Decode a reply frame (after its call id).
-pub fn decode_reply(frame: &mut Bytes) -> Result<http::Response<Body>, FrameError> {
+/// Decode a reply frame (after its call id) of a version 2 (`v2`) or 1 connection.
+pub fn decode_reply(frame: &mut Bytes, v2: bool) -> Result<http::Response<Body>, FrameError> {
+    let attachment = if v2 { Some(get_attachment(frame)?) } else { None };
     if frame.remaining() < 2 {
         return Err(FrameError("truncated status"));
     }
@@ -388,6 +494,9 @@ pub fn decode_reply(frame: &mut Bytes) -> Result<http::Response<Body>, FrameErro
     let mut resp = http::Response::new(Body::new(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    if let Some(a) = attachment.filter(|a| !a.is_empty()) {
+        resp.extensions_mut().insert(Attached(a));
+    }
     Ok(resp)
 }
 
@@ -443,8 +552,8 @@ impl tower_service::Service<http::Request<Body>> for FramedChannel {
 // ---------------------------------------------------------------------------------------------
 // Server
 
-/// Whether the connection speaks this protocol: its first bytes are [`MAGIC`] (which are then
-/// consumed). None when the peer closed (or sent nothing) before telling.
+/// Whether the connection speaks this protocol: its first bytes are [`MAGIC`] or [`MAGIC_V2`]
+/// (left for [`serve`] to read). None when the peer closed (or sent nothing) before telling.
 pub async fn is_framed(stream: &TcpStream) -> Option<bool> {
     let mut buf = [0u8; 8];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -456,7 +565,7 @@ pub async fn is_framed(stream: &TcpStream) -> Option<bool> {
         if n == 0 {
             return None;
         }
-        if buf[..n] != MAGIC[..n] {
+        if buf[..n] != MAGIC[..n] && buf[..n] != MAGIC_V2[..n] {
             return Some(false);
         }
         if n == MAGIC.len() {
@@ -499,6 +608,11 @@ pub async fn serve<S, B>(
     if rd.read_exact(&mut magic).await.is_err() {
         return;
     }
+    let v2 = &magic == MAGIC_V2;
+    let mut wr = wr;
+    if v2 && wr.write_all(MAGIC_V2).await.is_err() {
+        return;
+    }
     let writer = Arc::new(tokio::sync::Mutex::new(wr));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_KIB));
@@ -526,7 +640,7 @@ pub async fn serve<S, B>(
                 break;
             }
         };
-        let (id, req) = match decode_request(&mut frame) {
+        let (id, req) = match decode_request(&mut frame, v2) {
             Ok((id, mut req)) => {
                 req.extensions_mut().insert(info.clone());
                 (id, req)
@@ -537,9 +651,9 @@ pub async fn serve<S, B>(
             }
         };
         if streaming.contains(&req.uri().path()) {
-            let reply = encode_status(id, Status::unimplemented("a streaming call: use HTTP/2"));
-            let Ok((head, body)) = reply else { break };
-            if write_frame(&mut *writer.lock().await, &head, &body).await.is_err() {
+            let reply = encode_status(id, Status::unimplemented("a streaming call: use HTTP/2"), v2);
+            let Ok(reply) = reply else { break };
+            if write_frame(&mut *writer.lock().await, &reply).await.is_err() {
                 break;
             }
             continue;
@@ -553,16 +667,16 @@ pub async fn serve<S, B>(
             let _slot = (slot, held);
             let reply = match std::future::poll_fn(|cx| svc.poll_ready(cx)).await {
                 Ok(()) => match svc.call(req).await {
-                    Ok(resp) => encode_reply(id, resp).await,
-                    Err(e) => encode_status(id, Status::from_error(e.into())),
+                    Ok(resp) => encode_reply(id, resp, v2).await,
+                    Err(e) => encode_status(id, Status::from_error(e.into()), v2),
                 },
-                Err(e) => encode_status(id, Status::from_error(e.into())),
+                Err(e) => encode_status(id, Status::from_error(e.into()), v2),
             };
             // A reply that cannot be framed (too large) still gets an answer: its error.
-            let reply = reply.or_else(|s| encode_status(id, s));
-            let Ok((head, body)) = reply else { return };
+            let reply = reply.or_else(|s| encode_status(id, s, v2));
+            let Ok(reply) = reply else { return };
             let mut w = writer.lock().await;
-            if let Err(e) = write_frame(&mut *w, &head, &body).await {
+            if let Err(e) = write_frame(&mut *w, &reply).await {
                 debug!(?peer, "cannot send a reply: {e}");
                 let _ = w.shutdown().await;
             }
@@ -570,12 +684,14 @@ pub async fn serve<S, B>(
     }
 }
 
-/// Decode a request frame (after its length prefix): its call id and the request.
-pub fn decode_request(frame: &mut Bytes) -> Result<(u64, http::Request<Body>), FrameError> {
+/// Decode a request frame (after its length prefix) of a version 2 (`v2`) or 1 connection: its
+/// call id and the request.
+pub fn decode_request(frame: &mut Bytes, v2: bool) -> Result<(u64, http::Request<Body>), FrameError> {
     if frame.remaining() < 8 {
         return Err(FrameError("truncated call id"));
     }
     let id = frame.get_u64_le();
+    let attachment = if v2 { Some(get_attachment(frame)?) } else { None };
     let path = get_bytes(frame)?;
     let uri = http::Uri::from_maybe_shared(path).map_err(|_| FrameError("bad path"))?;
     let headers = get_headers(frame)?;
@@ -585,11 +701,19 @@ pub fn decode_request(frame: &mut Bytes) -> Result<(u64, http::Request<Body>), F
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_2;
     *req.headers_mut() = headers;
+    if let Some(a) = attachment {
+        req.extensions_mut().insert(RepliesTakeAttachments);
+        if !a.is_empty() {
+            req.extensions_mut().insert(Attached(a));
+        }
+    }
     Ok((id, req))
 }
 
+/// A reply's head; `attachment` is its attachment's length on a version 2 connection.
 fn reply_head(
     id: u64,
+    attachment: Option<usize>,
     status: http::StatusCode,
     headers: &HeaderMap,
     trailers: &HeaderMap,
@@ -597,32 +721,51 @@ fn reply_head(
     let mut head = BytesMut::with_capacity(256);
     head.put_u32_le(0);
     head.put_u64_le(id);
+    if let Some(n) = attachment {
+        head.put_u32_le(n as u32);
+    }
     head.put_u16_le(status.as_u16());
     put_headers(&mut head, headers)?;
     put_headers(&mut head, trailers)?;
     Ok(head)
 }
 
-async fn encode_reply<B>(id: u64, resp: http::Response<B>) -> Result<(Bytes, Bytes), Status>
+async fn encode_reply<B>(id: u64, resp: http::Response<B>, v2: bool) -> Result<Frame, Status>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     let collected = match http_body_util::Limited::new(body, MAX_FRAME).collect().await {
         Ok(c) => c,
-        Err(e) => return encode_status(id, Status::internal(format!("reply not sent: {e}"))),
+        Err(e) => return encode_status(id, Status::internal(format!("reply not sent: {e}")), v2),
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let data = collected.to_bytes();
-    let head = reply_head(id, parts.status, &parts.headers, &trailers)?;
-    finish_frame(head, data)
+    let mut data = collected.to_bytes();
+    let attachment = match parts.extensions.remove::<Attachment>() {
+        // A handler attaches only where the request said the connection takes it; inlining
+        // keeps any other reply whole all the same.
+        Some(a) if !v2 => {
+            data = a.inline_into(&data)?;
+            Bytes::new()
+        }
+        Some(a) => a.data().clone(),
+        None => Bytes::new(),
+    };
+    let head = reply_head(
+        id,
+        v2.then_some(attachment.len()),
+        parts.status,
+        &parts.headers,
+        &trailers,
+    )?;
+    finish_frame(head, data, attachment)
 }
 
-fn encode_status(id: u64, s: Status) -> Result<(Bytes, Bytes), Status> {
+fn encode_status(id: u64, s: Status, v2: bool) -> Result<Frame, Status> {
     let resp: http::Response<()> = s.into_http();
-    let head = reply_head(id, resp.status(), resp.headers(), &HeaderMap::new())?;
-    finish_frame(head, Bytes::new())
+    let head = reply_head(id, v2.then_some(0), resp.status(), resp.headers(), &HeaderMap::new())?;
+    finish_frame(head, Bytes::new(), Bytes::new())
 }
 
 #[cfg(test)]
@@ -666,6 +809,175 @@ mod tests {
         assert!(read_frame(&mut cut).await.is_err());
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty).await.unwrap().is_none());
+    }
+
+    /// What [`Echo`] saw of each call: its body, the data attached to it, and whether its
+    /// connection takes an attachment on the reply.
+    type Seen = Arc<Mutex<Vec<(Bytes, Option<Bytes>, bool)>>>;
+
+    /// A service that records each call and answers with an empty `ReadChunkReply` and, beside
+    /// it, the data the call came with (or had inlined).
+    #[derive(Clone)]
+    struct Echo(Seen);
+
+    impl tower_service::Service<http::Request<Body>> for Echo {
+        type Response = http::Response<http_body_util::Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+            let seen = self.0.clone();
+            Box::pin(async move {
+                use prost::Message;
+                let (mut parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let attached = crate::attach::take(&mut parts.extensions);
+                let takes = parts.extensions.get::<RepliesTakeAttachments>().is_some();
+                let data = match &attached {
+                    Some(d) => d.clone(),
+                    None => crate::pb::WriteChunkRequest::decode(&body[GRPC_HEADER..]).unwrap().data,
+                };
+                seen.lock().unwrap().push((body, attached, takes));
+                let reply = Bytes::from_static(&[0, 0, 0, 0, 0]);
+                let mut resp = http::Response::new(http_body_util::Full::new(reply));
+                resp.extensions_mut()
+                    .insert(Attachment::new(crate::attach::READ_CHUNK_DATA, data));
+                Ok(resp)
+            })
+        }
+    }
+
+    /// Serve [`Echo`] on a port; with `v1_only`, connections that open with [`MAGIC_V2`] are
+    /// closed, as a version 1 server's HTTP/2 side closes them.
+    async fn echo_server(v1_only: bool) -> (String, Seen, CancellationToken) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Seen::default();
+        let cancel = CancellationToken::new();
+        let (svc, stop) = (Echo(seen.clone()), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut magic = [0u8; 8];
+                if stream.peek(&mut magic).await.is_err() || (v1_only && &magic == MAGIC_V2) {
+                    continue;
+                }
+                tokio::spawn(serve(stream, svc.clone(), &[], TaskTracker::new(), stop.clone()));
+            }
+        });
+        (addr, seen, cancel)
+    }
+
+    #[tokio::test]
+    async fn attachments_travel_beside_on_version_2_and_inside_on_version_1() {
+        use prost::Message;
+        let data = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let msg = crate::pb::WriteChunkRequest {
+            offset: 7,
+            chunk_size: 4 << 20,
+            ..Default::default()
+        };
+        let mut body = BytesMut::new();
+        body.put_u8(0);
+        body.put_u32(msg.encoded_len() as u32);
+        msg.encode(&mut body).unwrap();
+        let body = body.freeze();
+        for v1_only in [false, true] {
+            let (addr, seen, cancel) = echo_server(v1_only).await;
+            let chan = FramedChannel::new(&addr, Duration::from_secs(10), Duration::from_secs(2));
+            for _ in 0..2 {
+                let mut req = http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
+                *req.uri_mut() = http::Uri::from_static("/sealfs.v1.Node/WriteChunk");
+                req.extensions_mut()
+                    .insert(Attachment::new(crate::attach::WRITE_CHUNK_DATA, data.clone()));
+                let resp = chan.clone().send(req).await.unwrap();
+                let (mut parts, reply) = resp.into_parts();
+                let reply = reply.collect().await.unwrap().to_bytes();
+                let got = crate::pb::ReadChunkReply::decode(&reply[GRPC_HEADER..]).unwrap().data;
+                match crate::attach::take(&mut parts.extensions) {
+                    // Version 2: beside the reply, which stayed as the server encoded it.
+                    Some(beside) => {
+                        assert!(!v1_only);
+                        assert!(got.is_empty());
+                        assert_eq!(beside, data);
+                    }
+                    None => {
+                        assert!(v1_only, "version 2 replies carry the data beside");
+                        assert_eq!(got, data);
+                    }
+                }
+            }
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.len(), 2);
+            for (got_body, attached, takes) in seen {
+                if v1_only {
+                    // Inlined: the message decodes with its data field.
+                    assert!(attached.is_none() && !takes);
+                    let m = crate::pb::WriteChunkRequest::decode(&got_body[GRPC_HEADER..]).unwrap();
+                    assert_eq!(
+                        m,
+                        crate::pb::WriteChunkRequest {
+                            data: data.clone(),
+                            ..msg.clone()
+                        }
+                    );
+                } else {
+                    assert!(takes);
+                    assert_eq!(got_body, body);
+                    assert_eq!(attached.as_ref(), Some(&data));
+                }
+            }
+            cancel.cancel();
+        }
+    }
+
+    #[tokio::test]
+    async fn large_frames_end_aligned_in_memory() {
+        for len in [ALIGN_FROM, ALIGN_FROM + 1, (1 << 20) + 4096 + 77] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let mut wire = (len as u32).to_le_bytes().to_vec();
+            wire.extend_from_slice(&bytes);
+            let frame = read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
+            assert_eq!(frame, bytes);
+            assert_eq!((frame.as_ptr() as usize + len) % END_ALIGN, 0, "{len}");
+            // Its last 64 KiB (an attachment) start aligned.
+            assert_eq!(frame.slice(len - (1 << 16)..).as_ptr() as usize % END_ALIGN, 0);
+        }
+    }
+
+    #[test]
+    fn version_2_frames_with_bad_attachment_lengths_are_refused() {
+        let mut head = BytesMut::new();
+        head.put_u64_le(1);
+        head.put_u32_le(1000);
+        put_bytes(&mut head, b"/x").unwrap();
+        put_headers(&mut head, &HeaderMap::new()).unwrap();
+        let frame = head.freeze();
+        assert!(decode_request(&mut frame.clone(), true).is_err());
+        // The same bytes on version 1 read the length as part of the path: refused too.
+        assert!(decode_request(&mut frame.clone(), false).is_err());
+        let mut ok = BytesMut::new();
+        ok.put_u64_le(1);
+        ok.put_u32_le(3);
+        put_bytes(&mut ok, b"/x").unwrap();
+        put_headers(&mut ok, &HeaderMap::new()).unwrap();
+        ok.put_slice(b"abc");
+        let (id, req) = decode_request(&mut ok.freeze(), true).unwrap();
+        assert_eq!(id, 1);
+        assert_eq!(
+            req.extensions().get::<Attached>().unwrap().0,
+            Bytes::from_static(b"abc")
+        );
+        let mut reply = BytesMut::new();
+        reply.put_u32_le(u32::MAX);
+        reply.put_u16_le(200);
+        assert!(decode_reply(&mut reply.freeze(), true).is_err());
     }
 
     #[tokio::test]

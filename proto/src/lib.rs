@@ -7,6 +7,7 @@ use sealfs_core::placement::{ClusterMap, NodeInfo, NodeState, Replicas};
 use sealfs_core::{Credentials, FsError};
 use tonic::{Code, Status};
 
+pub mod attach;
 pub mod auth;
 pub mod codec;
 pub mod framed;

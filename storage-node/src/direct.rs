@@ -72,10 +72,15 @@ fn open_direct(path: &Path) -> FsResult<Option<File>> {
     }
 }
 
-/// Write all of `data` at `off` of the chunk `f` (opened from `path`).
+/// Write all of `data` at `off` of the chunk `f` (opened from `path`). Data that already sits
+/// at an aligned address (the framed transport reads large messages' data so) is written from
+/// where it is; other data is copied into an aligned buffer first.
 pub fn write_at(path: &Path, f: &File, data: &[u8], off: u64) -> FsResult<()> {
     if direct(off, data.len()) {
         if let Some(d) = open_direct(path)? {
+            if data.as_ptr().align_offset(ALIGN) == 0 {
+                return d.write_all_at(data, off).map_err(|e| io_err(e, "write chunk"));
+            }
             return with_buffer(data.len(), |b| {
                 b.copy_from_slice(data);
                 d.write_all_at(b, off)

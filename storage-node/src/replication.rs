@@ -26,6 +26,7 @@ use dashmap::DashMap;
 use futures::future::join_all;
 use sealfs_core::placement::ClusterMap;
 use sealfs_core::{Credentials, FsError, FsResult, InodeId, NodeId, PartitionId};
+use sealfs_proto::attach;
 use sealfs_proto::pb::{self, fill_request, replicate_chunk_request};
 use sealfs_proto::{ctx, error_from_status, map_from_pb};
 use tokio::sync::Mutex;
@@ -247,12 +248,12 @@ impl Node {
                 size: piece,
                 from_replica: true,
             };
-            let data = client
+            let (_, msg, mut ext) = client
                 .read_chunk(req)
                 .await
                 .map_err(|s| error_from_status(&s))?
-                .into_inner()
-                .data;
+                .into_parts();
+            let data = attach::take(&mut ext).unwrap_or(msg.data);
             let n = data.len() as u32;
             out.extend_from_slice(&data);
             off += n;
@@ -340,14 +341,18 @@ impl Node {
                 ChunkOp::Commit => self.chunks.commit(vec![(p, ino, index)]).await,
             }
         };
-        let wire = match &op {
-            ChunkOp::Write { offset, data, stable } => replicate_chunk_request::Op::Write(pb::ChunkWrite {
-                offset: *offset,
-                data: data.clone(),
-                stable: *stable,
-            }),
-            ChunkOp::Truncate(len) => replicate_chunk_request::Op::Truncate(*len),
-            ChunkOp::Commit => replicate_chunk_request::Op::Commit(true),
+        // A write's data goes beside the message (see sealfs_proto::attach).
+        let (wire, data) = match &op {
+            ChunkOp::Write { offset, data, stable } => (
+                replicate_chunk_request::Op::Write(pb::ChunkWrite {
+                    offset: *offset,
+                    data: Bytes::new(),
+                    stable: *stable,
+                }),
+                Some(data.clone()),
+            ),
+            ChunkOp::Truncate(len) => (replicate_chunk_request::Op::Truncate(*len), None),
+            ChunkOp::Commit => (replicate_chunk_request::Op::Commit(true), None),
         };
         let send = |mut c: pb::node_client::NodeClient<sealfs_proto::auth::AuthChannel>, epoch: u64| {
             let r = pb::ReplicateChunkRequest {
@@ -356,6 +361,10 @@ impl Node {
                 partition: p,
                 chunk: Some(pb::ChunkId { ino, index }),
                 op: Some(wire.clone()),
+            };
+            let r = match &data {
+                Some(d) => attach::request(r, attach::REPLICATE_CHUNK_DATA, d.clone()),
+                None => tonic::Request::new(r),
             };
             async move { c.replicate_chunk(r).await.map(|_| ()) }
         };

@@ -7,6 +7,7 @@ use sealfs_core::attr::{SetAttr, TimeUpdate};
 use sealfs_core::config::MAX_IO_SIZE;
 use sealfs_core::ids::ino_partition;
 use sealfs_core::{FsError, FsResult};
+use sealfs_proto::attach;
 use sealfs_proto::pb::{self, node_server};
 use sealfs_proto::{creds_from_ctx, status_from_error, time_from_pb};
 use tonic::{Request, Response, Status};
@@ -304,35 +305,42 @@ impl node_server::Node for NodeService {
     }
 
     async fn read_chunk(&self, req: Request<pb::ReadChunkRequest>) -> R<pb::ReadChunkReply> {
-        let r = req.into_inner();
-        done(
-            async {
-                let (ino, index) = chunk_id(r.chunk.as_ref())?;
-                let size = (r.size as usize).min(MAX_IO_SIZE);
-                if r.from_replica {
-                    let p = self.0.check_replica_read(ino, index)?;
-                    let data = self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await?;
-                    return Ok(pb::ReadChunkReply { data });
-                }
-                let p = self.chunk_partition(r.ctx.as_ref(), ino, index).await?;
-                let data = match self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await {
-                    Err(FsError::Corrupt(why)) => {
-                        // Never serve it; put it right from another copy if there is one.
-                        if let Err(e) = self.0.repair_chunk(p, ino, index).await {
-                            return Err(FsError::Corrupt(format!("{why}; not repaired: {e}")));
-                        }
-                        self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await?
-                    }
-                    r => r?,
-                };
-                Ok(pb::ReadChunkReply { data })
+        let (_, ext, r) = req.into_parts();
+        let data = async {
+            let (ino, index) = chunk_id(r.chunk.as_ref())?;
+            let size = (r.size as usize).min(MAX_IO_SIZE);
+            if r.from_replica {
+                let p = self.0.check_replica_read(ino, index)?;
+                return self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await;
             }
-            .await,
-        )
+            let p = self.chunk_partition(r.ctx.as_ref(), ino, index).await?;
+            match self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await {
+                Err(FsError::Corrupt(why)) => {
+                    // Never serve it; put it right from another copy if there is one.
+                    if let Err(e) = self.0.repair_chunk(p, ino, index).await {
+                        return Err(FsError::Corrupt(format!("{why}; not repaired: {e}")));
+                    }
+                    self.0.chunks.read(p, ino, index, u64::from(r.offset), size).await
+                }
+                r => r,
+            }
+        }
+        .await
+        .map_err(|e| status_from_error(&e))?;
+        Ok(attach::reply(
+            &ext,
+            pb::ReadChunkReply::default(),
+            attach::READ_CHUNK_DATA,
+            data,
+            |m, d| m.data = d,
+        ))
     }
 
     async fn write_chunk(&self, req: Request<pb::WriteChunkRequest>) -> R<pb::WriteChunkReply> {
-        let r = req.into_inner();
+        let (_, mut ext, mut r) = req.into_parts();
+        if let Some(data) = attach::take(&mut ext) {
+            r.data = data;
+        }
         done(
             async {
                 let (ino, index) = chunk_id(r.chunk.as_ref())?;
@@ -408,9 +416,13 @@ impl node_server::Node for NodeService {
     }
 
     async fn replicate_chunk(&self, req: Request<pb::ReplicateChunkRequest>) -> R<pb::ReplicateReply> {
+        let (_, mut ext, mut r) = req.into_parts();
+        if let (Some(data), Some(pb::replicate_chunk_request::Op::Write(w))) = (attach::take(&mut ext), r.op.as_mut()) {
+            w.data = data;
+        }
         done(
             self.0
-                .apply_replicated_chunk(req.into_inner())
+                .apply_replicated_chunk(r)
                 .await
                 .map(|epoch| pb::ReplicateReply { epoch }),
         )

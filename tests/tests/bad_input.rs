@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use sealfs_core::attr::FileKind;
-use sealfs_core::config::MAX_MESSAGE_SIZE;
+use sealfs_core::config::{MAX_IO_SIZE, MAX_MESSAGE_SIZE};
 use sealfs_core::{Credentials, ROOT_INO};
 use sealfs_proto::auth::Security;
 use sealfs_proto::pb;
@@ -126,6 +126,18 @@ async fn raw_call(
     method: &'static str,
     body: Bytes,
 ) -> Result<Bytes, Status> {
+    raw_call_attached(sec, framed, addr, method, body, None).await
+}
+
+/// [`raw_call`] with data beside the body (inlined into it over HTTP/2).
+async fn raw_call_attached(
+    sec: &Security,
+    framed: bool,
+    addr: &str,
+    method: &'static str,
+    body: Bytes,
+    attachment: Option<sealfs_proto::attach::Attachment>,
+) -> Result<Bytes, Status> {
     let chan = if framed {
         sealfs_proto::auth::Transport::Framed(sealfs_proto::framed::FramedChannel::new(
             addr,
@@ -145,9 +157,11 @@ async fn raw_call(
     let mut grpc = tonic::client::Grpc::new(chan).max_encoding_message_size(usize::MAX);
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
-    grpc.unary(tonic::Request::new(body), path, RawCodec)
-        .await
-        .map(|r| r.into_inner())
+    let mut req = tonic::Request::new(body);
+    if let Some(a) = attachment {
+        req.extensions_mut().insert(a);
+    }
+    grpc.unary(req, path, RawCodec).await.map(|r| r.into_inner())
 }
 
 async fn node_addrs(sec: &Security, manager: &str) -> Vec<String> {
@@ -335,6 +349,38 @@ async fn malformed_calls(sec: &Security, framed: bool, manager: &str, addrs: &[S
             assert_ne!(st.code(), tonic::Code::Unknown, "{method} on {a}: {st:?}");
         }
     }
+    // Chunk data beside the message (inlined over HTTP/2): too much of it, or past the chunk's
+    // end, is refused like the same data inside the message.
+    let attached_write = |offset: u32, len: usize| {
+        let msg = pb::WriteChunkRequest {
+            ctx: ctx.clone(),
+            chunk: Some(pb::ChunkId { ino: keep, index: 0 }),
+            offset,
+            data: Bytes::new(),
+            stable: true,
+            chunk_size: 4 << 20,
+        };
+        let data = Bytes::from(pattern(3, len));
+        let a = sealfs_proto::attach::Attachment::new(sealfs_proto::attach::WRITE_CHUNK_DATA, data);
+        (Bytes::from(msg.encode_to_vec()), a)
+    };
+    for (offset, len) in [(0, MAX_IO_SIZE + 4096), ((4 << 20) - 4096, 8192)] {
+        let mut refused = 0;
+        for a in addrs {
+            let (body, att) = attached_write(offset, len);
+            let st = raw_call_attached(sec, framed, a, "/sealfs.v1.Node/WriteChunk", body, Some(att))
+                .await
+                .unwrap_err();
+            // The chunk's primary checks the write; the other node sends the caller to it.
+            match st.code() {
+                tonic::Code::InvalidArgument => refused += 1,
+                tonic::Code::FailedPrecondition => {}
+                _ => panic!("{len} at {offset} on {a}: {st:?}"),
+            }
+        }
+        assert_eq!(refused, 1, "{len} at {offset}: the chunk's primary refuses it");
+    }
+
     // A huge read is capped, not an allocation of 4 GiB.
     let r = pb::ReadChunkRequest {
         ctx,
