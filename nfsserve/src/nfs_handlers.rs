@@ -182,13 +182,15 @@ pub async fn handle(
     input: &mut Cursor<&[u8]>,
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
+    // Where this reply starts: `out` may hold the record mark before it.
+    let start = out.len();
     macro_rules! args {
         ($t:ty) => {
             match decode::<$t>(input) {
                 Some(a) => a,
                 None => {
                     debug!(xid, proc_num, "garbage arguments");
-                    out.clear();
+                    out.truncate(start);
                     return garbage_args_reply_message(xid).serialize(out);
                 }
             }
@@ -298,7 +300,7 @@ pub async fn handle(
             let how = match decode_createhow(input) {
                 Some(h) => h,
                 None => {
-                    out.clear();
+                    out.truncate(start);
                     return garbage_args_reply_message(xid).serialize(out);
                 }
             };
@@ -328,7 +330,7 @@ pub async fn handle(
             let what = match decode_mknod(input) {
                 Some(w) => w,
                 None => {
-                    out.clear();
+                    out.truncate(start);
                     return garbage_args_reply_message(xid).serialize(out);
                 }
             };

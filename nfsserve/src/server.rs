@@ -1,6 +1,8 @@
 //! ONC RPC servers over TCP (record marking, RFC 5531 section 11) and UDP. Records are bounded
 //! (a larger one closes the connection before anything is allocated for it), calls of one
-//! connection run concurrently up to a bound, and replies go back as they finish, matched by xid.
+//! connection run concurrently up to a bound, and replies go back as they finish, matched by xid:
+//! each call writes its own reply, encoded behind room left for its record mark, so a reply is
+//! neither handed to another task nor copied again on its way out.
 
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -74,14 +76,31 @@ impl RpcServer {
     /// Answer one RPC record from `peer`. None: nothing to send (not a well-formed call).
     pub async fn handle_record(&self, record: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
         let (xid, call, pos) = Self::parse_call(record, peer)?;
-        self.answer(record, pos, xid, &call, peer).await
+        self.answer(record, pos, xid, &call, peer, false).await
     }
 
-    async fn answer(&self, record: &[u8], pos: u64, xid: u32, call: &call_body, peer: SocketAddr) -> Option<Vec<u8>> {
+    /// The reply to a call; with `marked`, behind the TCP record mark that frames it as one
+    /// whole record.
+    async fn answer(
+        &self,
+        record: &[u8],
+        pos: u64,
+        xid: u32,
+        call: &call_body,
+        peer: SocketAddr,
+        marked: bool,
+    ) -> Option<Vec<u8>> {
         let mut input = Cursor::new(record);
         input.set_position(pos);
+        let mark = if marked { 4 } else { 0 };
         let mut out = Vec::with_capacity(256);
+        out.resize(mark, 0);
         match self.dispatch(xid, call, &mut input, peer, &mut out).await {
+            Ok(()) if marked => {
+                let len = u32::try_from(out.len() - mark).ok().filter(|n| *n < 1 << 31)?;
+                out[..mark].copy_from_slice(&(len | (1 << 31)).to_be_bytes());
+                Some(out)
+            }
             Ok(()) => Some(out),
             Err(e) => {
                 warn!(%peer, xid, "cannot encode a reply: {e}");
@@ -210,18 +229,9 @@ impl RpcServer {
         peer: SocketAddr,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
-        let (mut rd, mut wr) = sock.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-        let writer = tokio::spawn(async move {
-            while let Some(reply) = rx.recv().await {
-                let mut framed = Vec::with_capacity(reply.len() + 4);
-                framed.extend_from_slice(&((reply.len() as u32) | (1 << 31)).to_be_bytes());
-                framed.extend_from_slice(&reply);
-                if wr.write_all(&framed).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (mut rd, wr) = sock.into_split();
+        // The write half, shared by the calls in flight; None once a write failed.
+        let writer = Arc::new(Mutex::new(Some(wr)));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let result = loop {
             let record = tokio::select! {
@@ -242,16 +252,22 @@ impl RpcServer {
                 break Ok(());
             };
             let server = self.clone();
-            let tx = tx.clone();
+            let writer = writer.clone();
             tokio::spawn(async move {
-                if let Some(reply) = server.answer(&record, pos, xid, &call, peer).await {
-                    let _ = tx.send(reply).await;
+                if let Some(reply) = server.answer(&record, pos, xid, &call, peer, true).await {
+                    let mut w = writer.lock().await;
+                    if let Some(s) = w.as_mut() {
+                        if let Err(e) = s.write_all(&reply).await {
+                            debug!(%peer, "cannot send a reply: {e}");
+                            *w = None;
+                        }
+                    }
                 }
                 drop(permit);
             });
         };
-        drop(tx);
-        let _ = writer.await;
+        // Calls already taken still send their replies before the connection is let go.
+        let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
         result
     }
 
