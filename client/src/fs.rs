@@ -810,9 +810,7 @@ impl SealClient {
                         };
                         async move {
                             let (md, mut msg, mut ext) = c.read_chunk(req).await?.into_parts();
-                            if let Some(d) = attach::take(&mut ext) {
-                                msg.data = d;
-                            }
+                            attach::take_into(&mut ext, &mut msg.data);
                             Ok(tonic::Response::from_parts(md, msg, ext))
                         }
                     })

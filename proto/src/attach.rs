@@ -127,6 +127,23 @@ pub fn take(ext: &mut tonic::Extensions) -> Option<Bytes> {
     ext.remove::<Attached>().map(|a| a.0)
 }
 
+/// Put the data that came beside a message, if any, into its field `field` (taken out of `ext`).
+pub fn take_into(ext: &mut tonic::Extensions, field: &mut Bytes) {
+    if let Some(d) = take(ext) {
+        *field = d;
+    }
+}
+
+/// A call's encoded `body` and what goes after it on a transport that carries data `beside`
+/// (a version 2 frame); anywhere else the attachment is inlined into the body as its field.
+pub fn place(body: Bytes, attachment: Option<Attachment>, beside: bool) -> Result<(Bytes, Bytes), Status> {
+    match attachment {
+        None => Ok((body, Bytes::new())),
+        Some(a) if beside => Ok((body, a.data)),
+        Some(a) => Ok((a.inline_into(&body)?, Bytes::new())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -354,10 +354,7 @@ async fn inline_attachment(
     use http_body_util::BodyExt;
     let (mut parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
-    let body = match parts.extensions.remove::<crate::attach::Attachment>() {
-        Some(a) => a.inline_into(&body)?,
-        None => body,
-    };
+    let (body, _) = crate::attach::place(body, parts.extensions.remove::<crate::attach::Attachment>(), false)?;
     Ok(http::Request::from_parts(
         parts,
         tonic::body::Body::new(http_body_util::Full::new(body)),

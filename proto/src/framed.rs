@@ -419,21 +419,14 @@ impl FramedChannel {
 
     async fn send(self, req: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
         let (mut parts, body) = req.into_parts();
-        let mut body = body.collect().await.map_err(|s| Box::new(s) as BoxError)?.to_bytes();
+        let body = body.collect().await.map_err(|s| Box::new(s) as BoxError)?.to_bytes();
         let attachment = parts.extensions.remove::<Attachment>();
         let conn = self.connection().await?;
         let id = conn.next.fetch_add(1, Ordering::Relaxed);
         let mut head = BytesMut::with_capacity(256 + body.len().min(COALESCE));
         head.put_u32_le(0);
         head.put_u64_le(id);
-        let attachment = match attachment {
-            Some(a) if !conn.v2 => {
-                body = a.inline_into(&body)?;
-                Bytes::new()
-            }
-            Some(a) => a.data().clone(),
-            None => Bytes::new(),
-        };
+        let (body, attachment) = crate::attach::place(body, attachment, conn.v2)?;
         if conn.v2 {
             head.put_u32_le(attachment.len() as u32);
         }
@@ -741,17 +734,9 @@ where
         Err(e) => return encode_status(id, Status::internal(format!("reply not sent: {e}")), v2),
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let mut data = collected.to_bytes();
-    let attachment = match parts.extensions.remove::<Attachment>() {
-        // A handler attaches only where the request said the connection takes it; inlining
-        // keeps any other reply whole all the same.
-        Some(a) if !v2 => {
-            data = a.inline_into(&data)?;
-            Bytes::new()
-        }
-        Some(a) => a.data().clone(),
-        None => Bytes::new(),
-    };
+    // A handler attaches only where the request said the connection takes it; inlining keeps
+    // any other reply whole all the same.
+    let (data, attachment) = crate::attach::place(collected.to_bytes(), parts.extensions.remove::<Attachment>(), v2)?;
     let head = reply_head(
         id,
         v2.then_some(attachment.len()),

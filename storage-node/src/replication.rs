@@ -248,12 +248,13 @@ impl Node {
                 size: piece,
                 from_replica: true,
             };
-            let (_, msg, mut ext) = client
+            let (_, mut msg, mut ext) = client
                 .read_chunk(req)
                 .await
                 .map_err(|s| error_from_status(&s))?
                 .into_parts();
-            let data = attach::take(&mut ext).unwrap_or(msg.data);
+            attach::take_into(&mut ext, &mut msg.data);
+            let data = msg.data;
             let n = data.len() as u32;
             out.extend_from_slice(&data);
             off += n;

@@ -338,9 +338,7 @@ impl node_server::Node for NodeService {
 
     async fn write_chunk(&self, req: Request<pb::WriteChunkRequest>) -> R<pb::WriteChunkReply> {
         let (_, mut ext, mut r) = req.into_parts();
-        if let Some(data) = attach::take(&mut ext) {
-            r.data = data;
-        }
+        attach::take_into(&mut ext, &mut r.data);
         done(
             async {
                 let (ino, index) = chunk_id(r.chunk.as_ref())?;
@@ -417,8 +415,8 @@ impl node_server::Node for NodeService {
 
     async fn replicate_chunk(&self, req: Request<pb::ReplicateChunkRequest>) -> R<pb::ReplicateReply> {
         let (_, mut ext, mut r) = req.into_parts();
-        if let (Some(data), Some(pb::replicate_chunk_request::Op::Write(w))) = (attach::take(&mut ext), r.op.as_mut()) {
-            w.data = data;
+        if let Some(pb::replicate_chunk_request::Op::Write(w)) = r.op.as_mut() {
+            attach::take_into(&mut ext, &mut w.data);
         }
         done(
             self.0
