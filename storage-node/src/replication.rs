@@ -40,9 +40,17 @@ use crate::tx::Tx;
 /// A change to one chunk, as forwarded to replicas.
 #[derive(Debug, Clone)]
 pub enum ChunkOp {
-    Write { offset: u32, data: Bytes, stable: bool },
+    Write {
+        offset: u32,
+        data: Bytes,
+        stable: bool,
+    },
     Truncate(u64),
-    Commit,
+    /// Make earlier writes durable; the oldest was answered at map epoch `since_epoch` (0:
+    /// unknown), which every replica checks it may not have lost (see [`Node::held_since`]).
+    Commit {
+        since_epoch: u64,
+    },
 }
 
 /// A fill this node runs as primary.
@@ -104,8 +112,11 @@ impl FillIn {
 pub struct Replication {
     pub fills_out: DashMap<(PartitionId, NodeId), Arc<FillOut>>,
     pub fills_in: DashMap<PartitionId, Arc<Mutex<FillIn>>>,
-    /// Partition -> the epoch since which this node (this boot) has been in its in-sync set.
-    pub in_sync_since: DashMap<PartitionId, u64>,
+    /// Partition -> the earliest map epoch since which this process holds every change of the
+    /// partition that was acknowledged: 0 where it lost nothing (it started after a clean stop,
+    /// or received a copy of the partition), else the epoch it first saw itself in the in-sync
+    /// set after a crash (the manager moves the epoch when such a node registers).
+    pub held_since: DashMap<PartitionId, u64>,
     /// The last map epoch `on_map` handled.
     pub seen_epoch: AtomicU64,
     /// Serializes map handling.
@@ -286,7 +297,7 @@ impl Node {
         let remote = join_all(
             by_part
                 .into_iter()
-                .map(|(p, (puts, dels))| self.forward_meta(p, puts, dels, sync)),
+                .map(|(p, (puts, dels))| self.forward_meta(p, puts, dels, sync, 0)),
         );
         let (l, r) = tokio::join!(local, remote);
         l?;
@@ -296,21 +307,26 @@ impl Node {
     }
 
     /// Make every earlier unsynced change of partition `p` durable here and on its other
-    /// replicas (each syncs its whole WAL, the only log it has).
-    pub async fn sync_partition(&self, p: PartitionId) -> FsResult<()> {
-        let (l, r) = tokio::join!(self.store.sync(), self.forward_meta(p, Vec::new(), Vec::new(), true));
+    /// replicas (each syncs its whole WAL, the only log it has); the oldest of them was answered
+    /// at map epoch `since_epoch` (0: unknown), which every replica checks it may not have lost.
+    pub async fn sync_partition(&self, p: PartitionId, since_epoch: u64) -> FsResult<()> {
+        let (l, r) = tokio::join!(
+            self.store.sync(),
+            self.forward_meta(p, Vec::new(), Vec::new(), true, since_epoch)
+        );
         l?;
         r
     }
 
     /// Send metadata puts and deletes of partition `p` to its other replicas (none of either
-    /// with `sync`: a sync of what they took before).
+    /// with `sync`: a sync of what they took before, the oldest at map epoch `since_epoch`).
     async fn forward_meta(
         &self,
         p: PartitionId,
         puts: Vec<pb::KvPut>,
         deletes: Vec<Bytes>,
         sync: bool,
+        since_epoch: u64,
     ) -> FsResult<()> {
         let req = move |epoch: u64| pb::ReplicateMetaRequest {
             ctx: Some(ctx(epoch, &Credentials::root())),
@@ -319,6 +335,7 @@ impl Node {
             puts: puts.clone(),
             deletes: deletes.clone(),
             sync,
+            since_epoch,
         };
         self.forward(p, &|mut c, epoch| {
             let r = req(epoch);
@@ -339,10 +356,14 @@ impl Node {
                         .await
                 }
                 ChunkOp::Truncate(len) => self.chunks.truncate(p, ino, index, *len).await,
-                ChunkOp::Commit => self.chunks.commit(vec![(p, ino, index)]).await,
+                ChunkOp::Commit { .. } => self.chunks.commit(vec![(p, ino, index)]).await,
             }
         };
         // A write's data goes beside the message (see sealfs_proto::attach).
+        let since_epoch = match op {
+            ChunkOp::Commit { since_epoch } => since_epoch,
+            _ => 0,
+        };
         let (wire, data) = match &op {
             ChunkOp::Write { offset, data, stable } => (
                 replicate_chunk_request::Op::Write(pb::ChunkWrite {
@@ -353,7 +374,7 @@ impl Node {
                 Some(data.clone()),
             ),
             ChunkOp::Truncate(len) => (replicate_chunk_request::Op::Truncate(*len), None),
-            ChunkOp::Commit => (replicate_chunk_request::Op::Commit(true), None),
+            ChunkOp::Commit { .. } => (replicate_chunk_request::Op::Commit(true), None),
         };
         let send = |mut c: pb::node_client::NodeClient<sealfs_proto::auth::AuthChannel>, epoch: u64| {
             let r = pb::ReplicateChunkRequest {
@@ -362,6 +383,7 @@ impl Node {
                 partition: p,
                 chunk: Some(pb::ChunkId { ino, index }),
                 op: Some(wire.clone()),
+                since_epoch,
             };
             let r = match &data {
                 Some(d) => attach::request(r, attach::REPLICATE_CHUNK_DATA, d.clone()),
@@ -537,6 +559,7 @@ impl Node {
         if ops.is_empty() {
             // A sync of the changes already taken (Node::sync_partition).
             if r.sync {
+                self.still_held(r.partition, r.since_epoch, "unsynced metadata changes")?;
                 self.store.sync().await?;
             }
             return Ok(self.router.map().epoch);
@@ -594,7 +617,10 @@ impl Node {
                 }
                 self.chunks.truncate(p, id.0, id.1, len).await?;
             }
-            replicate_chunk_request::Op::Commit(_) => self.chunks.commit(vec![(p, id.0, id.1)]).await?,
+            replicate_chunk_request::Op::Commit(_) => {
+                self.still_held(p, r.since_epoch, "unstable writes")?;
+                self.chunks.commit(vec![(p, id.0, id.1)]).await?
+            }
         }
         Ok(self.router.map().epoch)
     }
@@ -630,6 +656,8 @@ impl Node {
             self.repl.fills_in.insert(p, state.clone());
             self.store.delete_partition(p).await?;
             self.chunks.delete_partition(p).await?;
+            // From here it gets the primary's copy and every change: nothing it may have lost.
+            self.repl.held_since.insert(p, 0);
             info!(partition = p, from = r.sender, "receiving a copy of the partition");
             return Ok(());
         }
@@ -866,10 +894,21 @@ impl Node {
                 self.repl.fills_out.retain(|k, _| k.0 != p);
             }
             if nr.in_sync.contains(&self.id) {
-                self.repl.in_sync_since.entry(p).or_insert(new.epoch);
-            } else {
-                self.repl.in_sync_since.remove(&p);
+                // In the first map a process sees, a node that stopped cleanly (every chunk and
+                // the WAL synced) still holds all it acknowledged; after a crash only what it
+                // takes from now on. Later, a partition reaches the in-sync set by a copy, which
+                // already set 0.
+                let since = if old.is_none() && !self.chunks.fresh {
+                    0
+                } else {
+                    new.epoch
+                };
+                self.repl.held_since.entry(p).or_insert(since);
+            } else if !nr.filling.contains(&self.id) {
+                self.repl.held_since.remove(&p);
             }
+            // A replica being filled is asked to sync changes only once its copy began in this
+            // process (which sets 0); until then what it had stays, unused.
             // Fills whose target is no longer being filled are over (done or abandoned).
             self.repl.fills_out.retain(|k, _| k.0 != p || nr.filling.contains(&k.1));
             let held_before = or.as_ref().is_none_or(|r| r.holds(self.id));
@@ -943,9 +982,32 @@ impl Node {
     }
 
     /// Whether unstable writes answered with (`verifier`, `epoch`) are still here: they were
-    /// taken by this very process, or this node has been in sync since before they were made.
+    /// taken by this very process, or it holds every change of `p` since before they were made.
     pub fn writes_survived(&self, p: PartitionId, verifier: u64, epoch: u64) -> bool {
-        verifier == self.chunks.verifier || self.repl.in_sync_since.get(&p).is_some_and(|s| *s <= epoch)
+        verifier == self.chunks.verifier || self.holds_since(p, epoch)
+    }
+
+    /// Whether this process holds every change of partition `p` acknowledged at map epoch
+    /// `epoch` or later (see [`Replication::held_since`]).
+    fn holds_since(&self, p: PartitionId, epoch: u64) -> bool {
+        self.repl.held_since.get(&p).is_some_and(|s| *s <= epoch)
+    }
+
+    /// On a replica, before syncing forwarded changes the oldest of which was answered at
+    /// `since_epoch` (0: unknown, not checked): refuse if this process may have lost some (it
+    /// started after a crash since), so the primary drops this replica and copies the partition
+    /// to it again, instead of calling them durable here.
+    pub fn still_held(&self, p: PartitionId, since_epoch: u64, what: &str) -> FsResult<()> {
+        if since_epoch == 0 || self.holds_since(p, since_epoch) {
+            return Ok(());
+        }
+        warn!(
+            partition = p,
+            since_epoch, "asked to sync {what} this process may have lost"
+        );
+        Err(FsError::Io(format!(
+            "partition {p}: this replica restarted since the {what}; they may be lost"
+        )))
     }
 
     /// [`Node::writes_survived`] as an EIO naming `what` may be lost.

@@ -294,10 +294,13 @@ impl node_server::Node for NodeService {
             async {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
                 let p = ino_partition(r.ino);
-                if r.verifier != 0 {
+                let since_epoch = if r.verifier != 0 {
                     self.0.vouch(p, r.verifier, r.epoch, "unsynced size changes")?;
-                }
-                self.0.sync_partition(p).await?;
+                    r.epoch
+                } else {
+                    0
+                };
+                self.0.sync_partition(p, since_epoch).await?;
                 Ok(pb::Empty {})
             }
             .await,
@@ -378,9 +381,10 @@ impl node_server::Node for NodeService {
                     self.0.vouch(p, r.verifier, r.epoch, "unstable writes")?;
                     list.push((p, c.ino, c.index));
                 }
+                let commit = ChunkOp::Commit { since_epoch: r.epoch };
                 futures::future::try_join_all(
                     list.into_iter()
-                        .map(|(p, ino, index)| self.0.chunk_op(p, ino, index, ChunkOp::Commit)),
+                        .map(|(p, ino, index)| self.0.chunk_op(p, ino, index, commit.clone())),
                 )
                 .await?;
                 Ok(pb::CommitReply {

@@ -456,3 +456,80 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     let attr = rt.block_on(client.getattr(&cred, ino)).unwrap().attr;
     assert_eq!(attr.size, 128 << 10);
 }
+
+/// A backup that crashed between unstable writes and their commit may have lost them with its
+/// page cache, though the primary still holds them. If it is back before the manager saw it
+/// down, the commit must not count its copy as durable: it refuses the forwarded commit, the
+/// primary drops it and copies the partition to it again. The power cut's loss is played by
+/// emptying the backup's chunk file while it is down.
+#[test]
+fn a_backup_that_crashed_before_the_commit_is_filled_again_instead_of_vouched_for() {
+    use sealfs_client::{DirtyChunks, WriteMode};
+    use sealfs_core::attr::FileKind;
+    use sealfs_core::perm::Credentials;
+    use sealfs_core::ROOT_INO;
+    let mut c = TestCluster::start(3, false);
+    let rt = runtime();
+    let client = rt.block_on(client(&c));
+    let cred = Credentials::root();
+    let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
+    let ino = rt
+        .block_on(client.create(&cred, ROOT_INO, b"f", FileKind::Regular, 0o644, 0, true, libc::O_RDWR))
+        .unwrap()
+        .attr
+        .ino;
+    let p = map.chunk_partition(ino, 0);
+    let replicas = map.replicas(p).expect("replicas").in_sync.clone();
+    assert_eq!(replicas.len(), 3);
+    let victim_id = replicas[1];
+    let victim = sealfs_tests::node_index(&c.cluster, &map, victim_id);
+    let chunk = c
+        .cluster
+        .spec
+        .dir
+        .join(format!("node{victim}/data/p{p:05}/{ino:016x}.0"));
+    let data = bytes::Bytes::from(pattern(3, 256 << 10));
+    let unstable = WriteMode {
+        stable: false,
+        check_perm: false,
+        known: None,
+    };
+    let mut dirty = DirtyChunks::default();
+    rt.block_on(client.write(&cred, ino, 0, data.clone(), unstable, &mut dirty))
+        .unwrap();
+    assert!(std::fs::read(&chunk).unwrap() == data, "the backup took the write");
+    let before = sealfs_tests::cluster_map(&c.cluster).epoch;
+    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
+    std::fs::File::create(&chunk).unwrap().sync_all().unwrap();
+    c.cluster.start_node_in_place(victim).unwrap();
+    // Registered again (its word that it crashed moves the epoch), and so listening.
+    rt.block_on(eventually("the restarted backup's registration", || async {
+        sealfs_tests::cluster_map(&c.cluster).epoch > before
+    }));
+    let after = sealfs_tests::cluster_map(&c.cluster);
+    assert!(
+        after.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)),
+        "back before the manager saw it down: still an in-sync backup"
+    );
+    let r = rt.block_on(async {
+        let start = Instant::now();
+        loop {
+            match client.commit(ino, dirty.clone()).await {
+                Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r,
+            }
+        }
+    });
+    r.expect("the primary holds the writes: the commit succeeds");
+    let healed = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
+    assert!(healed.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)));
+    let copy = std::fs::read(&chunk).unwrap();
+    assert!(
+        copy == data,
+        "the backup holds {} bytes, not the {} committed: counted as holding what it lost",
+        copy.len(),
+        data.len()
+    );
+}
