@@ -77,7 +77,7 @@ const CAPACITY: usize = 100_000;
 
 /// Taken before a request is sent; orders its reply against changes that end meanwhile.
 #[derive(Debug, Clone, Copy)]
-pub struct Ticket(u64);
+pub struct Ticket(pub(crate) u64);
 
 struct Cached {
     attr: FileAttr,
@@ -186,8 +186,18 @@ impl AttrCache {
         }
     }
 
+    /// The TTLs this cache serves under.
+    pub(crate) fn ttl(&self) -> &Arc<CacheTtl> {
+        &self.ttl
+    }
+
+    /// The `seq` of the last `clear`: nothing read before it is served.
+    pub(crate) fn cleared_at(&self) -> u64 {
+        self.cleared.load(Ordering::SeqCst)
+    }
+
     /// A new value of `seq`, later than every ticket taken so far.
-    fn bump(&self) -> u64 {
+    pub(crate) fn bump(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 

@@ -27,13 +27,14 @@ use nfsserve::mount::mountstat3;
 use nfsserve::nfs::*;
 use nfsserve::vfs::*;
 use sealfs_client::{
-    AttrCache, CacheTtl, ChangeSink, Changed, DirChange, DirtyChunks, Entry, KnownDirs, SealClient, Ticket, WriteMode,
+    AttrCache, CacheTtl, ChangeSink, Changed, DirChange, DirtyChunks, Entry, EntryCache, KnownDirs, SealClient, Ticket,
+    WriteMode,
 };
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
 use sealfs_core::config::{GatewayConfig, MAX_FILE_SIZE};
 use sealfs_core::perm::{self, Credentials};
 use sealfs_core::{FsError, FsResult, InodeId, ROOT_INO};
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::handle;
 
@@ -151,6 +152,9 @@ pub struct Gateway {
     /// The directories this gateway made, with every name that may exist in them: a LOOKUP of
     /// any other name is answered ENOENT here (the one before each create, mostly).
     names: Arc<KnownDirs>,
+    /// The names LOOKUPs found and this gateway made, with the inode each names: a LOOKUP of
+    /// one whose folder and inode attributes are cached too costs no round trip.
+    entries: Arc<EntryCache>,
     /// Chunks of UNSTABLE writes answered and not yet covered by a COMMIT, per file, with the
     /// time of the last one.
     unstable: DashMap<InodeId, (DirtyChunks, Instant)>,
@@ -178,6 +182,7 @@ const COMMIT_STRIPES: usize = 64;
 struct CacheSink {
     attrs: Arc<AttrCache>,
     names: Arc<KnownDirs>,
+    entries: Arc<EntryCache>,
 }
 
 impl ChangeSink for CacheSink {
@@ -186,11 +191,13 @@ impl ChangeSink for CacheSink {
     }
 
     fn entry(&self, parent: InodeId, name: Bytes) {
+        self.entries.invalidate(parent, &name);
         self.names.entry_changed(&self.attrs, parent, &name);
     }
 
     fn clear(&self) {
         self.attrs.clear();
+        self.entries.clear();
         self.names.clear();
     }
 }
@@ -202,12 +209,14 @@ impl Gateway {
         let networks = config.networks()?;
         let cluster_id = client.cluster_id();
         let ttl = CacheTtl::new(Duration::ZERO, Duration::from_millis(config.attr_cache_ms));
+        let attrs = AttrCache::new(ttl.clone());
         Ok(Gateway {
             client,
             config,
             networks,
             cluster_id,
-            attrs: AttrCache::new(ttl.clone()),
+            entries: EntryCache::new(attrs.clone()),
+            attrs,
             names: KnownDirs::new(ttl.clone()),
             ttl,
             unstable: DashMap::new(),
@@ -224,6 +233,7 @@ impl Gateway {
         let sink = Arc::new(CacheSink {
             attrs: self.attrs.clone(),
             names: self.names.clone(),
+            entries: self.entries.clone(),
         });
         sealfs_client::watch::start(self.client.clone(), self.ttl.clone(), sink, cancel);
     }
@@ -236,6 +246,22 @@ impl Gateway {
     /// Whether the attribute cache would answer for `ino` now.
     pub fn cached(&self, ino: InodeId) -> bool {
         self.attrs.get(ino).is_some()
+    }
+
+    /// A LOOKUP of `name` in `dir` answered from the caches: what the name names, that inode's
+    /// attributes and the folder's (which must let `cred` search it) are all current.
+    fn cached_lookup(&self, cred: &Credentials, dir: InodeId, name: &[u8]) -> Option<(nfs_fh3, fattr3)> {
+        let ino = self.entries.get(dir, name)?;
+        let (d, _) = self.attrs.get(dir)?;
+        perm::check_access(cred, &d, perm::X_OK).ok()?;
+        let (a, _) = self.attrs.get(ino)?;
+        Some((self.fh(a.ino, a.generation), self.fattr(&a)))
+    }
+
+    /// Whether the gateway knows, without asking a node, which inode `name` in the folder `dir`
+    /// names (a LOOKUP of it costs no round trip while both inodes' attributes are cached).
+    pub fn known_name(&self, dir: &nfs_fh3, name: &[u8]) -> bool {
+        self.ino(dir).is_ok_and(|d| self.entries.get(d, name).is_some())
     }
 
     /// Whether a LOOKUP of `name` in the folder `dir` would be answered "no such file" without
@@ -260,10 +286,11 @@ impl Gateway {
         self.attrs.changed(t, ino, r.as_ref().ok().map(|e| &e.attr));
     }
 
-    /// A create-like change in `dir` sent at `t` ended with `r`: the directory and the new (or
-    /// linked) inode are what the reply says, or unknown.
-    fn note_created(&self, t: Ticket, dir: InodeId, r: &FsResult<Entry>) {
+    /// A create-like change of `name` in `dir` sent at `t` ended with `r`: the directory, the
+    /// name and the new (or linked) inode are what the reply says, or unknown.
+    fn note_created(&self, t: Ticket, dir: InodeId, name: &[u8], r: &FsResult<Entry>) {
         let e = r.as_ref().ok();
+        self.entries.changed(t, dir, name, e.map(|e| e.attr.ino));
         self.attrs
             .changed(t, dir, e.and_then(|e| e.dir.as_ref()).map(|d| &d.after));
         if let Some(e) = e {
@@ -615,9 +642,14 @@ impl NfsBackend for Gateway {
             // name in it.
             return Err(nfsstat3::NFS3ERR_NOENT);
         }
+        if let Some(found) = self.cached_lookup(&cred, dir, name) {
+            trace!(dir, "LOOKUP answered from the cache");
+            return Ok(found);
+        }
         let t = self.attrs.ticket();
         let e = self.client.lookup(&cred, dir, name).await.map_err(err)?;
         self.attrs.offer(t, &e.attr);
+        self.entries.offer(t, dir, name, e.attr.ino);
         Ok((self.fh(e.attr.ino, e.attr.generation), self.fattr(&e.attr)))
     }
 
@@ -749,7 +781,7 @@ impl NfsBackend for Gateway {
                         libc::O_WRONLY,
                     )
                     .await;
-                self.note_created(t, dir_ino, &r);
+                self.note_created(t, dir_ino, name, &r);
                 self.apply_rest(&cred, r.map_err(err)?, &s).await?
             }
             CreateHow::Exclusive(verf) => {
@@ -765,7 +797,7 @@ impl NfsBackend for Gateway {
                     .client
                     .create(&cred, dir_ino, name, FileKind::Regular, 0o600, 0, true, 0)
                     .await;
-                self.note_created(t, dir_ino, &r);
+                self.note_created(t, dir_ino, name, &r);
                 match r {
                     Ok(e) => {
                         let s = SetAttr {
@@ -787,6 +819,7 @@ impl NfsBackend for Gateway {
                         let t = self.attrs.ticket();
                         let e = self.client.lookup(&cred, dir_ino, name).await.map_err(err)?;
                         self.attrs.offer(t, &e.attr);
+                        self.entries.offer(t, dir_ino, name, e.attr.ino);
                         if !stamp(&e) {
                             return Err(nfsstat3::NFS3ERR_EXIST);
                         }
@@ -809,7 +842,7 @@ impl NfsBackend for Gateway {
         if let Ok(e) = &r {
             self.names.made_at(&self.attrs, t, e.attr.ino);
         }
-        self.note_created(t, dir_ino, &r);
+        self.note_created(t, dir_ino, name, &r);
         let e = self.apply_rest(&cred, r.map_err(err)?, &attr).await?;
         Ok(self.created(&cred, e, dir_ino).await)
     }
@@ -821,7 +854,7 @@ impl NfsBackend for Gateway {
         self.naming(dir_ino, name);
         let t = self.attrs.ticket();
         let r = self.client.symlink(&cred, dir_ino, name, target).await;
-        self.note_created(t, dir_ino, &r);
+        self.note_created(t, dir_ino, name, &r);
         let mut rest = attr;
         rest.mode = set_mode3::Void;
         let e = self.apply_rest(&cred, r.map_err(err)?, &rest).await?;
@@ -851,7 +884,7 @@ impl NfsBackend for Gateway {
             .client
             .create(&cred, dir_ino, name, kind, mode_of(&attr, 0o644), rdev, true, 0)
             .await;
-        self.note_created(t, dir_ino, &r);
+        self.note_created(t, dir_ino, name, &r);
         let e = self.apply_rest(&cred, r.map_err(err)?, &attr).await?;
         Ok(self.created(&cred, e, dir_ino).await)
     }
@@ -862,6 +895,7 @@ impl NfsBackend for Gateway {
         let cred = self.creds(c);
         let t = self.attrs.ticket();
         let r = self.client.unlink(&cred, dir_ino, name).await;
+        self.entries.changed(t, dir_ino, name, None);
         self.names_changed(t, dir_ino, dir_ino, &r);
         let ch = r.map_err(err)?;
         Ok(self.dir_wcc(&cred, dir_ino, ch.dir).await)
@@ -873,6 +907,7 @@ impl NfsBackend for Gateway {
         let cred = self.creds(c);
         let t = self.attrs.ticket();
         let r = self.client.rmdir(&cred, dir_ino, name).await;
+        self.entries.changed(t, dir_ino, name, None);
         self.names_changed(t, dir_ino, dir_ino, &r);
         if let Ok(c) = &r {
             c.touched.iter().for_each(|d| self.names.forget(*d));
@@ -895,6 +930,8 @@ impl NfsBackend for Gateway {
         self.naming(to, to_name);
         let t = self.attrs.ticket();
         let r = self.client.rename(&cred, from, from_name, to, to_name, 0).await;
+        self.entries.changed(t, from, from_name, None);
+        self.entries.changed(t, to, to_name, None);
         self.names_changed(t, from, to, &r);
         let ch = r.map_err(err)?;
         let from_wcc = self.dir_wcc(&cred, from, ch.dir).await;
@@ -913,7 +950,7 @@ impl NfsBackend for Gateway {
         self.naming(dir_ino, name);
         let t = self.attrs.ticket();
         let r = self.client.link(&cred, ino, dir_ino, name).await;
-        self.note_created(t, dir_ino, &r);
+        self.note_created(t, dir_ino, name, &r);
         let e = r.map_err(err)?;
         Ok((Some(self.fattr(&e.attr)), self.dir_wcc(&cred, dir_ino, e.dir).await))
     }
@@ -968,6 +1005,7 @@ impl NfsBackend for Gateway {
             let (attr, handle) = match &e.attr {
                 Some(a) if plus => {
                     self.attrs.offer(t, a);
+                    self.entries.offer(t, dir_ino, &e.name, e.ino);
                     (Some(self.fattr(a)), Some(self.fh(e.ino, a.generation)))
                 }
                 _ => (None, None),

@@ -47,7 +47,7 @@ pub enum ChunkOp {
     },
     Truncate(u64),
     /// Make earlier writes durable; the oldest was answered at map epoch `since_epoch` (0:
-    /// unknown), which every replica checks it may not have lost (see [`Node::held_since`]).
+    /// unknown), which every replica checks it may not have lost (see [`Replication::held_since`]).
     Commit {
         since_epoch: u64,
     },

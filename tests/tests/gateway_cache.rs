@@ -257,6 +257,96 @@ fn the_gateway_cache_follows_other_processes_changes() {
     cancel.cancel();
 }
 
+/// The gateway answers LOOKUPs of names it found or made from its caches, and follows every
+/// change of such a name: another process's rename over it, its unlink, the gateway's own
+/// remove and rename, and a broken change stream.
+#[test]
+fn the_gateway_knows_the_names_it_saw_until_they_change() {
+    let mut c = TestCluster::start(3, true);
+    let mnt = c.mnt();
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/x"), b"x").unwrap();
+    std::fs::write(mnt.join("d/y"), b"yy").unwrap();
+    let rt = runtime();
+    let cancel = CancellationToken::new();
+    let gw = gateway(&c, &rt, LONG_CACHE_MS, &cancel);
+    let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(mnt.join(p)).unwrap());
+    let y = ino("d/y");
+    let d = rt.block_on(async {
+        let top = gw.mount(&root(), b"/").await.unwrap();
+        let (d, _) = gw.lookup(&root(), &top, b"d").await.unwrap();
+        assert!(!gw.known_name(&d, b"x"));
+        let (_, xa) = gw.lookup(&root(), &d, b"x").await.unwrap();
+        assert!(gw.known_name(&d, b"x"), "a LOOKUP's answer is kept");
+        let (_, again) = gw.lookup(&root(), &d, b"x").await.unwrap();
+        assert_eq!((again.fileid, again.size), (xa.fileid, 1));
+        gw.lookup(&root(), &d, b"y").await.unwrap();
+        // Only the folder's searchers are answered from the cache: the node says who may not.
+        let closed = sattr3 {
+            mode: set_mode3::mode(0o700),
+            ..Default::default()
+        };
+        gw.setattr(&root(), &d, closed, None).await.unwrap();
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            ..root()
+        };
+        assert_eq!(gw.lookup(&user, &d, b"x").await.err(), Some(nfsstat3::NFS3ERR_ACCES));
+        d
+    });
+
+    // Another process renames x away: its inode and the folder live on (GETATTRs cache both
+    // again, so only the name's own invalidation can tell), but the name x is gone.
+    let xh = rt.block_on(gw.lookup(&root(), &d, b"x")).unwrap().0;
+    std::fs::rename(mnt.join("d/x"), mnt.join("d/w")).unwrap();
+    rt.block_on(eventually("the other mount's rename of a known name", || async {
+        attr(&gw, &d).await.is_ok()
+            && attr(&gw, &xh).await.is_ok()
+            && gw.lookup(&root(), &d, b"x").await.err() == Some(nfsstat3::NFS3ERR_NOENT)
+    }));
+    // Another process renames y over w: w names y's inode, and y nothing.
+    let (wh, _) = rt.block_on(gw.lookup(&root(), &d, b"w")).unwrap();
+    assert_eq!(wh.data, xh.data, "the renamed file");
+    assert!(gw.known_name(&d, b"w"));
+    std::fs::rename(mnt.join("d/y"), mnt.join("d/w")).unwrap();
+    rt.block_on(eventually("the other mount's rename over a known name", || async {
+        gw.lookup(&root(), &d, b"w").await.is_ok_and(|(_, a)| a.fileid == y)
+            && gw.lookup(&root(), &d, b"y").await.err() == Some(nfsstat3::NFS3ERR_NOENT)
+    }));
+    assert!(gw.known_name(&d, b"w"), "looked up again");
+    std::fs::remove_file(mnt.join("d/w")).unwrap();
+    rt.block_on(eventually("the other mount's unlink of a known name", || async {
+        gw.lookup(&root(), &d, b"w").await.err() == Some(nfsstat3::NFS3ERR_NOENT)
+    }));
+    assert!(!gw.known_name(&d, b"w"));
+
+    // The gateway's own changes show at once.
+    rt.block_on(async {
+        let how = nfsserve::vfs::CreateHow::Unchecked(sattr3::default());
+        let made = gw.create(&root(), &d, b"n", how).await.unwrap();
+        assert!(gw.known_name(&d, b"n"), "a name the gateway made");
+        assert_eq!(gw.lookup(&root(), &d, b"n").await.unwrap().0.data, made.handle.data);
+        gw.remove(&root(), &d, b"n").await.unwrap();
+        assert!(!gw.known_name(&d, b"n"));
+        assert_eq!(gw.lookup(&root(), &d, b"n").await.err(), Some(nfsstat3::NFS3ERR_NOENT));
+        let how = nfsserve::vfs::CreateHow::Unchecked(sattr3::default());
+        let made = gw.create(&root(), &d, b"a", how).await.unwrap();
+        gw.rename(&root(), &d, b"a", &d, b"b").await.unwrap();
+        assert!(!gw.known_name(&d, b"a") && !gw.known_name(&d, b"b"));
+        assert_eq!(gw.lookup(&root(), &d, b"a").await.err(), Some(nfsstat3::NFS3ERR_NOENT));
+        assert_eq!(gw.lookup(&root(), &d, b"b").await.unwrap().0.data, made.handle.data);
+        assert!(gw.known_name(&d, b"b"));
+    });
+
+    // A broken stream may have hidden a change of any name: none is known any more.
+    c.cluster.stop_node(0, nix::sys::signal::Signal::SIGKILL);
+    rt.block_on(eventually("the names dropped once a stream broke", || async {
+        !gw.known_name(&d, b"b")
+    }));
+    cancel.cancel();
+}
+
 /// WRITE with UNSTABLE is answered before the data is durable, under one write verifier, and
 /// COMMIT makes it durable under the same; FILE_SYNC and inline writes are durable at once. When
 /// every node restarts after a crash between a write and its COMMIT, no node can vouch for the
@@ -532,4 +622,100 @@ fn a_backup_that_crashed_before_the_commit_is_filled_again_instead_of_vouched_fo
         copy.len(),
         data.len()
     );
+}
+
+/// The metadata half of the case above: a backup of a file's inode that crashed after an
+/// unstable write grew the file, and is back before the manager saw it down, must not vouch for
+/// the unsynced size at the commit. It refuses the forwarded sync, the primary drops it (which
+/// moves the map's epoch) and copies the partition to it again. The backup is chosen to hold
+/// none of the file's data, so only the size's sync can drop it.
+#[test]
+fn a_backup_that_crashed_before_the_size_was_synced_is_filled_again_instead_of_vouched_for() {
+    use sealfs_client::{DirtyChunks, WriteMode};
+    use sealfs_core::attr::FileKind;
+    use sealfs_core::perm::Credentials;
+    use sealfs_core::ROOT_INO;
+    let mut c = TestCluster::start(4, false);
+    let rt = runtime();
+    let client = rt.block_on(client(&c));
+    let cred = Credentials::root();
+    let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
+    let (ino, victim_id) = rt.block_on(async {
+        for i in 0..64 {
+            let name = format!("f{i}");
+            let ino = client
+                .create(
+                    &cred,
+                    ROOT_INO,
+                    name.as_bytes(),
+                    FileKind::Regular,
+                    0o644,
+                    0,
+                    true,
+                    libc::O_RDWR,
+                )
+                .await
+                .unwrap()
+                .attr
+                .ino;
+            let meta = &map.replicas(map.inode_partition(ino)).expect("replicas").in_sync;
+            let data = &map.replicas(map.chunk_partition(ino, 0)).expect("replicas").in_sync;
+            if let Some(v) = meta.iter().skip(1).find(|n| !data.contains(n)) {
+                return (ino, *v);
+            }
+        }
+        panic!("no file of 64 has an inode backup that holds none of its data");
+    });
+    let p = map.inode_partition(ino);
+    let unstable = WriteMode {
+        stable: false,
+        check_perm: false,
+        known: None,
+    };
+    let mut dirty = DirtyChunks::default();
+    rt.block_on(client.write(
+        &cred,
+        ino,
+        0,
+        bytes::Bytes::from(pattern(4, 256 << 10)),
+        unstable,
+        &mut dirty,
+    ))
+    .unwrap();
+    let victim = sealfs_tests::node_index(&c.cluster, &map, victim_id);
+    let before = sealfs_tests::cluster_map(&c.cluster).epoch;
+    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
+    c.cluster.start_node_in_place(victim).unwrap();
+    rt.block_on(eventually("the restarted backup's registration", || async {
+        sealfs_tests::cluster_map(&c.cluster).epoch > before
+    }));
+    let restarted = sealfs_tests::cluster_map(&c.cluster);
+    assert!(
+        restarted.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)),
+        "back before the manager saw it down: still an in-sync backup of the inode"
+    );
+    let r = rt.block_on(async {
+        let start = Instant::now();
+        loop {
+            match client.commit(ino, dirty.clone()).await {
+                Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r,
+            }
+        }
+    });
+    r.expect("the primary holds the size: the commit succeeds");
+    // The primary reports a replica it drops before it answers, so the map moved by now.
+    assert!(
+        sealfs_tests::cluster_map(&c.cluster).epoch > restarted.epoch,
+        "the restarted backup was counted as holding a size it may have lost"
+    );
+    let healed = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
+    assert!(
+        healed.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)),
+        "filled again"
+    );
+    let attr = rt.block_on(client.getattr(&cred, ino)).unwrap().attr;
+    assert_eq!(attr.size, 256 << 10);
 }
