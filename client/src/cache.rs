@@ -207,22 +207,28 @@ impl AttrCache {
         let Some(after) = after else {
             return self.invalidate(ino);
         };
-        let v = self.bump();
-        let c = &self.changed[slot(ino)];
-        let mut last = c.load(Ordering::SeqCst);
-        loop {
-            if last > t.0 {
-                // Another change ended while this one ran: which is newer is unknown.
-                c.fetch_max(v, Ordering::SeqCst);
-                return;
-            }
-            match c.compare_exchange(last, v, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => break,
-                Err(now) => last = now,
+        if let Some(v) = self.end_change(&self.changed[slot(ino)], t) {
+            if after.ino == ino {
+                self.put(after, v);
             }
         }
-        if after.ino == ino {
-            self.put(after, v);
+    }
+
+    /// A change sent at `t` ended for what `counter` counts changes of: the counter moves to a
+    /// new value, returned if no other change ended meanwhile (the change's result may then be
+    /// kept under it; if another did, which is newer is unknown).
+    pub(crate) fn end_change(&self, counter: &AtomicU64, t: Ticket) -> Option<u64> {
+        let v = self.bump();
+        let mut last = counter.load(Ordering::SeqCst);
+        loop {
+            if last > t.0 {
+                counter.fetch_max(v, Ordering::SeqCst);
+                return None;
+            }
+            match counter.compare_exchange(last, v, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(v),
+                Err(now) => last = now,
+            }
         }
     }
 

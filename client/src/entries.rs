@@ -121,21 +121,7 @@ impl EntryCache {
     /// change of the name ended meanwhile.
     pub fn changed(&self, t: Ticket, dir: InodeId, name: &[u8], after: Option<InodeId>) {
         let k = key(dir, name);
-        let v = self.attrs.bump();
-        let c = &self.changed[slot(k)];
-        let mut last = c.load(Ordering::SeqCst);
-        loop {
-            if last > t.0 {
-                // Another change ended while this one ran: which is newer is unknown.
-                c.fetch_max(v, Ordering::SeqCst);
-                return;
-            }
-            match c.compare_exchange(last, v, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => break,
-                Err(now) => last = now,
-            }
-        }
-        if let Some(ino) = after {
+        if let (Some(v), Some(ino)) = (self.attrs.end_change(&self.changed[slot(k)], t), after) {
             self.put(k, dir, name, ino, v);
         }
     }

@@ -66,6 +66,24 @@ fn security(c: &TestCluster) -> SecurityConfig {
     }
 }
 
+/// Commit `dirty` of `ino`, again while the cluster answers "retry" (a restarted node not yet
+/// back in the map), until `DEADLINE`.
+async fn commit_retrying(
+    client: &SealClient,
+    ino: sealfs_core::InodeId,
+    dirty: &sealfs_client::DirtyChunks,
+) -> sealfs_core::FsResult<()> {
+    let start = Instant::now();
+    loop {
+        match client.commit(ino, dirty.clone()).await {
+            Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => break r,
+        }
+    }
+}
+
 /// A client library connected to the cluster of `c`.
 async fn client(c: &TestCluster) -> SealClient {
     let cfg = ClientConfig {
@@ -519,17 +537,7 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
         Some(primary(map.inode_partition(ino))),
         "the node is back before the manager saw it down: still the inode's primary"
     );
-    let r = rt.block_on(async {
-        let start = Instant::now();
-        loop {
-            match client.commit(ino, dirty.clone()).await {
-                Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                r => break r,
-            }
-        }
-    });
+    let r = rt.block_on(commit_retrying(&client, ino, &dirty));
     assert!(
         matches!(r, Err(FsError::Io(_))),
         "the commit must not vouch for a size its node may have lost: {r:?}"
@@ -601,17 +609,7 @@ fn a_backup_that_crashed_before_the_commit_is_filled_again_instead_of_vouched_fo
         after.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)),
         "back before the manager saw it down: still an in-sync backup"
     );
-    let r = rt.block_on(async {
-        let start = Instant::now();
-        loop {
-            match client.commit(ino, dirty.clone()).await {
-                Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                r => break r,
-            }
-        }
-    });
+    let r = rt.block_on(commit_retrying(&client, ino, &dirty));
     r.expect("the primary holds the writes: the commit succeeds");
     let healed = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
     assert!(healed.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)));
@@ -694,17 +692,7 @@ fn a_backup_that_crashed_before_the_size_was_synced_is_filled_again_instead_of_v
         restarted.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)),
         "back before the manager saw it down: still an in-sync backup of the inode"
     );
-    let r = rt.block_on(async {
-        let start = Instant::now();
-        loop {
-            match client.commit(ino, dirty.clone()).await {
-                Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                r => break r,
-            }
-        }
-    });
+    let r = rt.block_on(commit_retrying(&client, ino, &dirty));
     r.expect("the primary holds the size: the commit succeeds");
     // The primary reports a replica it drops before it answers, so the map moved by now.
     assert!(
