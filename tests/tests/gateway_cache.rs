@@ -66,6 +66,65 @@ fn security(c: &TestCluster) -> SecurityConfig {
     }
 }
 
+/// How the crash tests write: as root, so without the permission check; `stable` or not.
+fn write_mode(stable: bool) -> sealfs_client::WriteMode {
+    sealfs_client::WriteMode {
+        stable,
+        check_perm: false,
+        known: None,
+    }
+}
+
+/// Create files f0, f1, ... in the root until `pick` takes one (of 64 at most), and return
+/// what it made of it.
+async fn first_file_where<T>(
+    client: &SealClient,
+    mut pick: impl FnMut(sealfs_core::InodeId) -> Option<T>,
+    what: &str,
+) -> T {
+    use sealfs_core::attr::FileKind;
+    let cred = sealfs_core::perm::Credentials::root();
+    for i in 0..64 {
+        let name = format!("f{i}");
+        let e = client
+            .create(
+                &cred,
+                sealfs_core::ROOT_INO,
+                name.as_bytes(),
+                FileKind::Regular,
+                0o644,
+                0,
+                true,
+                libc::O_RDWR,
+            )
+            .await
+            .unwrap();
+        if let Some(t) = pick(e.attr.ino) {
+            return t;
+        }
+    }
+    panic!("no file of 64 {what}");
+}
+
+/// Kill node `victim` with SIGKILL and start it again in place (`while_down` runs in between),
+/// then wait until it registered again (its word that it crashed moves the map's epoch), and so
+/// listens; returns the map then.
+fn crash_and_restart(
+    c: &mut TestCluster,
+    rt: &tokio::runtime::Runtime,
+    victim: usize,
+    while_down: impl FnOnce(),
+) -> sealfs_core::placement::ClusterMap {
+    let before = sealfs_tests::cluster_map(&c.cluster).epoch;
+    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
+    while_down();
+    c.cluster.start_node_in_place(victim).unwrap();
+    rt.block_on(eventually("the restarted node's registration", || async {
+        sealfs_tests::cluster_map(&c.cluster).epoch > before
+    }));
+    sealfs_tests::cluster_map(&c.cluster)
+}
+
 /// Commit `dirty` of `ino`, again while the cluster answers "retry" (a restarted node not yet
 /// back in the map), until `DEADLINE`.
 async fn commit_retrying(
@@ -477,10 +536,9 @@ fn unstable_writes_are_committed_and_a_crash_changes_the_verifier() {
 /// commit fails instead of calling a size durable that the crash may have lost.
 #[test]
 fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
-    use sealfs_client::{DirtyChunks, WriteMode};
-    use sealfs_core::attr::FileKind;
+    use sealfs_client::DirtyChunks;
     use sealfs_core::perm::Credentials;
-    use sealfs_core::{FsError, ROOT_INO};
+    use sealfs_core::FsError;
     let mut c = TestCluster::start(3, false);
     let rt = runtime();
     let client = rt.block_on(client(&c));
@@ -489,35 +547,13 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     let primary = |p| map.primary(p).expect("a primary").id;
     // A file whose inode's primary is not its first chunk's: the chunk commit then succeeds on
     // its own, and only the size can fail it.
-    let ino = rt.block_on(async {
-        for i in 0..64 {
-            let name = format!("f{i}");
-            let e = client
-                .create(
-                    &cred,
-                    ROOT_INO,
-                    name.as_bytes(),
-                    FileKind::Regular,
-                    0o644,
-                    0,
-                    true,
-                    libc::O_RDWR,
-                )
-                .await
-                .unwrap();
-            let ino = e.attr.ino;
-            if primary(map.inode_partition(ino)) != primary(map.chunk_partition(ino, 0)) {
-                return ino;
-            }
-        }
-        panic!("no file of 64 has its inode and first chunk on different primaries");
-    });
+    let ino = rt.block_on(first_file_where(
+        &client,
+        |ino| (primary(map.inode_partition(ino)) != primary(map.chunk_partition(ino, 0))).then_some(ino),
+        "has its inode and first chunk on different primaries",
+    ));
     let data = bytes::Bytes::from(pattern(1, 64 << 10));
-    let unstable = WriteMode {
-        stable: false,
-        check_perm: false,
-        known: None,
-    };
+    let unstable = write_mode(false);
     // Unstable, then committed: nothing was lost.
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.write(&cred, ino, 0, data.clone(), unstable, &mut dirty))
@@ -544,12 +580,7 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     );
     // The file as the nodes have it now is whole up to what was durable, and writable again.
     let mut dirty = DirtyChunks::default();
-    let stable = WriteMode {
-        stable: true,
-        check_perm: false,
-        known: None,
-    };
-    rt.block_on(client.write(&cred, ino, 64 << 10, data.clone(), stable, &mut dirty))
+    rt.block_on(client.write(&cred, ino, 64 << 10, data.clone(), write_mode(true), &mut dirty))
         .unwrap();
     let attr = rt.block_on(client.getattr(&cred, ino)).unwrap().attr;
     assert_eq!(attr.size, 128 << 10);
@@ -562,7 +593,7 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
 /// emptying the backup's chunk file while it is down.
 #[test]
 fn a_backup_that_crashed_before_the_commit_is_filled_again_instead_of_vouched_for() {
-    use sealfs_client::{DirtyChunks, WriteMode};
+    use sealfs_client::DirtyChunks;
     use sealfs_core::attr::FileKind;
     use sealfs_core::perm::Credentials;
     use sealfs_core::ROOT_INO;
@@ -587,24 +618,13 @@ fn a_backup_that_crashed_before_the_commit_is_filled_again_instead_of_vouched_fo
         .dir
         .join(format!("node{victim}/data/p{p:05}/{ino:016x}.0"));
     let data = bytes::Bytes::from(pattern(3, 256 << 10));
-    let unstable = WriteMode {
-        stable: false,
-        check_perm: false,
-        known: None,
-    };
     let mut dirty = DirtyChunks::default();
-    rt.block_on(client.write(&cred, ino, 0, data.clone(), unstable, &mut dirty))
+    rt.block_on(client.write(&cred, ino, 0, data.clone(), write_mode(false), &mut dirty))
         .unwrap();
     assert!(std::fs::read(&chunk).unwrap() == data, "the backup took the write");
-    let before = sealfs_tests::cluster_map(&c.cluster).epoch;
-    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
-    std::fs::File::create(&chunk).unwrap().sync_all().unwrap();
-    c.cluster.start_node_in_place(victim).unwrap();
-    // Registered again (its word that it crashed moves the epoch), and so listening.
-    rt.block_on(eventually("the restarted backup's registration", || async {
-        sealfs_tests::cluster_map(&c.cluster).epoch > before
-    }));
-    let after = sealfs_tests::cluster_map(&c.cluster);
+    let after = crash_and_restart(&mut c, &rt, victim, || {
+        std::fs::File::create(&chunk).unwrap().sync_all().unwrap();
+    });
     assert!(
         after.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)),
         "back before the manager saw it down: still an in-sync backup"
@@ -629,65 +649,29 @@ fn a_backup_that_crashed_before_the_commit_is_filled_again_instead_of_vouched_fo
 /// none of the file's data, so only the size's sync can drop it.
 #[test]
 fn a_backup_that_crashed_before_the_size_was_synced_is_filled_again_instead_of_vouched_for() {
-    use sealfs_client::{DirtyChunks, WriteMode};
-    use sealfs_core::attr::FileKind;
+    use sealfs_client::DirtyChunks;
     use sealfs_core::perm::Credentials;
-    use sealfs_core::ROOT_INO;
     let mut c = TestCluster::start(4, false);
     let rt = runtime();
     let client = rt.block_on(client(&c));
     let cred = Credentials::root();
     let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
-    let (ino, victim_id) = rt.block_on(async {
-        for i in 0..64 {
-            let name = format!("f{i}");
-            let ino = client
-                .create(
-                    &cred,
-                    ROOT_INO,
-                    name.as_bytes(),
-                    FileKind::Regular,
-                    0o644,
-                    0,
-                    true,
-                    libc::O_RDWR,
-                )
-                .await
-                .unwrap()
-                .attr
-                .ino;
+    let (ino, victim_id) = rt.block_on(first_file_where(
+        &client,
+        |ino| {
             let meta = &map.replicas(map.inode_partition(ino)).expect("replicas").in_sync;
             let data = &map.replicas(map.chunk_partition(ino, 0)).expect("replicas").in_sync;
-            if let Some(v) = meta.iter().skip(1).find(|n| !data.contains(n)) {
-                return (ino, *v);
-            }
-        }
-        panic!("no file of 64 has an inode backup that holds none of its data");
-    });
+            meta.iter().skip(1).find(|n| !data.contains(n)).map(|v| (ino, *v))
+        },
+        "has an inode backup that holds none of its data",
+    ));
     let p = map.inode_partition(ino);
-    let unstable = WriteMode {
-        stable: false,
-        check_perm: false,
-        known: None,
-    };
     let mut dirty = DirtyChunks::default();
-    rt.block_on(client.write(
-        &cred,
-        ino,
-        0,
-        bytes::Bytes::from(pattern(4, 256 << 10)),
-        unstable,
-        &mut dirty,
-    ))
-    .unwrap();
+    let data = bytes::Bytes::from(pattern(4, 256 << 10));
+    rt.block_on(client.write(&cred, ino, 0, data, write_mode(false), &mut dirty))
+        .unwrap();
     let victim = sealfs_tests::node_index(&c.cluster, &map, victim_id);
-    let before = sealfs_tests::cluster_map(&c.cluster).epoch;
-    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
-    c.cluster.start_node_in_place(victim).unwrap();
-    rt.block_on(eventually("the restarted backup's registration", || async {
-        sealfs_tests::cluster_map(&c.cluster).epoch > before
-    }));
-    let restarted = sealfs_tests::cluster_map(&c.cluster);
+    let restarted = crash_and_restart(&mut c, &rt, victim, || {});
     assert!(
         restarted.replicas(p).is_some_and(|r| r.in_sync.contains(&victim_id)),
         "back before the manager saw it down: still an in-sync backup of the inode"
