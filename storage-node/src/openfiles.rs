@@ -1,7 +1,8 @@
-//! Chunk files kept open for reading, and reads that refuse to wait for the disk. Together they
-//! let a read whose bytes are in the page cache be served on the runtime's own thread: no open,
-//! no path walk, no hand-off to the blocking pool and back (two thread wake-ups, the larger
-//! part of a 4 KiB read's cost). Anything else takes the blocking path, which opens and waits.
+//! Chunk files kept open (for reading and for writes, which go through them too), and reads
+//! that refuse to wait for the disk. Together they let a read whose bytes are in the page cache
+//! be served on the runtime's own thread: no open, no path walk, no hand-off to the blocking
+//! pool and back (two thread wake-ups, the larger part of a 4 KiB read's cost). Anything else
+//! takes the blocking path, which opens and waits.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +14,7 @@ use crate::direct::{pread_fresh, Short};
 
 use sealfs_core::{InodeId, PartitionId};
 
-/// A chunk and its checksum file, both open for reading.
+/// A chunk and its checksum file, both open for reading and writing.
 #[derive(Debug)]
 pub struct OpenChunk {
     pub data: File,

@@ -132,29 +132,94 @@ impl Sums {
         })
     }
 
+    /// The checksum file's first bytes: magic, version, block size and count.
+    fn encode_header(&self) -> [u8; HEADER] {
+        let mut out = [0u8; HEADER];
+        out[..4].copy_from_slice(MAGIC);
+        let version: u32 = if self.block == V1_BLOCK { 1 } else { VERSION };
+        out[4..8].copy_from_slice(&version.to_le_bytes());
+        out[8..12].copy_from_slice(&(self.block as u32).to_le_bytes());
+        out[12..16].copy_from_slice(&(self.crcs.len() as u32).to_le_bytes());
+        out
+    }
+
     /// The checksum file's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + 4 * self.crcs.len());
-        out.extend_from_slice(MAGIC);
-        let version: u32 = if self.block == V1_BLOCK { 1 } else { VERSION };
-        out.extend_from_slice(&version.to_le_bytes());
-        out.extend_from_slice(&(self.block as u32).to_le_bytes());
-        out.extend_from_slice(&(self.crcs.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.encode_header());
         for c in &self.crcs {
             out.extend_from_slice(&c.to_le_bytes());
         }
         out
     }
 
-    /// Read a checksum file; None if there is none.
+    /// Read a checksum file; None if there is none (or it is empty, see [`Sums::read_from`]).
     pub fn load(path: &Path) -> FsResult<Option<Sums>> {
         match std::fs::read(path) {
+            Ok(b) if b.is_empty() => Ok(None),
             Ok(b) => Sums::decode(&b)
                 .map(Some)
                 .map_err(|why| FsError::Corrupt(format!("{}: {why}", path.display()))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(e, "read checksums")),
         }
+    }
+
+    /// Read the open checksum file `f`; None if it is empty (made, but a crash came before its
+    /// first checksums: the chunk's bytes since were never acknowledged).
+    pub fn read_from(f: &File) -> FsResult<Option<Sums>> {
+        let len = f.metadata().map_err(|e| io_err(e, "stat checksums"))?.len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut raw = vec![0u8; len as usize];
+        f.read_exact_at(&mut raw, 0).map_err(|e| io_err(e, "read checksums"))?;
+        Sums::decode(&raw)
+            .map(Some)
+            .map_err(|why| FsError::Corrupt(format!("checksums: {why}")))
+    }
+
+    /// Write to the open checksum file `f` what changed since it held `on_disk` (its blocks
+    /// from `from` on may differ): the header if the count moved, and the checksums of blocks
+    /// `from..=to`. Everything is written afresh when the file held nothing or other sums.
+    /// A 4 KiB write thus rewrites four bytes of its chunk's 4 KiB of checksums, not all of
+    /// them, and never truncates the file.
+    pub fn store_changes(&self, f: &File, on_disk: Option<&Sums>, from: u64, to: u64, sync: bool) -> FsResult<()> {
+        let w = |bytes: &[u8], at: usize| {
+            f.write_all_at(bytes, at as u64)
+                .map_err(|e| io_err(e, "write checksums"))
+        };
+        match on_disk {
+            Some(old) if old.block == self.block && old.crcs.len() <= self.crcs.len() => {
+                let grew = old.crcs.len() != self.crcs.len();
+                if grew {
+                    w(&self.encode_header(), 0)?;
+                }
+                // New blocks are all past the old count; `from` reaches back to it if needed.
+                let from = (from as usize).min(old.crcs.len());
+                let to = if grew {
+                    self.crcs.len()
+                } else {
+                    (to as usize + 1).min(self.crcs.len())
+                }
+                .max(from);
+                let mut bytes = Vec::with_capacity(4 * (to - from));
+                for c in &self.crcs[from..to] {
+                    bytes.extend_from_slice(&c.to_le_bytes());
+                }
+                w(&bytes, HEADER + 4 * from)?;
+            }
+            _ => {
+                let bytes = self.encode();
+                w(&bytes, 0)?;
+                f.set_len(bytes.len() as u64)
+                    .map_err(|e| io_err(e, "write checksums"))?;
+            }
+        }
+        if sync {
+            f.sync_data().map_err(|e| io_err(e, "sync checksums"))?;
+        }
+        Ok(())
     }
 
     /// Write the checksum file (durably with `sync`).
