@@ -14,6 +14,7 @@ use sealfs_core::config::{ClientConfig, INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE};
 use sealfs_core::{Credentials, FsError, FsResult, InodeId, PartitionId};
 use sealfs_proto::{attach, attr_to_pb, ctx, pb, required_attr, time_to_pb};
 
+use crate::batch::{write_one, Gatherer, GATHER_MAX};
 use crate::router::Router;
 
 /// Where a file's data lives.
@@ -297,6 +298,8 @@ fn tu(t: Option<TimeUpdate>) -> Option<pb::TimeUpdate> {
 #[derive(Clone)]
 pub struct SealClient {
     router: Arc<Router>,
+    /// Small unstable chunk writes, gathered per chunk.
+    gather: Arc<Gatherer>,
     /// Chunk sizes of files known to be chunked (immutable facts, see `read_checked`).
     layouts: Arc<DashMap<InodeId, u32>>,
 }
@@ -310,6 +313,7 @@ impl SealClient {
     /// A client over an existing router (storage nodes share theirs).
     pub fn from_router(router: Arc<Router>) -> SealClient {
         SealClient {
+            gather: Gatherer::new(router.clone()),
             router,
             layouts: Arc::new(DashMap::new()),
         }
@@ -889,7 +893,6 @@ impl SealClient {
             return Err(FsError::Io("file has no chunk size".into()));
         }
         let end = write_end(offset, data.len())?;
-        let map = self.router.map();
         let mut start = 0;
         let pieces: Vec<_> = chunk_pieces(offset, end, chunk_size)
             .into_iter()
@@ -899,27 +902,13 @@ impl SealClient {
                 (index, in_off, piece)
             })
             .collect();
-        let results = try_join_all(pieces.into_iter().map(|(index, off, piece)| {
-            let p = map.chunk_partition(ino, index);
-            async move {
-                let r = self
-                    .router
-                    .call(p, |mut c, epoch| {
-                        let req = pb::WriteChunkRequest {
-                            ctx: Some(ctx(epoch, &Credentials::root())),
-                            chunk: Some(pb::ChunkId { ino, index }),
-                            offset: off,
-                            data: Bytes::new(),
-                            stable,
-                            chunk_size,
-                        };
-                        // The data goes beside the message (see sealfs_proto::attach).
-                        let req = attach::request(req, attach::WRITE_CHUNK_DATA, piece.clone());
-                        async move { c.write_chunk(req).await }
-                    })
-                    .await?;
-                Ok::<_, FsError>((p, index, r.verifier, r.epoch))
-            }
+        let results = try_join_all(pieces.into_iter().map(|(index, off, piece)| async move {
+            let w = if !stable && piece.len() <= GATHER_MAX {
+                self.gather.write(ino, index, off, piece, chunk_size).await?
+            } else {
+                write_one(&self.router, ino, index, off, piece, stable, chunk_size).await?
+            };
+            Ok::<_, FsError>((w.partition, index, w.verifier, w.epoch))
         }))
         .await?;
         if !stable {

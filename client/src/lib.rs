@@ -4,6 +4,7 @@
 //! attribute cache, the cache of names looked up, the directories whose names are all known, and
 //! the change streams that keep them right, which the frontends share.
 
+mod batch;
 pub mod cache;
 pub mod entries;
 mod fs;

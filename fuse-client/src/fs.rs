@@ -9,14 +9,14 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fuser::{
     AccessFlags, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use sealfs_client::{
     AttrCache, CacheTtl, Changed, DirEntry, DirtyChunks, Entry, KnownDirs, SealClient, Ticket, WriteMode,
@@ -45,6 +45,8 @@ pub struct SealFs {
     attrs: Arc<AttrCache>,
     names: Arc<KnownDirs>,
     state: Arc<State>,
+    /// For telling the kernel what changed behind its back; set once the session exists.
+    kernel: Arc<OnceLock<Notifier>>,
 }
 
 impl SealFs {
@@ -59,7 +61,13 @@ impl SealFs {
             attrs: caches.attrs,
             names: caches.names,
             state: Arc::new(State::default()),
+            kernel: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where the session's notifier goes once it exists (the session takes this value first).
+    pub fn kernel_notifier(&self) -> Arc<OnceLock<Notifier>> {
+        self.kernel.clone()
     }
 
     fn cx(&self) -> Ctx {
@@ -69,6 +77,7 @@ impl SealFs {
             ttl: self.ttl.clone(),
             attrs: self.attrs.clone(),
             names: self.names.clone(),
+            kernel: self.kernel.clone(),
         }
     }
 
@@ -109,6 +118,13 @@ impl SealFs {
         self.rt
             .spawn(self.cx().land(st, ino, offset, end, bytes, chunk_size, permit));
         Ok(data.len() as u32)
+    }
+
+    /// Whether `ino`'s mode may have a set-id bit a write must clear: set-user-ID, or
+    /// set-group-ID with group execute (without it, it marks mandatory locking). Unknown (not
+    /// cached) counts as maybe.
+    fn may_have_set_id(&self, ino: InodeId) -> bool {
+        self.attrs.get(ino).is_none_or(|(a, _)| has_set_id(a.perm))
     }
 
     /// Run `f` on the runtime; its result (or error) goes to `reply`.
@@ -155,6 +171,7 @@ struct Ctx {
     ttl: Arc<CacheTtl>,
     attrs: Arc<AttrCache>,
     names: Arc<KnownDirs>,
+    kernel: Arc<OnceLock<Notifier>>,
 }
 
 /// Replies that can carry an error.
@@ -351,6 +368,32 @@ impl Ctx {
         }
     }
 
+    /// Clear the set-id bits of open chunked file `ino` for a write by `cred` (its size and
+    /// times update, which the node makes clear them for a caller that is not root), now
+    /// rather than when the write-behind settles: the writer's next `fstat` must not see them.
+    async fn kill_set_id(&self, cred: &Credentials, st: &Arc<Mutex<OpenInode>>, ino: InodeId) -> FsResult<()> {
+        let t = self.attrs.ticket();
+        let mut stamp = DirtyChunks::default();
+        let r = self.client.extend_size(cred, ino, 0, false, &mut stamp).await;
+        self.changed(t, ino, &r);
+        let e = r?;
+        st.lock().expect("inode state").dirty.merge(stamp);
+        self.saw(&e.attr);
+        self.drop_kernel_attrs(ino);
+        Ok(())
+    }
+
+    /// Make the kernel drop its copy of `ino`'s attributes, synchronously: a change this mount
+    /// made under a reply that carries no attributes (a write clearing set-id bits; the kernel
+    /// refreshes only size and times after a write, so a `stat` asking for the mode alone would
+    /// otherwise be answered from its copy).
+    fn drop_kernel_attrs(&self, ino: InodeId) {
+        if let Some(n) = self.kernel.get() {
+            // ENOENT: the kernel holds no such inode; nothing to drop.
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+    }
+
     /// Let every write-behind write of `ino` land, then send the size and times update they
     /// owe. Returns (once) the failure of a write that was already acknowledged to the kernel.
     async fn settle(&self, ino: InodeId) -> FsResult<()> {
@@ -533,6 +576,11 @@ impl Ctx {
     }
 }
 
+/// A mode with a set-id bit that a write by an unprivileged caller clears.
+fn has_set_id(perm: u32) -> bool {
+    perm & libc::S_ISUID != 0 || (perm & libc::S_ISGID != 0 && perm & libc::S_IXGRP != 0)
+}
+
 fn generation_of(a: &FileAttr) -> Generation {
     Generation(a.generation)
 }
@@ -547,7 +595,10 @@ impl fuser::Filesystem for SealFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_ASYNC_READ;
+            | InitFlags::FUSE_ASYNC_READ
+            // The mount clears set-id bits on writes itself (see `write`), so the kernel stops
+            // asking it for security.capability before every write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -919,15 +970,22 @@ impl fuser::Filesystem for SealFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let cred = creds(req);
-        let data = match self.try_write_behind(&cred, ino.0, offset, data) {
-            Ok(len) => return reply.written(len),
-            Err(data) => data,
+        // A writer without CAP_FSETID clears the file's set-id bits (FUSE_HANDLE_KILLPRIV_V2):
+        // done before the write, when the file may have any.
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) && self.may_have_set_id(ino.0);
+        let data = if kill {
+            Bytes::copy_from_slice(data)
+        } else {
+            match self.try_write_behind(&cred, ino.0, offset, data) {
+                Ok(len) => return reply.written(len),
+                Err(data) => data,
+            }
         };
         self.spawn(
             reply,
@@ -937,11 +995,15 @@ impl fuser::Filesystem for SealFs {
                 let known = st.as_ref().and_then(|s| s.lock().expect("inode state").layout);
                 if let (Some(st), Some(layout)) = (&st, known) {
                     if !layout.inline && !data.is_empty() {
+                        if kill {
+                            cx.kill_set_id(&cred, st, ino.0).await?;
+                        }
                         cx.write_behind(st.clone(), cred, ino.0, offset, data, layout.chunk_size)
                             .await?;
                         return Ok(len);
                     }
                 }
+                // Written through below: the node clears set-id bits of a write by non-root.
                 // An inline (small) file, or one not open here: written through, as one call.
                 cx.settle(ino.0).await?;
                 let mut dirty = DirtyChunks::default();
@@ -962,6 +1024,9 @@ impl fuser::Filesystem for SealFs {
                     .await;
                 cx.changed(t, ino.0, &r);
                 let e = r?;
+                if kill {
+                    cx.drop_kernel_attrs(ino.0);
+                }
                 if let Some(st) = st {
                     let mut st = st.lock().expect("inode state");
                     st.layout = Some(e.layout);
@@ -1220,8 +1285,16 @@ impl fuser::Filesystem for SealFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let cred = creds(req);
         let name = name_bytes(name);
+        // The kernel lets only callers with CAP_SETFCAP remove file capabilities, except when
+        // it drops them itself because an unprivileged process writes the file, in that
+        // process's name: it vouched for this call either way, and the nodes, which allow
+        // root alone to change security.*, would fail that write.
+        let cred = if name == CAPS_XATTR {
+            Credentials::root()
+        } else {
+            creds(req)
+        };
         self.spawn(
             reply,
             move |cx| async move {

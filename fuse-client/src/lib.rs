@@ -46,6 +46,7 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
         Duration::from_millis(config.client.watched_ttl_ms),
     );
     let fs = fs::SealFs::new(client.clone(), tokio::runtime::Handle::current(), caches.clone());
+    let kernel = fs.kernel_notifier();
     let mut options = vec![
         MountOption::FSName(format!("sealfs:{}", config.client.manager)),
         MountOption::Subtype("sealfs".into()),
@@ -72,6 +73,7 @@ pub async fn run(config: MountConfig, cancel: CancellationToken) -> anyhow::Resu
     let mut session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &mp, &fuse_config))
         .await?
         .with_context(|| format!("cannot mount on {}", config.mountpoint.display()))?;
+    let _ = kernel.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     let watching = cancel.child_token();
     watch::start(client.clone(), caches, session.notifier(), watching.clone());

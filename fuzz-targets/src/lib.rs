@@ -82,7 +82,15 @@ pub fn rpc_decode(data: &[u8]) {
             let _ = pb::ReadDirReply::decode(body);
         }
         9 => {
-            let _ = pb::ReplicateChunkRequest::decode(body);
+            // Chunk writes, and the split of their data by a piece table, as a node does it.
+            if let Ok(m) = pb::ReplicateChunkRequest::decode(body) {
+                if let Some(pb::replicate_chunk_request::Op::Write(w)) = m.op {
+                    let _ = sealfs_proto::split_pieces(w.offset, &w.data, &w.pieces, u64::from(u32::MAX));
+                }
+            }
+            if let Ok(m) = pb::WriteChunkRequest::decode(body) {
+                let _ = sealfs_proto::split_pieces(m.offset, &m.data, &m.pieces, u64::from(m.chunk_size));
+            }
         }
         10 => {
             // The cluster credential check sees attacker-chosen header text.
@@ -240,6 +248,17 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ..Default::default()
     };
     out.push(("rpc_decode", "write", tagged(2, w.encode_to_vec())));
+    let pieces = pb::WriteChunkRequest {
+        chunk: Some(pb::ChunkId { ino: 5, index: 0 }),
+        data: bytes::Bytes::from_static(b"0123456789"),
+        chunk_size: 1 << 22,
+        pieces: vec![
+            pb::ChunkPiece { offset: 4096, len: 4 },
+            pb::ChunkPiece { offset: 0, len: 6 },
+        ],
+        ..Default::default()
+    };
+    out.push(("rpc_decode", "chunk-pieces", tagged(9, pieces.encode_to_vec())));
     let secret = sealfs_proto::auth::Secret::new("fuzzing-secret-0123456789").expect("secret");
     out.push((
         "rpc_decode",

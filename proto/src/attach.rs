@@ -178,6 +178,8 @@ mod tests {
                 data: data.clone(),
                 stable: true,
                 chunk_size: 4 << 20,
+                // A piece table before the data: the appended field leaves it as it is.
+                pieces: vec![pb::ChunkPiece { offset: 7, len: 1 }],
             };
             let empty = pb::WriteChunkRequest {
                 data: Bytes::new(),
@@ -198,6 +200,10 @@ mod tests {
                     offset: 8192,
                     data,
                     stable: true,
+                    pieces: vec![
+                        pb::ChunkPiece { offset: 0, len: 9 },
+                        pb::ChunkPiece { offset: 99, len: 1 },
+                    ],
                 })),
                 ..Default::default()
             };

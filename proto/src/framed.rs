@@ -972,6 +972,7 @@ mod tests {
             offset: 3,
             data: Bytes::from(vec![0x5a; 1 << 20]),
             stable: false,
+            pieces: Vec::new(),
         };
         let mut wire = BytesMut::new();
         wire.put_u8(0);

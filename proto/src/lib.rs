@@ -11,7 +11,10 @@ pub mod attach;
 pub mod auth;
 pub mod codec;
 pub mod framed;
+mod pieces;
 pub mod process;
+
+pub use pieces::{piece_table, split_pieces};
 
 /// Generated messages and services.
 #[allow(clippy::all, missing_docs)]

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
 /// Largest payload of one read or write RPC.
 pub const MAX_IO_SIZE: usize = 4 << 20;
+/// Most writes one chunk-write RPC may carry as pieces (see `WriteChunkPieces`).
+pub const MAX_CHUNK_PIECES: usize = 1024;
 /// Largest gRPC message any sealfs server decodes; bigger ones are refused before decoding.
 pub const MAX_MESSAGE_SIZE: usize = MAX_IO_SIZE + (64 << 10);
 /// Largest xattr value.

@@ -61,6 +61,7 @@ impl Node {
                 offset: 0,
                 data,
                 stable: true,
+                pieces: Vec::new(),
             };
             return self.chunk_op(p, ino, index, op).await;
         }
@@ -73,6 +74,7 @@ impl Node {
                     data: data.clone(),
                     stable: true,
                     chunk_size,
+                    pieces: Vec::new(),
                 };
                 async move { c.write_chunk(req).await }
             })

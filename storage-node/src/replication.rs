@@ -28,7 +28,7 @@ use sealfs_core::placement::ClusterMap;
 use sealfs_core::{Credentials, FsError, FsResult, InodeId, NodeId, PartitionId};
 use sealfs_proto::attach;
 use sealfs_proto::pb::{self, fill_request, replicate_chunk_request};
-use sealfs_proto::{ctx, error_from_status, map_from_pb};
+use sealfs_proto::{ctx, error_from_status, map_from_pb, split_pieces};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -40,10 +40,12 @@ use crate::tx::Tx;
 /// A change to one chunk, as forwarded to replicas.
 #[derive(Debug, Clone)]
 pub enum ChunkOp {
+    /// `data` at `offset`, or, with `pieces`, the writes they describe (see [`split_pieces`]).
     Write {
         offset: u32,
         data: Bytes,
         stable: bool,
+        pieces: Vec<pb::ChunkPiece>,
     },
     Truncate(u64),
     /// Make earlier writes durable; the oldest was answered at map epoch `since_epoch` (0:
@@ -350,10 +352,14 @@ impl Node {
         let local = async {
             let _applied_here = gate;
             match &op {
-                ChunkOp::Write { offset, data, stable } => {
-                    self.chunks
-                        .write(p, ino, index, u64::from(*offset), data.clone(), *stable)
-                        .await
+                ChunkOp::Write {
+                    offset,
+                    data,
+                    stable,
+                    pieces,
+                } => {
+                    let split = split_pieces(*offset, data, pieces, u64::from(u32::MAX))?;
+                    self.chunks.write_pieces(p, ino, index, split, *stable).await
                 }
                 ChunkOp::Truncate(len) => self.chunks.truncate(p, ino, index, *len).await,
                 ChunkOp::Commit { .. } => self.chunks.commit(vec![(p, ino, index)]).await,
@@ -365,11 +371,17 @@ impl Node {
             _ => 0,
         };
         let (wire, data) = match &op {
-            ChunkOp::Write { offset, data, stable } => (
+            ChunkOp::Write {
+                offset,
+                data,
+                stable,
+                pieces,
+            } => (
                 replicate_chunk_request::Op::Write(pb::ChunkWrite {
                     offset: *offset,
                     data: Bytes::new(),
                     stable: *stable,
+                    pieces: pieces.clone(),
                 }),
                 Some(data.clone()),
             ),
@@ -377,19 +389,48 @@ impl Node {
             ChunkOp::Commit { .. } => (replicate_chunk_request::Op::Commit(true), None),
         };
         let send = |mut c: pb::node_client::NodeClient<sealfs_proto::auth::AuthChannel>, epoch: u64| {
-            let r = pb::ReplicateChunkRequest {
-                ctx: Some(ctx(epoch, &Credentials::root())),
-                sender: self.id,
-                partition: p,
-                chunk: Some(pb::ChunkId { ino, index }),
-                op: Some(wire.clone()),
-                since_epoch,
+            let req = move |op: replicate_chunk_request::Op, data: Option<Bytes>| {
+                let r = pb::ReplicateChunkRequest {
+                    ctx: Some(ctx(epoch, &Credentials::root())),
+                    sender: self.id,
+                    partition: p,
+                    chunk: Some(pb::ChunkId { ino, index }),
+                    op: Some(op),
+                    since_epoch,
+                };
+                match data {
+                    Some(d) => attach::request(r, attach::REPLICATE_CHUNK_DATA, d),
+                    None => tonic::Request::new(r),
+                }
             };
-            let r = match &data {
-                Some(d) => attach::request(r, attach::REPLICATE_CHUNK_DATA, d.clone()),
-                None => tonic::Request::new(r),
-            };
-            async move { c.replicate_chunk(r).await.map(|_| ()) }
+            let wire = wire.clone();
+            let data = data.clone();
+            async move {
+                let replicate_chunk_request::Op::Write(w) = &wire else {
+                    return c.replicate_chunk(req(wire, None)).await.map(|_| ());
+                };
+                let data = data.unwrap_or_default();
+                if w.pieces.is_empty() {
+                    return c.replicate_chunk(req(wire, Some(data))).await.map(|_| ());
+                }
+                match c.replicate_chunk_pieces(req(wire.clone(), Some(data.clone()))).await {
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {}
+                    r => return r.map(|_| ()),
+                }
+                // A replica of an older version: the pieces one by one, in order.
+                let split = split_pieces(w.offset, &data, &w.pieces, u64::from(u32::MAX))
+                    .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+                for (off, piece) in split {
+                    let one = replicate_chunk_request::Op::Write(pb::ChunkWrite {
+                        offset: off as u32,
+                        data: Bytes::new(),
+                        stable: w.stable,
+                        pieces: Vec::new(),
+                    });
+                    c.replicate_chunk(req(one, Some(piece))).await?;
+                }
+                Ok(())
+            }
         };
         let remote = self.forward(p, &send);
         let (l, r) = tokio::join!(local, remote);
@@ -600,16 +641,13 @@ impl Node {
         let mut guard = _guard;
         match op {
             replicate_chunk_request::Op::Write(w) => {
-                let end = u64::from(w.offset) + w.data.len() as u64;
-                if end > u64::from(u32::MAX) {
-                    return Err(FsError::Invalid("chunk write past any chunk size".into()));
-                }
+                let split = split_pieces(w.offset, &w.data, &w.pieces, u64::from(u32::MAX))?;
                 if let Some(g) = guard.as_mut() {
-                    g.touch_chunk(id, u64::from(w.offset), end);
+                    for (off, d) in &split {
+                        g.touch_chunk(id, *off, off + d.len() as u64);
+                    }
                 }
-                self.chunks
-                    .write(p, id.0, id.1, u64::from(w.offset), w.data, w.stable)
-                    .await?;
+                self.chunks.write_pieces(p, id.0, id.1, split, w.stable).await?;
             }
             replicate_chunk_request::Op::Truncate(len) => {
                 if let Some(g) = guard.as_mut() {

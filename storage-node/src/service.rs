@@ -9,7 +9,7 @@ use sealfs_core::ids::ino_partition;
 use sealfs_core::{FsError, FsResult};
 use sealfs_proto::attach;
 use sealfs_proto::pb::{self, node_server};
-use sealfs_proto::{creds_from_ctx, status_from_error, time_from_pb};
+use sealfs_proto::{creds_from_ctx, split_pieces, status_from_error, time_from_pb};
 use tonic::{Request, Response, Status};
 
 use crate::node::{step_partition, Node};
@@ -44,6 +44,41 @@ impl NodeService {
         let p = self.0.router.map().chunk_partition(ino, index);
         self.0.check(ctx, p).await?;
         Ok(p)
+    }
+
+    /// WriteChunk and WriteChunkPieces: one write, or several to one chunk, checked to fit the
+    /// chunk and applied (and replicated) as one change.
+    async fn write_chunk_any(&self, req: Request<pb::WriteChunkRequest>) -> R<pb::WriteChunkReply> {
+        let (_, mut ext, mut r) = req.into_parts();
+        attach::take_into(&mut ext, &mut r.data);
+        done(
+            async {
+                let (ino, index) = chunk_id(r.chunk.as_ref())?;
+                let p = self.chunk_partition(r.ctx.as_ref(), ino, index).await?;
+                if r.chunk_size == 0 || r.data.len() > MAX_IO_SIZE {
+                    return Err(FsError::Invalid(format!(
+                        "chunk write of {} bytes with chunk size {}",
+                        r.data.len(),
+                        r.chunk_size
+                    )));
+                }
+                // Checked here, before anything is written or forwarded.
+                split_pieces(r.offset, &r.data, &r.pieces, u64::from(r.chunk_size))?;
+                let epoch = self.0.router.map().epoch;
+                let op = ChunkOp::Write {
+                    offset: r.offset,
+                    data: r.data,
+                    stable: r.stable,
+                    pieces: r.pieces,
+                };
+                self.0.chunk_op(p, ino, index, op).await?;
+                Ok(pb::WriteChunkReply {
+                    verifier: self.0.chunks.verifier,
+                    epoch,
+                })
+            }
+            .await,
+        )
     }
 }
 
@@ -340,35 +375,11 @@ impl node_server::Node for NodeService {
     }
 
     async fn write_chunk(&self, req: Request<pb::WriteChunkRequest>) -> R<pb::WriteChunkReply> {
-        let (_, mut ext, mut r) = req.into_parts();
-        attach::take_into(&mut ext, &mut r.data);
-        done(
-            async {
-                let (ino, index) = chunk_id(r.chunk.as_ref())?;
-                let p = self.chunk_partition(r.ctx.as_ref(), ino, index).await?;
-                let end = u64::from(r.offset) + r.data.len() as u64;
-                if r.chunk_size == 0 || end > u64::from(r.chunk_size) || r.data.len() > MAX_IO_SIZE {
-                    return Err(FsError::Invalid(format!(
-                        "chunk write of {} bytes at {} does not fit chunk size {}",
-                        r.data.len(),
-                        r.offset,
-                        r.chunk_size
-                    )));
-                }
-                let epoch = self.0.router.map().epoch;
-                let op = ChunkOp::Write {
-                    offset: r.offset,
-                    data: r.data,
-                    stable: r.stable,
-                };
-                self.0.chunk_op(p, ino, index, op).await?;
-                Ok(pb::WriteChunkReply {
-                    verifier: self.0.chunks.verifier,
-                    epoch,
-                })
-            }
-            .await,
-        )
+        self.write_chunk_any(req).await
+    }
+
+    async fn write_chunk_pieces(&self, req: Request<pb::WriteChunkRequest>) -> R<pb::WriteChunkReply> {
+        self.write_chunk_any(req).await
     }
 
     async fn commit(&self, req: Request<pb::CommitRequest>) -> R<pb::CommitReply> {
@@ -415,6 +426,10 @@ impl node_server::Node for NodeService {
                 .await
                 .map(|epoch| pb::ReplicateReply { epoch }),
         )
+    }
+
+    async fn replicate_chunk_pieces(&self, req: Request<pb::ReplicateChunkRequest>) -> R<pb::ReplicateReply> {
+        self.replicate_chunk(req).await
     }
 
     async fn replicate_chunk(&self, req: Request<pb::ReplicateChunkRequest>) -> R<pb::ReplicateReply> {

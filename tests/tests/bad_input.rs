@@ -212,9 +212,12 @@ async fn malformed_and_oversized_rpcs_get_error_replies() {
         malformed_calls(&sec, framed, &cluster.manager_addr, &addrs, keep.attr.ino).await;
     }
 
-    // Everything still works, nothing was lost.
+    // Everything still works, nothing was lost, and no refused write left bytes behind.
     let again = client.lookup(&root, ROOT_INO, b"keep").await.unwrap();
     assert_eq!(again.attr.ino, keep.attr.ino);
+    let chunk = client.read_chunks(keep.attr.ino, 0, 4 << 20, 4 << 20).await.unwrap();
+    let written = chunk.iter().filter(|b| **b != 0).count();
+    assert_eq!(written, 0, "refused chunk writes left {written} bytes");
     client.mkdir(&root, ROOT_INO, b"after", 0o755).await.unwrap();
     cluster.stop().await;
 }
@@ -294,6 +297,7 @@ async fn malformed_calls(sec: &Security, framed: bool, manager: &str, addrs: &[S
                 data: vec![1u8; 100].into(),
                 stable: true,
                 chunk_size: 4 << 20,
+                pieces: Vec::new(),
             }
             .encode_to_vec()
             .into(),
@@ -351,7 +355,7 @@ async fn malformed_calls(sec: &Security, framed: bool, manager: &str, addrs: &[S
     }
     // Chunk data beside the message (inlined over HTTP/2): too much of it, or past the chunk's
     // end, is refused like the same data inside the message.
-    let attached_write = |offset: u32, len: usize| {
+    let attached_write = |offset: u32, len: usize, pieces: Vec<(u32, u32)>| {
         let msg = pb::WriteChunkRequest {
             ctx: ctx.clone(),
             chunk: Some(pb::ChunkId { ino: keep, index: 0 }),
@@ -359,26 +363,48 @@ async fn malformed_calls(sec: &Security, framed: bool, manager: &str, addrs: &[S
             data: Bytes::new(),
             stable: true,
             chunk_size: 4 << 20,
+            pieces: pieces
+                .into_iter()
+                .map(|(offset, len)| pb::ChunkPiece { offset, len })
+                .collect(),
         };
         let data = Bytes::from(pattern(3, len));
         let a = sealfs_proto::attach::Attachment::new(sealfs_proto::attach::WRITE_CHUNK_DATA, data);
         (Bytes::from(msg.encode_to_vec()), a)
     };
-    for (offset, len) in [(0, MAX_IO_SIZE + 4096), ((4 << 20) - 4096, 8192)] {
+    // Too much data, past the chunk's end, and piece tables that do not describe the data: more
+    // pieces than data, less, one past the chunk's end, an empty one, too many.
+    // (method, offset, bytes of data, piece table as (offset, length) pairs)
+    type Case = (&'static str, u32, usize, Vec<(u32, u32)>);
+    let cases: Vec<Case> = vec![
+        ("WriteChunk", 0, MAX_IO_SIZE + 4096, vec![]),
+        ("WriteChunk", (4 << 20) - 4096, 8192, vec![]),
+        ("WriteChunkPieces", 0, 8192, vec![(0, 4096), (8192, 8192)]),
+        ("WriteChunkPieces", 0, 8192, vec![(0, 4096)]),
+        ("WriteChunkPieces", 0, 8192, vec![(0, 4096), ((4 << 20) - 100, 4096)]),
+        ("WriteChunkPieces", 0, 4096, vec![(0, 4096), (100, 0)]),
+        ("WriteChunkPieces", 0, 2048, (0..2048).map(|i| (i * 8, 1)).collect()),
+    ];
+    for (method, offset, len, pieces) in cases {
         let mut refused = 0;
         for a in addrs {
-            let (body, att) = attached_write(offset, len);
-            let st = raw_call_attached(sec, framed, a, "/sealfs.v1.Node/WriteChunk", body, Some(att))
+            let (body, att) = attached_write(offset, len, pieces.clone());
+            let path = if method == "WriteChunk" {
+                "/sealfs.v1.Node/WriteChunk"
+            } else {
+                "/sealfs.v1.Node/WriteChunkPieces"
+            };
+            let st = raw_call_attached(sec, framed, a, path, body, Some(att))
                 .await
                 .unwrap_err();
             // The chunk's primary checks the write; the other node sends the caller to it.
             match st.code() {
                 tonic::Code::InvalidArgument => refused += 1,
                 tonic::Code::FailedPrecondition => {}
-                _ => panic!("{len} at {offset} on {a}: {st:?}"),
+                _ => panic!("{method} {len} at {offset} {pieces:?} on {a}: {st:?}"),
             }
         }
-        assert_eq!(refused, 1, "{len} at {offset}: the chunk's primary refuses it");
+        assert_eq!(refused, 1, "{method} {len} at {offset}: the chunk's primary refuses it");
     }
 
     // A huge read is capped, not an allocation of 4 GiB.

@@ -467,3 +467,70 @@ async fn an_unlinked_files_chunks_are_removed_right_away() {
     );
     cluster.stop().await;
 }
+
+/// Many small unstable writes to one chunk at once queue behind each other and go to the node
+/// several to a call: every byte lands where it was written, on every replica alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_writes_at_once_to_one_chunk_land_on_every_replica() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let cluster = InProcessCluster::start(3, 16).await;
+    let c = cluster.client().await;
+    let e = c
+        .create(&root(), ROOT_INO, b"burst", FileKind::Regular, 0o644, 0, true, 0)
+        .await
+        .unwrap();
+    let ino = e.attr.ino;
+    // Chunked (past the inline size) and 1 MiB long.
+    let mut model = pattern(1, 1 << 20);
+    write_all(&c, ino, 0, &model).await;
+    // 4 KiB blocks in random order, and odd-sized writes between them, all at once: none
+    // overlap, so the outcome does not depend on which lands first.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut blocks: Vec<u64> = (0..200).map(|b| b * 5 * 1024).collect();
+    blocks.shuffle(&mut rng);
+    let mut writes = Vec::new();
+    for (i, off) in blocks.into_iter().enumerate() {
+        let len = if i % 3 == 0 { rng.random_range(1..1024) } else { 4096 };
+        let data = pattern(i as u64 + 2, len);
+        model[off as usize..off as usize + len].copy_from_slice(&data);
+        writes.push((off, data));
+    }
+    let dirty = futures::future::join_all(writes.into_iter().map(|(off, data)| {
+        let c = c.clone();
+        async move {
+            let mut dirty = DirtyChunks::default();
+            c.write(&root(), ino, off, Bytes::from(data), WriteMode::default(), &mut dirty)
+                .await
+                .expect("write");
+            dirty
+        }
+    }))
+    .await;
+    let mut all = DirtyChunks::default();
+    for d in dirty {
+        all.merge(d);
+    }
+    c.commit(ino, all).await.expect("commit");
+    assert_eq!(read_all(&c, ino).await, model);
+    // Each replica's own copy of the chunk.
+    let map = c.router().map();
+    let p = map.chunk_partition(ino, 0);
+    let holders = &map.replicas(p).unwrap().in_sync;
+    assert_eq!(holders.len(), 3);
+    for id in holders {
+        let addr = &map.node(*id).unwrap().addr;
+        let mut n = sealfs_client::node_client(&cluster.security(), addr, std::time::Duration::from_secs(10)).unwrap();
+        let req = sealfs_proto::pb::ReadChunkRequest {
+            ctx: Some(sealfs_proto::ctx(map.epoch, &root())),
+            chunk: Some(sealfs_proto::pb::ChunkId { ino, index: 0 }),
+            offset: 0,
+            size: 2 << 20,
+            from_replica: true,
+        };
+        let (_, mut msg, mut ext) = n.read_chunk(req).await.unwrap().into_parts();
+        sealfs_proto::attach::take_into(&mut ext, &mut msg.data);
+        assert!(msg.data[..] == model[..], "node {id}'s copy differs");
+    }
+    cluster.stop().await;
+}

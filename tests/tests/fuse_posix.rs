@@ -148,3 +148,88 @@ fn locks_hold_between_processes_of_one_mount() {
         "a conflicting POSIX lock was granted to another process"
     );
 }
+
+/// Run `script` with sh as uid and gid 1000 (no supplementary groups); its stdout.
+fn sh_as_user(script: &str) -> String {
+    let out = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c", script])
+        .output()
+        .expect("setpriv");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// As uid 1000, `command 'f'`, then the mode (permission bits) that user's `stat` of `f` shows.
+fn then_mode_as_user(command: &str, f: &Path) -> u32 {
+    let f = f.display();
+    let seen = sh_as_user(&format!("{command} '{f}' && stat -c %a '{f}'"));
+    u32::from_str_radix(&seen, 8).unwrap()
+}
+
+/// The mount clears set-id bits on writes itself (the kernel leaves it to it and stops asking
+/// for security.capability before every write): a write or truncate by a user without
+/// CAP_FSETID clears set-user-ID, and set-group-ID where it means group execute, at once, as
+/// the writer's next stat shows; root's writes keep them.
+#[test]
+fn writes_by_other_users_clear_set_id_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = TestCluster::start(3, true);
+    let dir = c.mnt().join("setid");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    // (file, size: inline or chunked, mode before, mode after a write by another user)
+    let cases = [
+        ("suid-small", 10usize, 0o4777, 0o777),
+        ("suid-big", 5 << 20, 0o4777, 0o777),
+        ("sgid-exec", 5 << 20, 0o2777, 0o777),
+        ("sgid-noexec", 5 << 20, 0o2767, 0o2767),
+        ("both", 10, 0o6777, 0o777),
+    ];
+    for (name, size, before, after) in cases {
+        let f = dir.join(name);
+        std::fs::write(&f, vec![7u8; size]).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(before)).unwrap();
+        // Root's write keeps them.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, b"root"))
+            .unwrap();
+        assert_eq!(mode(&f), before, "{name}: after root's write");
+        // Another user's write: the mode its own stat shows right after, and what the nodes
+        // keep once the file is closed.
+        let seen = then_mode_as_user("printf x >>", &f);
+        assert_eq!(seen, after, "{name}: the writer's stat");
+        assert_eq!(mode(&f), after, "{name}: after another user's write");
+    }
+    // Set again on a file this mount has seen written (the kernel's "nothing to clear" mark),
+    // and a truncate by another user.
+    let f = dir.join("suid-big");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4777)).unwrap();
+    let seen = then_mode_as_user("printf y >>", &f);
+    assert_eq!(seen, 0o777, "set-user-ID set again, then another user's write");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4777)).unwrap();
+    let seen = then_mode_as_user("truncate -s 100", &f);
+    assert_eq!(seen, 0o777, "another user's truncate");
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 100);
+
+    // File capabilities (cap_net_raw, effective): the kernel drops them when another user
+    // writes the file, in that user's name, and the write goes through.
+    let mut caps = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    sealfs_tests::xattr_set(&f, "security.capability", &caps).unwrap();
+    assert_eq!(sealfs_tests::xattr_get(&f, "security.capability"), caps);
+    sh_as_user(&format!("printf z >> '{}'", f.display()));
+    assert!(
+        !sealfs_tests::xattr_list(&f).contains(&"security.capability".to_string()),
+        "a write by another user keeps the file's capabilities"
+    );
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 101);
+}
