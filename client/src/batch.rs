@@ -146,7 +146,6 @@ impl Gatherer {
     async fn send(&self, key: ChunkKey, pieces: Vec<(u32, Bytes)>, chunk_size: u32) -> FsResult<Written> {
         let (ino, index) = key;
         let map = self.router.map();
-        let partition = map.chunk_partition(ino, index);
         let refused = self.refused_at.load(Ordering::Relaxed);
         if pieces.len() > 1 && (refused == 0 || map.epoch > refused) {
             let mut data = BytesMut::with_capacity(pieces.iter().map(|(_, d)| d.len()).sum());
@@ -159,33 +158,14 @@ impl Gatherer {
                 // Writes that follow each other (small sequential writes): one plain write.
                 return write_one(&self.router, ino, index, one.offset, data, false, chunk_size).await;
             }
-            let r = self
-                .router
-                .call(partition, |mut c, epoch| {
-                    let req = pb::WriteChunkRequest {
-                        ctx: Some(ctx(epoch, &Credentials::root())),
-                        chunk: Some(pb::ChunkId { ino, index }),
-                        offset: 0,
-                        data: Bytes::new(),
-                        stable: false,
-                        chunk_size,
-                        pieces: table.clone(),
-                    };
-                    let req = attach::request(req, attach::WRITE_CHUNK_DATA, data.clone());
-                    async move {
-                        match c.write_chunk_pieces(req).await {
-                            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(tonic::Response::new(None)),
-                            r => r.map(|r| tonic::Response::new(Some(r.into_inner()))),
-                        }
-                    }
-                })
-                .await?;
-            if let Some(r) = r {
-                return Ok(Written {
-                    partition,
-                    verifier: r.verifier,
-                    epoch: r.epoch,
-                });
+            let call = ChunkCall {
+                ino,
+                index,
+                chunk_size,
+                stable: false,
+            };
+            if let Some(w) = call.send(&self.router, 0, data, table).await? {
+                return Ok(w);
             }
             debug!("a node does not take WriteChunkPieces: writing pieces one by one");
             self.refused_at.store(map.epoch.max(1), Ordering::Relaxed);
@@ -216,26 +196,73 @@ pub(crate) async fn write_one(
     stable: bool,
     chunk_size: u32,
 ) -> FsResult<Written> {
-    let partition = router.map().chunk_partition(ino, index);
-    let r = router
-        .call(partition, |mut c, epoch| {
-            let req = pb::WriteChunkRequest {
-                ctx: Some(ctx(epoch, &Credentials::root())),
-                chunk: Some(pb::ChunkId { ino, index }),
-                offset,
-                data: Bytes::new(),
-                stable,
-                chunk_size,
-                pieces: Vec::new(),
-            };
-            // The data goes beside the message (see sealfs_proto::attach).
-            let req = attach::request(req, attach::WRITE_CHUNK_DATA, data.clone());
-            async move { c.write_chunk(req).await }
-        })
-        .await?;
-    Ok(Written {
-        partition,
-        verifier: r.verifier,
-        epoch: r.epoch,
-    })
+    let call = ChunkCall {
+        ino,
+        index,
+        chunk_size,
+        stable,
+    };
+    let w = call.send(router, offset, data, Vec::new()).await?;
+    w.ok_or_else(|| FsError::Io("WriteChunk refused as unknown".into()))
+}
+
+/// The chunk a write call goes to, and how.
+struct ChunkCall {
+    ino: InodeId,
+    index: u64,
+    chunk_size: u32,
+    stable: bool,
+}
+
+impl ChunkCall {
+    /// Send `data`: at `offset` as `WriteChunk` when `table` is empty, else as the pieces the
+    /// table describes (`WriteChunkPieces`). None: the node does not know that call (an older
+    /// version).
+    async fn send(
+        &self,
+        router: &Router,
+        offset: u32,
+        data: Bytes,
+        table: Vec<pb::ChunkPiece>,
+    ) -> FsResult<Option<Written>> {
+        let Self {
+            ino,
+            index,
+            chunk_size,
+            stable,
+        } = *self;
+        let partition = router.map().chunk_partition(ino, index);
+        let r = router
+            .call(partition, |mut c, epoch| {
+                let pieces = !table.is_empty();
+                let req = pb::WriteChunkRequest {
+                    ctx: Some(ctx(epoch, &Credentials::root())),
+                    chunk: Some(pb::ChunkId { ino, index }),
+                    offset,
+                    data: Bytes::new(),
+                    stable,
+                    chunk_size,
+                    pieces: table.clone(),
+                };
+                // The data goes beside the message (see sealfs_proto::attach).
+                let req = attach::request(req, attach::WRITE_CHUNK_DATA, data.clone());
+                async move {
+                    let r = if pieces {
+                        c.write_chunk_pieces(req).await
+                    } else {
+                        c.write_chunk(req).await
+                    };
+                    match r {
+                        Err(s) if pieces && s.code() == tonic::Code::Unimplemented => Ok(tonic::Response::new(None)),
+                        r => r.map(|r| tonic::Response::new(Some(r.into_inner()))),
+                    }
+                }
+            })
+            .await?;
+        Ok(r.map(|r| Written {
+            partition,
+            verifier: r.verifier,
+            epoch: r.epoch,
+        }))
+    }
 }
