@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The scaling curve: the same metadata workload (mdtest "easy", several workers) through FUSE
 # against clusters of more and more storage node processes on this one machine, to show where
-# aggregate throughput stops growing (on one machine: when the CPU is used up). Needs root.
+# aggregate throughput stops growing (on one machine: when the CPU is used up). Prints one column
+# per cluster size, and the CPU seconds the cluster's processes used per 1,000 creates (times the
+# creates per second: how many CPUs the cluster kept busy). Needs root.
 #   scripts/scaling.sh [NODES...] [-- BENCH ARGS]      default nodes: 1 2 3 4 6
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)

@@ -543,16 +543,18 @@ fn compare(files: &[PathBuf], json: Option<&Path>) -> anyhow::Result<()> {
                 .collect();
             out.push_str(&format!("{}: peak RSS per process: {}\n", r.label, each.join(", ")));
         }
-        // CPU of the watched processes per unit of work, where the run watched any.
-        let per = |workload: &str, phase: &str, workers: usize, unit_ops: f64| {
+        // CPU of the watched processes per unit of work, where the run watched any, from the
+        // phase with the fewest workers (the scaling runs have only one, of several workers).
+        let per = |workload: &str, phase: &str, unit_ops: f64| {
             r.phases
                 .iter()
-                .find(|p| p.workload == workload && p.phase == phase && p.workers == workers && p.cpu_secs > 0.0)
+                .filter(|p| p.workload == workload && p.phase == phase && p.cpu_secs > 0.0)
+                .min_by_key(|p| p.workers)
                 .map(|p| p.cpu_secs / (p.ops as f64 / unit_ops))
         };
-        let write = per("seq", "write", 1, 1024.0);
-        let read = per("seq", "read", 1, 1024.0);
-        let create = per("md-easy", "create", 1, 1000.0);
+        let write = per("seq", "write", 1024.0);
+        let read = per("seq", "read", 1024.0);
+        let create = per("md-easy", "create", 1000.0);
         if write.is_some() || create.is_some() {
             let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             out.push_str(&format!(
