@@ -5,10 +5,11 @@
 #   glusterfs    GlusterFS from Debian: a distributed volume of 3 bricks on this host, FUSE mount
 #   sealfs-nfs   sealfs through its NFSv3 gateway          } both measured with the same client:
 #   ganesha      NFS-Ganesha with its VFS export (NFSv3)   } a Linux kernel booted under qemu
-# then print one table of figures with each one's ratio to the local directory, and write JSON.
+# (sealfs-bench's workloads, and Debian's fio on the host's three: the VM has no fio), then print
+# one table of figures with each one's ratio to the local directory, and write JSON.
 # Needs root (mounts, dropping the page cache).
 #   scripts/bench.sh [--small] [--no-peers] [--no-nfs] [OUT]     (OUT: results, default bench-results)
-#   scripts/bench.sh --prepare       only install the peers and build the VM's static benchmark
+#   scripts/bench.sh --prepare       only install fio and the peers and build the VM's static benchmark
 # --small runs every workload at a tiny size (what CI checks); the default sizes are the ones the
 # README's table comes from. --no-peers leaves out GlusterFS and Ganesha, --no-nfs the NFS rows.
 set -euo pipefail
@@ -28,14 +29,15 @@ done
 out=$(realpath -m "${1:-bench-results}")
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$top"
-if [ $peers = 1 ]; then
-  for p in glusterfs-server nfs-ganesha nfs-ganesha-vfs rpcbind; do
-    dpkg -s "$p" >/dev/null 2>&1 || { echo "installing the peers (GlusterFS, NFS-Ganesha)" >&2
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq glusterfs-server nfs-ganesha nfs-ganesha-vfs rpcbind >/dev/null
-      break; }
-  done
-fi
+# fio runs the "fio" workload on this host's file systems; the peers are Debian's packages too.
+pkgs=(fio)
+[ $peers = 1 ] && pkgs+=(glusterfs-server nfs-ganesha nfs-ganesha-vfs rpcbind)
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || { echo "installing ${pkgs[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    break; }
+done
 # The benchmark for the NFS rows runs inside the VM: a static build.
 build_static() {
   RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet -p sealfs-bench \
