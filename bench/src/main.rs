@@ -491,7 +491,8 @@ impl Bench {
                     "--group_reporting",
                     "--time_based",
                 ])
-                .arg(format!("--filename={}", path.display()))
+                // fio splits file names at ':' unless escaped.
+                .arg(format!("--filename={}", path.display().to_string().replace(':', "\\:")))
                 .arg(format!("--size={size}"))
                 .arg(format!("--rw={rw}"))
                 .arg(format!("--bs={bs}"))
