@@ -396,25 +396,15 @@ impl Bench {
         let dur = Duration::from_secs(self.args.rand_secs);
         for phase in ["read", "write"] {
             let f = OpenOptions::new().read(true).write(true).open(&path)?;
-            let mut rng = rand::rng();
             let mut buf = vec![0u8; 4096];
-            let cpu0 = cpu_secs(&self.args.pids);
-            let start = Instant::now();
-            let mut ops = 0u64;
-            while start.elapsed() < dur {
-                let off = rng.random_range(0..size / 4096) * 4096;
-                if phase == "read" {
-                    f.read_exact_at(&mut buf, off)?;
-                } else {
-                    f.write_all_at(&buf, off)?;
-                }
-                ops += 1;
-            }
-            if phase == "write" {
-                f.sync_all()?;
-            }
-            let secs = start.elapsed().as_secs_f64();
-            self.record("rand", phase, 1, ops as f64 / secs, "IOPS", ops, secs, cpu0);
+            let op = |off| match phase {
+                "read" => f.read_exact_at(&mut buf, off),
+                _ => f.write_all_at(&buf, off),
+            };
+            self.timed_random(phase, size, dur, op, || match phase {
+                "write" => f.sync_all(),
+                _ => Ok(()),
+            })?;
         }
         // A sequential pass first, so that the servers' caches hold the file and the phase times
         // round trips, not their disks.
@@ -445,17 +435,31 @@ impl Bench {
         let mut raw = vec![0u8; 2 * 4096];
         let skip = raw.as_ptr().align_offset(4096);
         let buf = &mut raw[skip..skip + 4096];
+        self.timed_random("read-direct", size, dur, |off| f.read_exact_at(buf, off), || Ok(()))
+    }
+
+    /// One random I/O phase: `op` at random 4 KiB-aligned offsets below `size` for `dur`, then
+    /// `finish` (inside the timing), recorded as IOPS.
+    fn timed_random(
+        &mut self,
+        phase: &str,
+        size: u64,
+        dur: Duration,
+        mut op: impl FnMut(u64) -> std::io::Result<()>,
+        finish: impl FnOnce() -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
         let mut rng = rand::rng();
         let cpu0 = cpu_secs(&self.args.pids);
         let start = Instant::now();
         let mut ops = 0u64;
         while start.elapsed() < dur {
             let off = rng.random_range(0..size / 4096) * 4096;
-            f.read_exact_at(buf, off).context("O_DIRECT read")?;
+            op(off).with_context(|| format!("random {phase} at {off}"))?;
             ops += 1;
         }
+        finish().with_context(|| format!("random {phase}: finishing"))?;
         let secs = start.elapsed().as_secs_f64();
-        self.record("rand", "read-direct", 1, ops as f64 / secs, "IOPS", ops, secs, cpu0);
+        self.record("rand", phase, 1, ops as f64 / secs, "IOPS", ops, secs, cpu0);
         Ok(())
     }
 
