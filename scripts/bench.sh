@@ -6,7 +6,8 @@
 #   sealfs-nfs   sealfs through its NFSv3 gateway          } both measured with the same client:
 #   ganesha      NFS-Ganesha with its VFS export (NFSv3)   } a Linux kernel booted under qemu
 # (sealfs-bench's workloads, and Debian's fio on the host's three: the VM has no fio), then print
-# one table of figures with each one's ratio to the local directory, and write JSON.
+# one table of figures with each one's ratio to the local directory, one of the two NFS servers,
+# one of the NFS calls the guest's client sent to each (count, mean round trip), and write JSON.
 # Needs root (mounts, dropping the page cache).
 #   scripts/bench.sh [--small] [--no-peers] [--no-nfs] [OUT]     (OUT: results, default bench-results)
 #   scripts/bench.sh --prepare       only install fio and the peers and build the VM's static benchmark
@@ -132,10 +133,17 @@ if [ $nfs = 1 ]; then
 #!/bin/sh
 /bin/sealfs-bench run --dir "\$1/bench" --label $label --drop-caches ${vm_args[*]} --json /tmp/r.json || exit 1
 echo BENCH_JSON_BEGIN; cat /tmp/r.json; echo; echo BENCH_JSON_END
+echo NFS_OPS_BEGIN; sed -n '/per-op statistics/,\$p' /proc/self/mountstats; echo NFS_OPS_END
 EOF
     EXTRA_DIR="$work/vm" MEM=1024 TIMEOUT=3000 "$top/tests/nfsvm/run.sh" "$work/vm/guest.sh" >"$work/vm/$label.log" 2>&1 ||
       { tail -30 "$work/vm/$label.log"; echo "the $label run in the VM failed" >&2; exit 1; }
     tr -d '\r' <"$work/vm/$label.log" | sed -n '/^BENCH_JSON_BEGIN$/,/^BENCH_JSON_END$/p' | sed '1d;$d' >"$json"
+    # The client's own count of each NFS call and its round trips (ms in all, from sending the
+    # call to its reply): "CALL: ops transmissions timeouts bytes-sent bytes-received queue rtt
+    # execute ...".
+    tr -d '\r' <"$work/vm/$label.log" | sed -n '/^NFS_OPS_BEGIN$/,/^NFS_OPS_END$/p' |
+      awk '$1 ~ /^[A-Z_0-9]+:$/ && $2 > 0 { sub(":", "", $1); printf "%s %d %.3f\n", $1, $2, $8 / $2 }' |
+      sort >"$out/$label-calls.txt"
     grep -E 'workers +[0-9]+:' "$work/vm/$label.log" | tr -d '\r' || true
   }
   echo "== sealfs through the NFS gateway (kernel client in a VM)"
@@ -175,4 +183,12 @@ if [ -f "$out/ganesha.json" ]; then
   echo
   echo "The NFS gateway against NFS-Ganesha (same kernel client in a VM):"
   "$bin/sealfs-bench" compare "$out/ganesha.json" "$out/sealfs-nfs.json" --json "$out/compare-nfs.json" | tee "$out/table-nfs.txt"
+  if [ -s "$out/ganesha-calls.txt" ] && [ -s "$out/sealfs-nfs-calls.txt" ]; then
+    echo
+    echo "The NFS calls the kernel client sent over the whole run, and each call's mean round trip:"
+    join -a1 -a2 -e 0 -o 0,1.2,2.2,1.3,2.3 "$out/ganesha-calls.txt" "$out/sealfs-nfs-calls.txt" |
+      awk 'BEGIN { printf "%-12s %10s %10s %11s %11s %9s\n", "call", "ganesha", "sealfs-nfs", "ganesha ms", "sealfs ms", "time" }
+        { printf "%-12s %10d %10d %11.3f %11.3f %9s\n", $1, $2, $3, $4, $5, ($4 > 0 ? sprintf("%.2fx", $5 / $4) : "-") }' |
+      tee "$out/calls-nfs.txt"
+  fi
 fi

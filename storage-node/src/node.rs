@@ -6,7 +6,9 @@
 //! first persists an intent record with the whole list (in the partition of the request), then
 //! applies the steps in order (remote ones by RPC), each together with an applied-marker in the
 //! step's partition so that a replay returns the recorded result instead of applying it twice,
-//! then deletes the intent and the markers. Steps before `commit_at` may fail: the intent is then
+//! then answers and deletes the intent and the markers in the background (an intent whose
+//! deletion a stop cut short is replayed at the next start: its steps find their markers and
+//! are skipped). Steps before `commit_at` may fail: the intent is then
 //! aborted and the steps that did apply are undone. From `commit_at` on the intent only rolls
 //! forward. Intents left by a crash are replayed at start-up; the directories they touch answer
 //! "unavailable, retry" until then, so no client sees half an operation.
@@ -72,6 +74,28 @@ pub struct Node {
     pub repl: crate::replication::Replication,
     /// Committed metadata changes, for the clients watching them (watch.rs).
     pub changes: crate::watch::Changes,
+    /// Intents of answered operations, for [`Node::finish_worker`] to delete.
+    pub finishing: Finishing,
+}
+
+/// An intent whose steps are done: the partition of its record, its id and the record.
+type Finished = (PartitionId, u64, pb::IntentRecord);
+
+/// The queue of intents left to delete once their operation was answered: deleting one (and
+/// then its markers) takes two more replicated commits, which the caller need not wait for.
+pub struct Finishing {
+    tx: tokio::sync::mpsc::UnboundedSender<Finished>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
+}
+
+impl Default for Finishing {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Finishing {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
 }
 
 /// The partition a step changes (None: a Forget, which names it in the request).
@@ -86,6 +110,20 @@ pub fn step_partition(step: &Kind) -> Option<PartitionId> {
         Kind::DelEntry(s) => ino_partition(s.parent),
         Kind::Forget(_) => return None,
     })
+}
+
+/// A step's kind, as failpoints name it.
+fn step_name(step: &Kind) -> &'static str {
+    match step {
+        Kind::CreateInode(_) => "create-inode",
+        Kind::PrepareRmdir(_) => "prepare-rmdir",
+        Kind::CancelRmdir(_) => "cancel-rmdir",
+        Kind::DropInode(_) => "drop-inode",
+        Kind::AdjustInode(_) => "adjust-inode",
+        Kind::PutEntry(_) => "put-entry",
+        Kind::DelEntry(_) => "del-entry",
+        Kind::Forget(_) => "forget",
+    }
 }
 
 /// The inode a step locks on the node applying it (0: none).
@@ -629,11 +667,46 @@ impl Node {
             before_unlock();
         }
         drop(held);
-        self.finish_intent(cp, id, rec).await;
-        if marked {
-            self.unmark_pending(&dirs);
+        if marked || !interactive {
+            // A replay, or an intent whose directories are closed to readers until it is gone.
+            self.finish_intent(cp, id, rec).await;
+            if marked {
+                self.unmark_pending(&dirs);
+            }
+        } else if let Err(back) = self.finishing.tx.send((cp, id, rec.clone())) {
+            let (cp, id, rec) = back.0;
+            self.finish_intent(cp, id, &rec).await;
         }
         outcome
+    }
+
+    /// Background worker: finishes the intents of answered operations (`finish_intent`), each
+    /// in a task of its own, until `cancel`; then those still queued, for a few seconds at most
+    /// (what is left then is replayed at the next start).
+    pub async fn finish_worker(self: Arc<Self>, cancel: CancellationToken) {
+        let rx = self.finishing.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut rx) = rx else { return };
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let next = tokio::select! {
+                n = rx.recv() => n,
+                _ = cancel.cancelled() => None,
+            };
+            let Some((cp, id, rec)) = next else { break };
+            let node = self.clone();
+            tasks.spawn(async move { node.finish_intent(cp, id, &rec).await });
+            while tasks.try_join_next().is_some() {}
+        }
+        let node = self.clone();
+        let drain = async move {
+            while let Ok((cp, id, rec)) = rx.try_recv() {
+                node.finish_intent(cp, id, &rec).await;
+            }
+            while tasks.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(Duration::from_secs(3), drain).await.is_err() {
+            info!("intents still being finished at stop: replayed at the next start");
+        }
     }
 
     /// Undo the applied prepare steps of an aborted intent (best effort, with retries).
@@ -663,6 +736,12 @@ impl Node {
     }
 
     async fn finish_intent(&self, cp: PartitionId, id: u64, rec: &pb::IntentRecord) {
+        let first = rec
+            .steps
+            .first()
+            .and_then(|s| s.step.as_ref())
+            .and_then(|s| s.kind.as_ref());
+        crate::failpoint::hit(&format!("intent-before-finish-{}", first.map_or("none", step_name)));
         // The intent must be gone for good before the markers go: a replay without markers would
         // apply steps twice.
         let mut tx = Tx::new(&self.store);

@@ -164,6 +164,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
         cleanup: Default::default(),
         repl: Default::default(),
         changes: Default::default(),
+        finishing: Default::default(),
     });
     // Registration was the manager's word: the node may lead partitions from here on, for as long
     // as it keeps heartbeating (see Replication::was_away).
@@ -179,6 +180,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     node.on_map().await;
     tokio::spawn(node.clone().map_watcher(cancel.clone()));
     tokio::spawn(node.clone().cleanup_worker(cancel.clone()));
+    tokio::spawn(node.clone().finish_worker(cancel.clone()));
     tokio::spawn(heartbeat_loop(
         node.clone(),
         security.clone(),

@@ -314,3 +314,81 @@ fn a_crash_in_the_middle_of_cross_partition_operations_is_recovered() {
         "the node did not replay the intent"
     );
 }
+
+#[test]
+fn an_answered_cross_partition_operation_left_unfinished_by_a_crash_is_applied_once() {
+    let points = tempfile::NamedTempFile::new().unwrap();
+    let points_path = points.path().to_path_buf();
+    let mut c = TestCluster::start_with(3, true, |spec| {
+        spec.env.push((
+            "SEALFS_FAILPOINTS_FILE".into(),
+            points_path.to_string_lossy().into_owned(),
+        ));
+    });
+    let mnt = c.mnt();
+    let root_node = node_of(&c, sealfs_core::ROOT_INO);
+    let mut dirs = Vec::new();
+    for i in 0..64 {
+        let d = mnt.join(format!("d{i}"));
+        fs::create_dir(&d).unwrap();
+        let n = node_of(&c, ino(&d));
+        if n != root_node && dirs.iter().all(|(_, m)| *m != n) {
+            dirs.push((d, n));
+        }
+        if dirs.len() == 2 {
+            break;
+        }
+    }
+    let [(src_dir, _), (dst_dir, dst_node)] = <[_; 2]>::try_from(dirs).expect("two directories on two other nodes");
+    fs::write(src_dir.join("file"), b"linked once").unwrap();
+    let file_ino = ino(&src_dir.join("file"));
+
+    // The link is coordinated by the new name's node (the file's count goes up on the other):
+    // it answers once both steps are applied, then dies before its intent is deleted. Started
+    // again, it replays the intent, whose steps must find their markers and not apply again.
+    // (The failpoint names the first step, so the mkdirs above, finishing meanwhile, pass it.)
+    fs::write(&points_path, "intent-before-finish-adjust-inode\n").unwrap();
+    let linked = std::thread::spawn({
+        let (a, b) = (src_dir.join("file"), dst_dir.join("link"));
+        move || fs::hard_link(a, b)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.cluster.node_running(dst_node) {
+        assert!(Instant::now() < deadline, "the failpoint did not fire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(&points_path, "").unwrap();
+    c.cluster.start_node(dst_node).unwrap();
+    c.cluster.wait_nodes_up(Duration::from_secs(60)).unwrap();
+    // The caller may have had its answer or an error (its node died as it answered, and a
+    // retry finds the name taken); either way the link exists once.
+    let _ = linked.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match fs::symlink_metadata(dst_dir.join("link")) {
+            Ok(m) => {
+                assert_eq!(std::os::unix::fs::MetadataExt::ino(&m), file_ino);
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "link not recovered: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    // A third name's reply carries the count as the file's node holds it: 3, not 4 (a replayed
+    // step applied twice would have counted the second name twice).
+    fs::hard_link(src_dir.join("file"), dst_dir.join("third")).unwrap();
+    let m = fs::symlink_metadata(dst_dir.join("third")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::nlink(&m), 3);
+    assert_eq!(fs::read(dst_dir.join("link")).unwrap(), b"linked once");
+    let log = fs::read_to_string(c.cluster.log_path(&format!("node{dst_node}"))).unwrap();
+    assert!(
+        log.contains("failpoint intent-before-finish-adjust-inode"),
+        "the node did not crash at the failpoint"
+    );
+    assert!(
+        log.contains("replaying intents left by a crash"),
+        "the node did not replay the intent"
+    );
+}
