@@ -234,24 +234,27 @@ fn ino(p: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap())
 }
 
-#[test]
-fn a_crash_in_the_middle_of_cross_partition_operations_is_recovered() {
+/// A 3-node cluster with a FUSE mount whose nodes read crash points from the returned file
+/// (empty: none yet).
+fn cluster_with_failpoints() -> (TestCluster, tempfile::NamedTempFile) {
     let points = tempfile::NamedTempFile::new().unwrap();
-    let points_path = points.path().to_path_buf();
-    let mut c = TestCluster::start_with(3, true, |spec| {
-        spec.env.push((
-            "SEALFS_FAILPOINTS_FILE".into(),
-            points_path.to_string_lossy().into_owned(),
-        ));
+    let points_path = points.path().to_string_lossy().into_owned();
+    let c = TestCluster::start_with(3, true, |spec| {
+        spec.env.push(("SEALFS_FAILPOINTS_FILE".into(), points_path));
     });
+    (c, points)
+}
+
+/// Make folders at the mount's root until two sit on two different nodes, neither the root's
+/// (which must stay up); returns them with their nodes.
+fn two_dirs_on_other_nodes(c: &TestCluster) -> [(PathBuf, usize); 2] {
     let mnt = c.mnt();
-    // Two directories on different nodes, neither on the root's node (which must stay up).
-    let root_node = node_of(&c, sealfs_core::ROOT_INO);
+    let root_node = node_of(c, sealfs_core::ROOT_INO);
     let mut dirs = Vec::new();
     for i in 0..64 {
         let d = mnt.join(format!("d{i}"));
         fs::create_dir(&d).unwrap();
-        let n = node_of(&c, ino(&d));
+        let n = node_of(c, ino(&d));
         if n != root_node && dirs.iter().all(|(_, m)| *m != n) {
             dirs.push((d, n));
         }
@@ -259,28 +262,59 @@ fn a_crash_in_the_middle_of_cross_partition_operations_is_recovered() {
             break;
         }
     }
-    let [(src_dir, src_node), (dst_dir, _)] = <[_; 2]>::try_from(dirs).expect("two directories on two other nodes");
+    <[_; 2]>::try_from(dirs).expect("two directories on two other nodes")
+}
+
+/// Arm crash point `point`, run `op` through the mount while `node` aborts at it, then disarm it,
+/// start the node again and wait for the cluster. `op`'s own result is not looked at: its node
+/// died under it.
+fn crash_at(
+    c: &mut TestCluster,
+    points: &Path,
+    point: &str,
+    node: usize,
+    op: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) {
+    fs::write(points, format!("{point}\n")).unwrap();
+    let running = std::thread::spawn(op);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.cluster.node_running(node) {
+        assert!(Instant::now() < deadline, "the failpoint did not fire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(points, "").unwrap();
+    c.cluster.start_node(node).unwrap();
+    c.cluster.wait_nodes_up(Duration::from_secs(60)).unwrap();
+    let _ = running.join().unwrap();
+}
+
+/// `node`'s log shows it aborted at `point` and replayed the intent it left.
+fn assert_crashed_and_replayed(c: &TestCluster, node: usize, point: &str) {
+    let log = fs::read_to_string(c.cluster.log_path(&format!("node{node}"))).unwrap();
+    assert!(
+        log.contains(&format!("failpoint {point}")),
+        "the node did not crash at the failpoint"
+    );
+    assert!(
+        log.contains("replaying intents left by a crash"),
+        "the node did not replay the intent"
+    );
+}
+
+#[test]
+fn a_crash_in_the_middle_of_cross_partition_operations_is_recovered() {
+    let (mut c, points) = cluster_with_failpoints();
+    let [(src_dir, src_node), (dst_dir, _)] = two_dirs_on_other_nodes(&c);
     fs::write(src_dir.join("file"), b"moved intact").unwrap();
     let file_ino = ino(&src_dir.join("file"));
 
     // The source directory's node coordinates the rename and dies right after the first step
-    // (the new entry exists, the old one too).
-    fs::write(&points_path, "intent-after-step-0\n").unwrap();
-    let renamed = std::thread::spawn({
-        let (a, b) = (src_dir.join("file"), dst_dir.join("file"));
-        move || fs::rename(a, b)
+    // (the new entry exists, the old one too). The file system must end with the rename done
+    // exactly once.
+    let (a, b) = (src_dir.join("file"), dst_dir.join("file"));
+    crash_at(&mut c, points.path(), "intent-after-step-0", src_node, move || {
+        fs::rename(a, b)
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.cluster.node_running(src_node) {
-        assert!(Instant::now() < deadline, "the failpoint did not fire");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    fs::write(&points_path, "").unwrap();
-    c.cluster.start_node(src_node).unwrap();
-    c.cluster.wait_nodes_up(Duration::from_secs(60)).unwrap();
-    // The client's own call may report an error (its node died under it); the file system must
-    // end with the rename done exactly once.
-    let _ = renamed.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let old = fs::symlink_metadata(src_dir.join("file"));
@@ -304,65 +338,25 @@ fn a_crash_in_the_middle_of_cross_partition_operations_is_recovered() {
         .collect();
     assert!(names.is_empty(), "the source directory still lists {names:?}");
     fs::remove_dir(&src_dir).unwrap();
-    let log = fs::read_to_string(c.cluster.log_path(&format!("node{src_node}"))).unwrap();
-    assert!(
-        log.contains("failpoint intent-after-step-0"),
-        "the node did not crash at the failpoint"
-    );
-    assert!(
-        log.contains("replaying intents left by a crash"),
-        "the node did not replay the intent"
-    );
+    assert_crashed_and_replayed(&c, src_node, "intent-after-step-0");
 }
 
 #[test]
 fn an_answered_cross_partition_operation_left_unfinished_by_a_crash_is_applied_once() {
-    let points = tempfile::NamedTempFile::new().unwrap();
-    let points_path = points.path().to_path_buf();
-    let mut c = TestCluster::start_with(3, true, |spec| {
-        spec.env.push((
-            "SEALFS_FAILPOINTS_FILE".into(),
-            points_path.to_string_lossy().into_owned(),
-        ));
-    });
-    let mnt = c.mnt();
-    let root_node = node_of(&c, sealfs_core::ROOT_INO);
-    let mut dirs = Vec::new();
-    for i in 0..64 {
-        let d = mnt.join(format!("d{i}"));
-        fs::create_dir(&d).unwrap();
-        let n = node_of(&c, ino(&d));
-        if n != root_node && dirs.iter().all(|(_, m)| *m != n) {
-            dirs.push((d, n));
-        }
-        if dirs.len() == 2 {
-            break;
-        }
-    }
-    let [(src_dir, _), (dst_dir, dst_node)] = <[_; 2]>::try_from(dirs).expect("two directories on two other nodes");
+    let (mut c, points) = cluster_with_failpoints();
+    let [(src_dir, _), (dst_dir, dst_node)] = two_dirs_on_other_nodes(&c);
     fs::write(src_dir.join("file"), b"linked once").unwrap();
     let file_ino = ino(&src_dir.join("file"));
 
     // The link is coordinated by the new name's node (the file's count goes up on the other):
     // it answers once both steps are applied, then dies before its intent is deleted. Started
     // again, it replays the intent, whose steps must find their markers and not apply again.
-    // (The failpoint names the first step, so the mkdirs above, finishing meanwhile, pass it.)
-    fs::write(&points_path, "intent-before-finish-adjust-inode\n").unwrap();
-    let linked = std::thread::spawn({
-        let (a, b) = (src_dir.join("file"), dst_dir.join("link"));
-        move || fs::hard_link(a, b)
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.cluster.node_running(dst_node) {
-        assert!(Instant::now() < deadline, "the failpoint did not fire");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    fs::write(&points_path, "").unwrap();
-    c.cluster.start_node(dst_node).unwrap();
-    c.cluster.wait_nodes_up(Duration::from_secs(60)).unwrap();
-    // The caller may have had its answer or an error (its node died as it answered, and a
-    // retry finds the name taken); either way the link exists once.
-    let _ = linked.join().unwrap();
+    // The caller may have had its answer or an error (a retry finds the name taken); either way
+    // the link must exist once. (The failpoint names the first step, so the mkdirs above,
+    // finishing meanwhile, pass it.)
+    let point = "intent-before-finish-adjust-inode";
+    let (a, b) = (src_dir.join("file"), dst_dir.join("link"));
+    crash_at(&mut c, points.path(), point, dst_node, move || fs::hard_link(a, b));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match fs::symlink_metadata(dst_dir.join("link")) {
@@ -382,13 +376,5 @@ fn an_answered_cross_partition_operation_left_unfinished_by_a_crash_is_applied_o
     let m = fs::symlink_metadata(dst_dir.join("third")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::nlink(&m), 3);
     assert_eq!(fs::read(dst_dir.join("link")).unwrap(), b"linked once");
-    let log = fs::read_to_string(c.cluster.log_path(&format!("node{dst_node}"))).unwrap();
-    assert!(
-        log.contains("failpoint intent-before-finish-adjust-inode"),
-        "the node did not crash at the failpoint"
-    );
-    assert!(
-        log.contains("replaying intents left by a crash"),
-        "the node did not replay the intent"
-    );
+    assert_crashed_and_replayed(&c, dst_node, point);
 }
