@@ -346,15 +346,9 @@ impl Bench {
     fn sequential(&mut self) -> anyhow::Result<()> {
         let path = self.args.dir.join("seq.dat");
         let total = self.args.seq_mib;
-        let block = vec![0x5au8; 1 << 20];
         let cpu0 = cpu_secs(&self.args.pids);
         let start = Instant::now();
-        let mut f = File::create(&path)?;
-        for _ in 0..total {
-            f.write_all(&block)?;
-        }
-        f.sync_all()?;
-        drop(f);
+        lay_out(&path, total, 0x5a)?;
         let secs = start.elapsed().as_secs_f64();
         self.record("seq", "write", 1, total as f64 / secs, "MiB/s", total, secs, cpu0);
         self.drop_caches()?;
