@@ -30,8 +30,9 @@ done
 out=$(realpath -m "${1:-bench-results}")
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$top"
-# fio runs the "fio" workload on this host's file systems; the peers are Debian's packages too.
-pkgs=(fio)
+# fio runs the "fio" workload on this host's file systems; tcpdump times the NFS servers' answers;
+# the peers are Debian's packages too.
+pkgs=(fio tcpdump)
 [ $peers = 1 ] && pkgs+=(glusterfs-server nfs-ganesha nfs-ganesha-vfs rpcbind)
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || { echo "installing ${pkgs[*]}" >&2
@@ -78,14 +79,30 @@ cleanup() {
   [ -n "$drop_server" ] && kill "$drop_server" 2>/dev/null
   stop_sealfs
   if [ $peers = 1 ]; then stop_gluster; stop_ganesha; fi
-  rm -rf "$work"
+  rm -rf "$work" /dev/shm/sealfs-bench.*.pcap
 }
 trap cleanup EXIT
+# Before each system: write back what the one before left dirty and wait until the disk has been
+# idle for a second (at most 60 s), so that no system's first phases share the disk with the
+# last one's write-back.
+settle() {
+  sync
+  local before now
+  before=$(awk '{ w += $7; f += $9 } END { print w, f }' /sys/block/*/stat)
+  for _ in $(seq 1 60); do
+    sleep 1
+    now=$(awk '{ w += $7; f += $9 } END { print w, f }' /sys/block/*/stat)
+    [ "$now" = "$before" ] && [ "${now#* }" = 0 ] && return
+    before=$now
+  done
+}
 
 echo "== local directory ($work/local)"
+settle
 "$bin/sealfs-bench" run --dir "$work/local" --label local --drop-caches "${args[@]}" --json "$out/local.json"
 
 echo "== sealfs through FUSE: 3 storage nodes, replication 3, on loopback"
+settle
 start_sealfs "$work/sealfs" 3 0
 "$bin/sealfs-bench" run --dir "$work/sealfs/mnt/bench" --label sealfs-fuse --drop-caches --pids "$pids" \
   "${args[@]}" --json "$out/sealfs-fuse.json"
@@ -97,6 +114,7 @@ if [ $peers = 1 ]; then
   # glusterd refuses loopback addresses for bricks: use this host's own address.
   host=$(hostname -I | awk '{print $1}')
   stop_gluster
+  settle
   rm -rf /var/lib/glusterd/vols/sealfsbench
   mkdir -p "$work/gluster/mnt"
   glusterd --log-file="$work/gluster/glusterd.log"
@@ -135,8 +153,23 @@ if [ $nfs = 1 ]; then
 echo BENCH_JSON_BEGIN; cat /tmp/r.json; echo; echo BENCH_JSON_END
 echo NFS_OPS_BEGIN; sed -n '/per-op statistics/,\$p' /proc/self/mountstats; echo NFS_OPS_END
 EOF
+    settle
+    # How long the server took to answer each call (from a call's first packet to its reply's):
+    # set beside the client's round trips, it splits a call's time into the server's and the
+    # way's. Only each packet's start is kept, in memory (not to share the disk with the server).
+    local pcap
+    pcap=$(mktemp /dev/shm/sealfs-bench.XXXXXX.pcap)
+    tcpdump -Z root -i lo -s 8400 -B 32768 -w "$pcap" "tcp port $PORT" 2>"$work/vm/$label.tcpdump" &
+    local capture=$!
+    sleep 1
     EXTRA_DIR="$work/vm" MEM=1024 TIMEOUT=3000 "$top/tests/nfsvm/run.sh" "$work/vm/guest.sh" >"$work/vm/$label.log" 2>&1 ||
-      { tail -30 "$work/vm/$label.log"; echo "the $label run in the VM failed" >&2; exit 1; }
+      { kill "$capture"; tail -30 "$work/vm/$label.log"; echo "the $label run in the VM failed" >&2; exit 1; }
+    sleep 0.5
+    kill "$capture" && wait "$capture" || true
+    grep -h "dropped by kernel" "$work/vm/$label.tcpdump" | grep -v "^0 " >&2 || true
+    "$bin/sealfs-bench" nfs-times --pcap "$pcap" --port "$PORT" >"$out/$label-server.txt" ||
+      echo "no server times for $label" >&2
+    rm -f "$pcap"
     tr -d '\r' <"$work/vm/$label.log" | sed -n '/^BENCH_JSON_BEGIN$/,/^BENCH_JSON_END$/p' | sed '1d;$d' >"$json"
     # The client's own count of each NFS call and its round trips (ms in all, from sending the
     # call to its reply): "CALL: ops transmissions timeouts bytes-sent bytes-received queue rtt
@@ -185,10 +218,14 @@ if [ -f "$out/ganesha.json" ]; then
   "$bin/sealfs-bench" compare "$out/ganesha.json" "$out/sealfs-nfs.json" --json "$out/compare-nfs.json" | tee "$out/table-nfs.txt"
   if [ -s "$out/ganesha-calls.txt" ] && [ -s "$out/sealfs-nfs-calls.txt" ]; then
     echo
-    echo "The NFS calls the kernel client sent over the whole run, and each call's mean round trip:"
+    echo "The NFS calls the kernel client sent over the whole run, each call's mean round trip as the client"
+    echo "timed it, and the mean time the server took to answer it (from a capture on this host):"
+    touch "$out/ganesha-server.txt" "$out/sealfs-nfs-server.txt"
     join -a1 -a2 -e 0 -o 0,1.2,2.2,1.3,2.3 "$out/ganesha-calls.txt" "$out/sealfs-nfs-calls.txt" |
-      awk 'BEGIN { printf "%-12s %10s %10s %11s %11s %9s\n", "call", "ganesha", "sealfs-nfs", "ganesha ms", "sealfs ms", "time" }
-        { printf "%-12s %10d %10d %11.3f %11.3f %9s\n", $1, $2, $3, $4, $5, ($4 > 0 ? sprintf("%.2fx", $5 / $4) : "-") }' |
+      join -a1 -e - -o 0,1.2,1.3,1.4,1.5,2.3 - "$out/ganesha-server.txt" |
+      join -a1 -e - -o 0,1.2,1.3,1.4,1.5,1.6,2.3 - "$out/sealfs-nfs-server.txt" |
+      awk 'BEGIN { printf "%-12s %8s %10s %11s %10s %7s %12s %11s\n", "call", "ganesha", "sealfs-nfs", "ganesha ms", "sealfs ms", "time", "in ganesha", "in sealfs" }
+        { printf "%-12s %8d %10d %11.3f %10.3f %7s %12s %11s\n", $1, $2, $3, $4, $5, ($4 > 0 ? sprintf("%.2fx", $5 / $4) : "-"), $6, $7 }' |
       tee "$out/calls-nfs.txt"
   fi
 fi

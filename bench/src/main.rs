@@ -15,6 +15,8 @@ use clap::Parser;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+mod pcap;
+
 /// Benchmark mounted file systems and compare the results.
 #[derive(Parser, Debug)]
 #[command(name = "sealfs-bench")]
@@ -45,6 +47,17 @@ enum Cli {
         /// Address to listen on.
         #[arg(long)]
         listen: String,
+    },
+    /// How long the NFS server on `port` took to answer each kind of call, from a packet
+    /// capture taken on its host (`tcpdump -s 8400 -w FILE tcp port PORT`): one line per call,
+    /// "NAME COUNT MEAN_MS".
+    NfsTimes {
+        /// The capture (classic pcap).
+        #[arg(long)]
+        pcap: PathBuf,
+        /// The server's TCP port.
+        #[arg(long)]
+        port: u16,
     },
 }
 
@@ -561,6 +574,14 @@ fn main() -> anyhow::Result<()> {
         Cli::Run(args) => run(args),
         Cli::Compare { files, json } => compare(&files, json.as_deref()),
         Cli::DropServer { listen } => drop_server(&listen),
+        Cli::NfsTimes { pcap, port } => {
+            let file = fs::read(&pcap).with_context(|| format!("cannot read {}", pcap.display()))?;
+            let times = pcap::nfs_server_times(&file, port).with_context(|| format!("in {}", pcap.display()))?;
+            for (name, t) in times {
+                println!("{name} {} {:.3}", t.count, t.mean_ms());
+            }
+            Ok(())
+        }
         Cli::Rss { report, pids } => {
             let text = fs::read_to_string(&report).with_context(|| format!("cannot read {}", report.display()))?;
             let mut r: Report =
