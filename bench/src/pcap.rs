@@ -428,6 +428,25 @@ mod tests {
     }
 
     #[test]
+    fn garbage_in_packets_or_records_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let good = pcap(&[(1, true, 1, call(1, 1, 20)), (2, false, 1, reply(1, 10))]);
+        for _ in 0..2000 {
+            let mut f = good.clone();
+            for _ in 0..rng.random_range(1..8) {
+                let i = rng.random_range(24..f.len());
+                f[i] = rng.random();
+            }
+            if rng.random_bool(0.3) {
+                f.truncate(rng.random_range(24..f.len()));
+            }
+            // An error or a (possibly empty) answer: never a panic.
+            let _ = nfs_server_times(&f, SERVER);
+        }
+    }
+
+    #[test]
     fn rejects_what_it_cannot_read() {
         assert!(nfs_server_times(b"short", SERVER).is_err());
         assert!(nfs_server_times(&[0u8; 24], SERVER).is_err());
