@@ -128,22 +128,23 @@ fn records<'a>(dir: &mut Direction, seg: &Segment<'a>) -> Vec<&'a [u8]> {
     if seg.len == 0 {
         return found;
     }
-    let mut pos = match dir.next_mark {
+    // resync: no mark is known in this packet, so its start is taken for one if it looks like
+    // a message.
+    let (mut pos, resync) = match dir.next_mark {
         Some(n) => {
             let d = n.wrapping_sub(seg.seq);
             if d < seg.len {
-                d as usize
+                (d as usize, false)
             } else if (d as i32) > 0 {
                 // Inside a record that began earlier.
                 return found;
             } else {
-                // A packet was missed: take this one's start for a mark if it looks like one.
-                0
+                // A packet was missed.
+                (0, true)
             }
         }
-        None => 0,
+        None => (0, true),
     };
-    let resync = dir.next_mark.is_none_or(|n| n.wrapping_sub(seg.seq) >= seg.len);
     if resync {
         dir.continued = false;
     }
