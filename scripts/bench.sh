@@ -7,7 +7,8 @@
 #   ganesha      NFS-Ganesha with its VFS export (NFSv3)   } a Linux kernel booted under qemu
 # (sealfs-bench's workloads, and Debian's fio on the host's three: the VM has no fio), then print
 # one table of figures with each one's ratio to the local directory, one of the two NFS servers,
-# one of the NFS calls the guest's client sent to each (count, mean round trip), and write JSON.
+# one of the NFS calls the guest's client sent to each (count, mean round trip), and write JSON;
+# and how long this host's disk took to make a 4 KiB write durable, at the start and at the end.
 # Needs root (mounts, dropping the page cache).
 #   scripts/bench.sh [--small] [--no-peers] [--no-nfs] [OUT]     (OUT: results, default bench-results)
 #   scripts/bench.sh --prepare       only install fio and the peers and build the VM's static benchmark
@@ -97,6 +98,17 @@ settle() {
     before=$now
   done
 }
+
+# How fast this host's disk makes a 4 KiB write durable, at the start of the run and at its end:
+# every synced metadata change waits on it, and on a shared host it moves between runs (and
+# within one), so the table comes with it.
+disk_probe() {
+  local n=1000
+  [ $small = 1 ] && n=100
+  "$bin/sealfs-bench" sync-probe --dir "$work" --count $n
+}
+settle
+echo "disk at the start: $(disk_probe)" | tee "$out/disk.txt"
 
 echo "== local directory ($work/local)"
 settle
@@ -207,12 +219,16 @@ EOF
   fi
 fi
 
+settle
+echo "disk at the end: $(disk_probe)" | tee -a "$out/disk.txt"
+
 echo
 files=("$out/local.json" "$out/sealfs-fuse.json")
 [ -f "$out/glusterfs.json" ] && files+=("$out/glusterfs.json")
 [ -f "$out/sealfs-nfs.json" ] && files+=("$out/sealfs-nfs.json")
 [ -f "$out/ganesha.json" ] && files+=("$out/ganesha.json")
 "$bin/sealfs-bench" compare "${files[@]}" --json "$out/compare.json" | tee "$out/table.txt"
+cat "$out/disk.txt"
 if [ -f "$out/ganesha.json" ]; then
   echo
   echo "The NFS gateway against NFS-Ganesha (same kernel client in a VM):"

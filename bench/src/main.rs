@@ -16,6 +16,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 mod pcap;
+mod syncprobe;
 
 /// Benchmark mounted file systems and compare the results.
 #[derive(Parser, Debug)]
@@ -58,6 +59,17 @@ enum Cli {
         /// The server's TCP port.
         #[arg(long)]
         port: u16,
+    },
+    /// How long the disk under `dir` takes to make a 4 KiB write durable (`fdatasync`), which
+    /// every synced metadata change waits for: one line with the mean, median and 99th
+    /// percentile.
+    SyncProbe {
+        /// A folder on the disk to measure (a file is made in it, and removed after).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Syncs to time.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
     },
 }
 
@@ -580,6 +592,10 @@ fn main() -> anyhow::Result<()> {
             for (name, t) in times {
                 println!("{name} {} {:.3}", t.count, t.mean_ms());
             }
+            Ok(())
+        }
+        Cli::SyncProbe { dir, count } => {
+            println!("{}", syncprobe::probe(&dir, count)?);
             Ok(())
         }
         Cli::Rss { report, pids } => {
