@@ -12,13 +12,17 @@ use anyhow::{bail, Context};
 
 /// Bytes written before each sync.
 const BLOCK: usize = 4096;
+/// The most syncs one probe times (a 4 GiB file).
+pub const MAX_COUNT: usize = 1 << 20;
 
 /// The times of a probe's syncs, in microseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncTimes {
     /// Syncs timed.
     pub count: usize,
+    /// The mean.
     pub mean_us: f64,
+    /// The median.
     pub median_us: f64,
     /// The 99th percentile.
     pub p99_us: f64,
@@ -37,8 +41,8 @@ impl std::fmt::Display for SyncTimes {
 /// Time `count` syncs of a 4 KiB write each in a new file in `dir` (removed after). The file is
 /// written whole and synced first, so that each timed sync writes data only, not a grown size.
 pub fn probe(dir: &Path, count: usize) -> anyhow::Result<SyncTimes> {
-    if count == 0 {
-        bail!("a probe needs at least one sync");
+    if !(1..=MAX_COUNT).contains(&count) {
+        bail!("a probe times 1 to {MAX_COUNT} syncs, not {count}");
     }
     let path = dir.join(format!(".sealfs-bench-sync-probe.{}", std::process::id()));
     let r = timed_syncs(&path, count);
@@ -92,10 +96,13 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_that_is_not_there_is_an_error() {
+    fn a_missing_folder_and_odd_counts_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let e = probe(&dir.path().join("missing"), 5).unwrap_err();
         assert!(e.to_string().contains("cannot create"), "{e:#}");
         assert!(probe(dir.path(), 0).is_err());
+        let e = probe(dir.path(), usize::MAX).unwrap_err();
+        assert!(e.to_string().contains("1 to"), "{e:#}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
