@@ -8,7 +8,8 @@
 # (sealfs-bench's workloads, and Debian's fio on the host's three: the VM has no fio), then print
 # one table of figures with each one's ratio to the local directory, one of the two NFS servers,
 # one of the NFS calls the guest's client sent to each (count, mean round trip), and write JSON;
-# and how long this host's disk took to make a 4 KiB write durable, at the start and at the end.
+# and how long this host's disk took to make a 4 KiB write durable (alone, and three at once), at
+# the start and at the end.
 # Needs root (mounts, dropping the page cache).
 #   scripts/bench.sh [--small] [--no-peers] [--no-nfs] [OUT]     (OUT: results, default bench-results)
 #   scripts/bench.sh --prepare       only install fio and the peers and build the VM's static benchmark
@@ -99,16 +100,19 @@ settle() {
   done
 }
 
-# How fast this host's disk makes a 4 KiB write durable, at the start of the run and at its end:
-# every synced metadata change waits on it, and on a shared host it moves between runs (and
-# within one), so the table comes with it.
+# How fast this host's disk makes a 4 KiB write durable, alone and three at once (a change's
+# replicas, all on this one disk), at the start of the run and at its end: every synced metadata
+# change waits on it, and on a shared host it moves between runs (and within one), so the table
+# comes with it.
 disk_probe() {
-  local n=1000
+  local n=1000 jobs
   [ $small = 1 ] && n=100
-  "$bin/sealfs-bench" sync-probe --dir "$work" --count $n
+  for jobs in 1 3; do
+    echo "disk $1: $("$bin/sealfs-bench" sync-probe --dir "$work" --count $n --jobs $jobs)"
+  done
 }
 settle
-echo "disk at the start: $(disk_probe)" | tee "$out/disk.txt"
+disk_probe "at the start" | tee "$out/disk.txt"
 
 echo "== local directory ($work/local)"
 settle
@@ -220,7 +224,7 @@ EOF
 fi
 
 settle
-echo "disk at the end: $(disk_probe)" | tee -a "$out/disk.txt"
+disk_probe "at the end" | tee -a "$out/disk.txt"
 
 echo
 files=("$out/local.json" "$out/sealfs-fuse.json")

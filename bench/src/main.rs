@@ -61,15 +61,19 @@ enum Cli {
         port: u16,
     },
     /// How long the disk under `dir` takes to make a 4 KiB write durable (`fdatasync`), which
-    /// every synced metadata change waits for: one line with the mean, median and 99th
-    /// percentile.
+    /// every synced metadata change waits for, with one writer or several at once: one line
+    /// with the mean, median and 99th percentile.
     SyncProbe {
-        /// A folder on the disk to measure (a file is made in it, and removed after).
+        /// A folder on the disk to measure (a file per writer is made in it, and removed after).
         #[arg(long)]
         dir: PathBuf,
-        /// Syncs to time.
+        /// Syncs each writer times.
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        /// Writers syncing at once, each in a file of its own (3: the replicas of a change on
+        /// one disk).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
 }
 
@@ -594,8 +598,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cli::SyncProbe { dir, count } => {
-            println!("{}", syncprobe::probe(&dir, count)?);
+        Cli::SyncProbe { dir, count, jobs } => {
+            println!("{}", syncprobe::probe(&dir, count, jobs)?);
             Ok(())
         }
         Cli::Rss { report, pids } => {
