@@ -87,14 +87,16 @@ trap cleanup EXIT
 # Before each system: write back what the one before left dirty and wait until the disk has been
 # idle for a second (at most 60 s; 3 s at --small, whose figures are not compared), so that no
 # system's first phases share the disk with the last one's write-back.
+# Sectors written so far and requests in flight, over all disks.
+disk_activity() { awk '{ w += $7; f += $9 } END { print w, f }' /sys/block/*/stat; }
 settle() {
   sync
   local before now wait=60
   [ $small = 1 ] && wait=3
-  before=$(awk '{ w += $7; f += $9 } END { print w, f }' /sys/block/*/stat)
+  before=$(disk_activity)
   for _ in $(seq 1 $wait); do
     sleep 1
-    now=$(awk '{ w += $7; f += $9 } END { print w, f }' /sys/block/*/stat)
+    now=$(disk_activity)
     [ "$now" = "$before" ] && [ "${now#* }" = 0 ] && return
     before=$now
   done

@@ -149,13 +149,12 @@ fn records<'a>(dir: &mut Direction, seg: &Segment<'a>) -> Vec<&'a [u8]> {
         dir.continued = false;
     }
     loop {
-        let Some(mark) = seg.data.get(pos..pos + 4) else {
+        let Some(mark) = word(seg.data.get(pos..).unwrap_or_default(), 0) else {
             // The next mark is past what was captured of this packet: lost until one starts a
             // packet again.
             dir.next_mark = None;
             return found;
         };
-        let mark = u32::from_be_bytes(mark.try_into().expect("4 bytes"));
         let (last, len) = (mark & 0x8000_0000 != 0, mark & 0x7fff_ffff);
         if len > MAX_RECORD || len < 8 && !dir.continued {
             dir.next_mark = None;
