@@ -2,6 +2,7 @@
 //! (under --meta-dir), file data in chunk files (under --data-dir). Every mutation is durable
 //! before it is acknowledged.
 
+pub mod batch;
 pub mod chunks;
 pub mod direct;
 pub mod failpoint;

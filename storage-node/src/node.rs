@@ -76,6 +76,8 @@ pub struct Node {
     pub changes: crate::watch::Changes,
     /// Intents of answered operations, for [`Node::finish_worker`] to delete.
     pub finishing: Finishing,
+    /// Creates waiting for their directory's turn (batch.rs).
+    pub creates: crate::batch::CreateQueues,
 }
 
 /// An intent whose steps are done: the partition of its record, its id and the record.

@@ -2,6 +2,8 @@
 //! permission checks from sealfs-core, then one atomic transaction, or the step protocol of
 //! node.rs when other partitions are involved.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec};
 use sealfs_core::config::{INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE, MAX_XATTR_COUNT, MAX_XATTR_TOTAL, MAX_XATTR_VALUE};
@@ -12,6 +14,7 @@ use sealfs_core::{FsError, FsResult, InodeId, ROOT_INO};
 use sealfs_proto::pb::{self, step::Kind};
 use sealfs_proto::{attr_to_pb, ctx, time_to_pb};
 
+use crate::batch::{Created, HandOver, Turn};
 use crate::keys;
 use crate::node::{rec_to_pb, Node};
 use crate::records::{DentryRecord, GcRecord, InodeRecord, FLAG_DYING, FLAG_INLINE};
@@ -188,12 +191,9 @@ impl Node {
     }
 
     /// Create a non-directory in `parent` (or open the existing one when not exclusive);
-    /// returns its attributes and the parent's change.
-    pub async fn op_create(
-        &self,
-        cred: &Credentials,
-        req: &pb::CreateRequest,
-    ) -> FsResult<(pb::Attr, Option<pb::DirChange>)> {
+    /// returns its attributes and the parent's change. Creates that arrive in one directory
+    /// while another there is committing are committed together after it (batch.rs).
+    pub async fn op_create(self: &Arc<Self>, cred: &Credentials, req: &pb::CreateRequest) -> FsResult<Created> {
         validate_name(&req.name)?;
         let kind = kind_of(req.kind)?;
         if kind == FileKind::Directory {
@@ -208,21 +208,85 @@ impl Node {
         }
         let parent = req.parent;
         self.check_not_pending(parent)?;
-        let _held = self.locks.lock(&[parent]).await;
+        match self.creates.join(parent, || (cred.clone(), req.clone())) {
+            Turn::Wait(rx) => rx.await.unwrap_or_else(|_| {
+                Err(FsError::Unavailable(
+                    "the create's batch ended without an answer; try again".into(),
+                ))
+            }),
+            Turn::Lead => {
+                let _next = HandOver::new(self, parent);
+                let mut r = self.create_batch(parent, &[(cred, req)]).await;
+                r.pop()
+                    .unwrap_or_else(|| Err(FsError::Io("a create batch gave no answer".into())))
+            }
+        }
+    }
+
+    /// Creates in `dir` (checked by [`Node::op_create`]) as one transaction and one synced
+    /// commit; an answer for each, in order. One that fails leaves the others to go on; a
+    /// commit that fails fails all of them.
+    pub async fn create_batch(
+        &self,
+        dir: InodeId,
+        asks: &[(&Credentials, &pb::CreateRequest)],
+    ) -> Vec<FsResult<Created>> {
+        let _held = self.locks.lock(&[dir]).await;
         let mut tx = Tx::new(&self.store);
-        let mut dir = live_dir(tx.inode(parent)?)?;
+        let mut rec = match self
+            .check_not_pending(dir)
+            .and_then(|()| tx.inode(dir))
+            .and_then(live_dir)
+        {
+            Ok(r) => r,
+            Err(e) => return asks.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut out = Vec::with_capacity(asks.len());
+        let mut wrote = false;
+        for (cred, req) in asks {
+            let r = self.create_in(&mut tx, &mut rec, cred, req).await;
+            wrote |= matches!(r, Ok((_, true)));
+            out.push(r.map(|(c, _)| c));
+        }
+        if wrote {
+            if let Err(e) = self.commit(tx, true).await {
+                for r in out.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// One create inside a batch's transaction, `dir` being the directory's record as the
+    /// transaction has it so far. Also says whether it wrote anything (opening an existing
+    /// file does not).
+    async fn create_in(
+        &self,
+        tx: &mut Tx<'_>,
+        dir: &mut InodeRecord,
+        cred: &Credentials,
+        req: &pb::CreateRequest,
+    ) -> FsResult<(Created, bool)> {
+        let kind = kind_of(req.kind)?;
+        let parent = req.parent;
         if let Some(d) = tx.get_dentry(parent, &req.name)? {
             if req.exclusive {
                 return Err(FsError::Exists);
             }
             perm::check_access(cred, &dir.attr, perm::X_OK)?;
-            let a = self.attr_pb_any(d.ino).await?;
+            // Through the transaction: the file may be an earlier create of this batch.
+            let a = if self.serves(ino_partition(d.ino)) {
+                rec_to_pb(&tx.inode(d.ino)?)
+            } else {
+                self.attr_pb_any(d.ino).await?
+            };
             let attr = sealfs_proto::attr_from_pb(&a)?;
             if attr.kind == FileKind::Directory {
                 return Err(FsError::IsDir);
             }
             perm::check_access(cred, &attr, perm::open_mask(req.open_flags))?;
-            return Ok((a, dir_change(&dir.attr, Some(dir.attr.clone()))));
+            return Ok(((a, dir_change(&dir.attr, Some(dir.attr.clone()))), false));
         }
         perm::check_dir_write(cred, &dir.attr)?;
         let ino = self.alloc_ino(ino_partition(parent)).await?;
@@ -264,9 +328,8 @@ impl Node {
         let before = dir.attr.clone();
         dir.attr.mtime = now;
         dir.attr.ctime = now;
-        tx.put_inode(&dir);
-        self.commit(tx, true).await?;
-        Ok((rec_to_pb(&rec), dir_change(&before, Some(dir.attr.clone()))))
+        tx.put_inode(dir);
+        Ok(((rec_to_pb(&rec), dir_change(&before, Some(dir.attr.clone()))), true))
     }
 
     /// mkdir: the new directory's inode goes to the partition hash(parent, name) picks.

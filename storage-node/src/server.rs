@@ -165,6 +165,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
         repl: Default::default(),
         changes: Default::default(),
         finishing: Default::default(),
+        creates: Default::default(),
     });
     // Registration was the manager's word: the node may lead partitions from here on, for as long
     // as it keeps heartbeating (see Replication::was_away).

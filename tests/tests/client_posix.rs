@@ -309,6 +309,111 @@ async fn listing_is_complete_and_stable_under_creates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_at_once_in_one_directory_each_get_their_own_answer() {
+    // Creates that arrive together in one directory are committed together: each must still
+    // get its own answer, right or wrong, and together they must leave what one at a time would.
+    let cluster = InProcessCluster::start(3, 16).await;
+    let c = cluster.client().await;
+    let d = c.mkdir(&root(), ROOT_INO, b"shared", 0o755).await.unwrap().attr.ino;
+    c.create(&root(), d, b"old", FileKind::Regular, 0o600, 0, true, 0)
+        .await
+        .unwrap();
+    let user = Credentials {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+    };
+    let before = c.getattr(&root(), d).await.unwrap().attr;
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..4 {
+        for i in 0..32 {
+            let c = c.clone();
+            let name = format!("f{round}-{i}");
+            tasks.spawn(async move {
+                let r = c
+                    .create(&root(), d, name.as_bytes(), FileKind::Regular, 0o644, 0, true, 0)
+                    .await;
+                ("new", name, r)
+            });
+        }
+        for i in 0..4 {
+            // The same name, exclusive, from several callers: one wins, the others see it.
+            let c = c.clone();
+            tasks.spawn(async move {
+                let name = format!("race{round}");
+                let r = c
+                    .create(&root(), d, name.as_bytes(), FileKind::Regular, 0o644, 0, true, 0)
+                    .await;
+                ("race", format!("{name}/{i}"), r)
+            });
+        }
+        // No write permission in the folder: refused, and the others go on.
+        let (cu, uc) = (c.clone(), user.clone());
+        tasks.spawn(async move {
+            let r = cu.create(&uc, d, b"denied", FileKind::Regular, 0o644, 0, true, 0).await;
+            ("denied", String::new(), r)
+        });
+        // Opening what exists through a non-exclusive create: its inode, not a new one.
+        let c2 = c.clone();
+        tasks.spawn(async move {
+            let r = c2
+                .create(&root(), d, b"old", FileKind::Regular, 0o644, 0, false, libc::O_RDWR)
+                .await;
+            ("open", String::new(), r)
+        });
+    }
+    let old = c.lookup(&root(), d, b"old").await.unwrap().attr.ino;
+    let mut inos = std::collections::HashSet::new();
+    let mut raced = std::collections::HashMap::<String, (usize, usize)>::new();
+    while let Some(done) = tasks.join_next().await {
+        let (what, name, r) = done.unwrap();
+        match what {
+            "new" => {
+                let e = r.unwrap_or_else(|e| panic!("create {name}: {e}"));
+                assert!(inos.insert(e.attr.ino), "{name}: inode {} handed out twice", e.attr.ino);
+                let ch = e.dir.expect("a create reports its directory's change");
+                assert!(ch.after.mtime >= ch.before.mtime, "{name}: the folder's time went back");
+            }
+            "race" => {
+                let slot = raced.entry(name.split('/').next().unwrap().to_string()).or_default();
+                match r {
+                    Ok(e) => {
+                        assert!(inos.insert(e.attr.ino), "{name}: inode handed out twice");
+                        slot.0 += 1;
+                    }
+                    Err(FsError::Exists) => slot.1 += 1,
+                    Err(e) => panic!("{name}: {e}"),
+                }
+            }
+            "denied" => assert_eq!(r.err(), Some(FsError::Access)),
+            _ => assert_eq!(r.unwrap().attr.ino, old),
+        }
+    }
+    assert_eq!(raced.len(), 4);
+    for (name, (won, lost)) in raced {
+        assert_eq!((won, lost), (1, 3), "{name}: one exclusive create wins");
+    }
+    let mut listed = std::collections::HashSet::new();
+    let mut cookie = 0;
+    loop {
+        let (page, eof) = c.readdir(&root(), d, cookie, 100, false).await.unwrap();
+        for e in &page {
+            listed.insert(String::from_utf8(e.name.clone()).unwrap());
+        }
+        match page.last() {
+            Some(last) if !eof => cookie = last.cookie,
+            _ => break,
+        }
+    }
+    listed.retain(|n| n != "." && n != "..");
+    assert_eq!(listed.len(), 4 * 32 + 4 + 1, "every new name listed once, and old");
+    assert!(!listed.contains("denied"));
+    let after = c.getattr(&root(), d).await.unwrap().attr;
+    assert!(after.mtime > before.mtime);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_and_sizes_are_refused() {
     let cluster = InProcessCluster::start(1, 16).await;
     let c = cluster.client().await;
