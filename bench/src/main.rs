@@ -16,6 +16,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 mod pcap;
+mod shared;
 mod syncprobe;
 
 /// Benchmark mounted file systems and compare the results.
@@ -74,6 +75,19 @@ enum Cli {
         /// one disk).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+    },
+    /// Creates in one folder from several mounts at once (empty files; left in place).
+    SharedCreate {
+        /// The folder, once per mount it is seen through (comma separated; the first is made if
+        /// missing).
+        #[arg(long, value_delimiter = ',', required = true)]
+        dirs: Vec<PathBuf>,
+        /// Files each worker creates.
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        /// Workers on each mount.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
 }
 
@@ -596,6 +610,10 @@ fn main() -> anyhow::Result<()> {
             for (name, t) in times {
                 println!("{name} {} {:.3}", t.count, t.mean_ms());
             }
+            Ok(())
+        }
+        Cli::SharedCreate { dirs, files, workers } => {
+            println!("{}", shared::run(&dirs, files, workers)?);
             Ok(())
         }
         Cli::SyncProbe { dir, count, jobs } => {
