@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Creates in one folder from several mounts at once: a kernel client sends one create at a time
 # per folder, so how creates from many clients in one folder go (the storage nodes commit those
-# that arrive together as one batch) shows only with several mounts. Starts one cluster, adds
-# FUSE mounts of it up to the largest count, and runs `sealfs-bench shared-create` with 1, 2, ...
-# of them on a new folder each time. Needs root.
-#   scripts/shared-folder.sh [MOUNTS...] [-- SHARED-CREATE ARGS]    default mounts: 1 2 4
+# that arrive together as one batch) shows only with several mounts. Starts one sealfs cluster,
+# adds FUSE mounts of it up to the largest count, and runs `sealfs-bench shared-create` with 1,
+# 2, ... of them on a new folder each time; then the same against GlusterFS (the distributed
+# volume of bench.sh, mounted as many times) where it is installed (`bench.sh --prepare`), unless
+# --no-peers. Prints each figure with its ratio to one mount, and sealfs's to GlusterFS's at the
+# same count. Needs root.
+#   scripts/shared-folder.sh [--no-peers] [MOUNTS...] [-- SHARED-CREATE ARGS]   default: 1 2 4
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+peers=1
+[ "${1:-}" = "--no-peers" ] && { peers=0; shift; }
 counts=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do counts+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
@@ -14,6 +19,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do counts+=("$1"); shift; done
 extra=("$@")
 [ ${#extra[@]} -gt 0 ] || extra=(--files 1000)
 most=$(printf '%s\n' "${counts[@]}" | sort -n | tail -1)
+command -v glusterd >/dev/null 2>&1 || peers=0
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$top"
 cargo build --release --quiet --bins
@@ -22,16 +28,40 @@ work=$(mktemp -d /var/tmp/sealfs-shared.XXXXXX)
 mounts=()
 mount_pids=()
 . "$top/scripts/local-cluster.sh"
-wait_mounts() {
-  for p in "${mount_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+stop_gluster() {
+  for m in "$work"/g*; do [ -d "$m" ] && umount -l "$m" 2>/dev/null; done
+  gluster --mode=script volume stop sealfsshared force >/dev/null 2>&1 || true
+  gluster --mode=script volume delete sealfsshared >/dev/null 2>&1 || true
+  pkill -x glusterfsd 2>/dev/null || true
+  pkill -x glusterd 2>/dev/null || true
+  pkill -x glusterfs 2>/dev/null || true
 }
 cleanup() {
   for m in "${mounts[@]:1}"; do umount "$m" 2>/dev/null || true; done
-  wait_mounts
+  for p in "${mount_pids[@]}"; do wait "$p" 2>/dev/null || true; done
   stop_sealfs
+  [ $peers = 1 ] && stop_gluster
   rm -rf "$work"
 }
 trap cleanup EXIT
+declare -A rate
+
+# run_counts LABEL MOUNT...: shared-create through the first 1, 2, ... of the mounts.
+run_counts() {
+  local label=$1 base="" n dirs line r
+  shift
+  local ms=("$@")
+  for n in "${counts[@]}"; do
+    dirs=$(printf "%s/s$n\n" "${ms[@]:0:$n}" | paste -sd, -)
+    mkdir -p "${ms[0]}/s$n"
+    line=$("$bin/sealfs-bench" shared-create --dirs "$dirs" "${extra[@]}")
+    r=$(sed -n 's/.*: \([0-9]*\) per second.*/\1/p' <<<"$line")
+    [ -n "$base" ] || base=$r
+    rate[$label,$n]=$r
+    echo "$label: $line, $(awk -v r="$r" -v b="$base" 'BEGIN { printf "%.2fx", r / b }') of ${counts[0]} mount(s)"
+  done
+}
+
 start_sealfs "$work/c" 3 0
 mounts=("$work/c/mnt")
 for i in $(seq 2 "$most"); do
@@ -47,13 +77,31 @@ for i in $(seq 2 "$most"); do
   done
   mounts+=("$m")
 done
-# Each count's rate, and its ratio to the first count's (the baseline, measured in this run).
-base=""
+run_counts sealfs "${mounts[@]}"
+for m in "${mounts[@]:1}"; do umount "$m"; done
+for p in "${mount_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+mounts=()
+mount_pids=()
+stop_sealfs
+
+[ $peers = 1 ] || exit 0
+# glusterd refuses loopback addresses for bricks: use this host's own address.
+host=$(hostname -I | awk '{print $1}')
+stop_gluster
+rm -rf /var/lib/glusterd/vols/sealfsshared
+glusterd --log-file="$work/glusterd.log"
+for _ in $(seq 1 100); do gluster --mode=script volume list >/dev/null 2>&1 && break; sleep 0.1; done
+gluster --mode=script volume create sealfsshared transport tcp \
+  "$host:$work/b1" "$host:$work/b2" "$host:$work/b3" force >/dev/null
+gluster --mode=script volume start sealfsshared >/dev/null
+gmounts=()
+for i in $(seq 1 "$most"); do
+  mkdir -p "$work/g$i"
+  mount -t glusterfs "$host:/sealfsshared" "$work/g$i"
+  gmounts+=("$work/g$i")
+done
+run_counts glusterfs "${gmounts[@]}"
 for n in "${counts[@]}"; do
-  dirs=$(printf "%s/s$n\n" "${mounts[@]:0:$n}" | paste -sd, -)
-  mkdir -p "${mounts[0]}/s$n"
-  line=$("$bin/sealfs-bench" shared-create --dirs "$dirs" "${extra[@]}")
-  rate=$(sed -n 's/.*: \([0-9]*\) per second.*/\1/p' <<<"$line")
-  [ -n "$base" ] || base=$rate
-  echo "$line, $(awk -v r="$rate" -v b="$base" 'BEGIN { printf "%.2fx", r / b }') of ${counts[0]} mount(s)"
+  echo "$n mount(s): sealfs $(awk -v s="${rate[sealfs,$n]}" -v g="${rate[glusterfs,$n]}" \
+    'BEGIN { printf "%.2fx", s / g }') of GlusterFS"
 done
