@@ -226,7 +226,7 @@ impl Node {
     /// Creates in `dir` (checked by [`Node::op_create`]) as one transaction and one synced
     /// commit; an answer for each, in order. One that fails leaves the others to go on; a
     /// commit that fails fails all of them.
-    pub async fn create_batch(
+    pub(crate) async fn create_batch(
         &self,
         dir: InodeId,
         asks: &[(&Credentials, &pb::CreateRequest)],

@@ -5,10 +5,12 @@
 //! long. A client that falls behind is told to drop everything (`reset`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use sealfs_proto::pb;
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -19,6 +21,9 @@ use crate::store::KvOps;
 const BACKLOG: usize = 8192;
 /// Changes sent in one message at most.
 const BATCH: usize = 512;
+/// The least time between two messages of one stream that are not full: a change after a quiet
+/// spell goes at once, changes that follow it within this time go together after it.
+const SEND_GAP: Duration = Duration::from_millis(5);
 
 /// One committed metadata batch, as watchers see it.
 #[derive(Debug)]
@@ -92,6 +97,7 @@ impl Changes {
             if closed.is_cancelled() || out.send(Ok(pb::WatchEvents::default())).await.is_err() {
                 return;
             }
+            let mut last_sent: Option<Instant> = None;
             loop {
                 let mut batch = pb::WatchEvents::default();
                 let mut taken = 0;
@@ -99,48 +105,77 @@ impl Changes {
                     r = rx.recv() => r,
                     _ = closed.cancelled() => return,
                 };
-                let mut next = Some(first);
-                while let Some(r) = next.take() {
-                    match r {
-                        Ok(c) => {
-                            if c.origin != subscriber || subscriber == 0 {
-                                batch.inodes.extend_from_slice(&c.inodes);
-                                batch
-                                    .entries
-                                    .extend(c.entries.iter().map(|(parent, name)| pb::WatchEntry {
-                                        parent: *parent,
-                                        name: name.clone(),
-                                    }));
-                            }
-                            taken += 1;
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => batch.reset = true,
-                        Err(broadcast::error::RecvError::Closed) => return,
+                if !gather(&mut rx, Some(first), subscriber, &mut batch, &mut taken) {
+                    return;
+                }
+                if batch.inodes.is_empty() && batch.entries.is_empty() && !batch.reset {
+                    continue;
+                }
+                // Under a stream of changes, one message per SEND_GAP at most, with all that came
+                // meanwhile: each message costs the client a wake-up and a read. A full one goes
+                // at once, so the gap never limits how many changes a stream carries.
+                let due = last_sent.map(|t| t + SEND_GAP).filter(|d| *d > Instant::now());
+                if let Some(due) = due.filter(|_| taken < BATCH) {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = closed.cancelled() => return,
                     }
-                    if taken < BATCH {
-                        next = match rx.try_recv() {
-                            Ok(c) => Some(Ok(c)),
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                                Some(Err(broadcast::error::RecvError::Lagged(n)))
-                            }
-                            Err(_) => None,
-                        };
+                    if !gather(&mut rx, None, subscriber, &mut batch, &mut taken) {
+                        return;
                     }
                 }
                 if batch.reset {
                     batch.inodes.clear();
                     batch.entries.clear();
                 }
-                if batch.inodes.is_empty() && batch.entries.is_empty() && !batch.reset {
-                    continue;
-                }
                 tokio::select! {
                     r = out.send(Ok(batch)) => if r.is_err() { return },
                     _ = closed.cancelled() => return,
                 }
+                last_sent = Some(Instant::now());
             }
         });
         stream
+    }
+}
+
+/// Add `first` (if any) and whatever else is queued, up to [`BATCH`] changes in all, to `batch`:
+/// the changes of processes other than `subscriber`, or a reset where some were missed. False
+/// when `first` says no more changes will come.
+fn gather(
+    rx: &mut broadcast::Receiver<Arc<Change>>,
+    first: Option<Result<Arc<Change>, broadcast::error::RecvError>>,
+    subscriber: u64,
+    batch: &mut pb::WatchEvents,
+    taken: &mut usize,
+) -> bool {
+    let mut next = first;
+    loop {
+        if next.is_none() && *taken < BATCH {
+            next = match rx.try_recv() {
+                Ok(c) => Some(Ok(c)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(broadcast::error::RecvError::Lagged(n))),
+                // Closed: what was gathered still goes; the next wait ends the stream.
+                Err(_) => None,
+            };
+        }
+        match next.take() {
+            None => return true,
+            Some(Ok(c)) => {
+                if c.origin != subscriber || subscriber == 0 {
+                    batch.inodes.extend_from_slice(&c.inodes);
+                    batch
+                        .entries
+                        .extend(c.entries.iter().map(|(parent, name)| pb::WatchEntry {
+                            parent: *parent,
+                            name: name.clone(),
+                        }));
+                }
+                *taken += 1;
+            }
+            Some(Err(broadcast::error::RecvError::Lagged(_))) => batch.reset = true,
+            Some(Err(broadcast::error::RecvError::Closed)) => return false,
+        }
     }
 }
 
@@ -188,6 +223,49 @@ mod tests {
         assert!(matches!(end, Ok(None)), "the stream must end when the node stops");
         let mut late = ch.watch(2);
         assert!(late.recv().await.is_none(), "no new stream after close");
+    }
+
+    fn ops_of(ino: u64) -> KvOps {
+        vec![(keys::inode(3, (3 << 48) | ino), Some(vec![1]))]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_close_together_go_in_one_message_and_a_lone_one_at_once() {
+        let ch = Changes::default();
+        let mut w = ch.watch(1);
+        let _ = w.recv().await;
+        let ino = |i: u64| (3 << 48) | i;
+        ch.publish(ch.of(&ops_of(1)));
+        assert_eq!(w.recv().await.unwrap().unwrap().inodes, vec![ino(1)]);
+        // The next change comes right after a message: it waits for the gap, and what comes
+        // meanwhile goes with it.
+        ch.publish(ch.of(&ops_of(2)));
+        tokio::task::yield_now().await;
+        ch.publish(ch.of(&ops_of(3)));
+        let began = Instant::now();
+        assert_eq!(w.recv().await.unwrap().unwrap().inodes, vec![ino(2), ino(3)]);
+        assert!(began.elapsed() <= SEND_GAP);
+        // After a quiet spell a change goes at once.
+        tokio::time::sleep(SEND_GAP * 2).await;
+        ch.publish(ch.of(&ops_of(4)));
+        let began = Instant::now();
+        assert_eq!(w.recv().await.unwrap().unwrap().inodes, vec![ino(4)]);
+        assert_eq!(began.elapsed(), Duration::ZERO, "no wait after a quiet spell");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_message_does_not_wait_for_the_gap() {
+        let ch = Changes::default();
+        let mut w = ch.watch(1);
+        let _ = w.recv().await;
+        ch.publish(ch.of(&ops_of(1)));
+        let _ = w.recv().await;
+        for i in 0..BATCH as u64 {
+            ch.publish(ch.of(&ops_of(10 + i)));
+        }
+        let began = Instant::now();
+        assert_eq!(w.recv().await.unwrap().unwrap().inodes.len(), BATCH);
+        assert_eq!(began.elapsed(), Duration::ZERO, "a full message goes at once");
     }
 
     #[tokio::test]
