@@ -64,14 +64,7 @@ else
 fi
 work=$(mktemp -d /var/tmp/sealfs-bench.XXXXXX)
 . "$top/scripts/local-cluster.sh"
-stop_gluster() {
-  umount -l "$work/gluster/mnt" 2>/dev/null || true
-  gluster --mode=script volume stop sealfsbench force >/dev/null 2>&1 || true
-  gluster --mode=script volume delete sealfsbench >/dev/null 2>&1 || true
-  pkill -x glusterfsd 2>/dev/null || true
-  pkill -x glusterd 2>/dev/null || true
-  pkill -x glusterfs 2>/dev/null || true
-}
+. "$top/scripts/gluster.sh"
 stop_ganesha() {
   pkill -x ganesha.nfsd 2>/dev/null || true
   pkill -x rpcbind 2>/dev/null || true
@@ -80,7 +73,7 @@ drop_server=
 cleanup() {
   [ -n "$drop_server" ] && kill "$drop_server" 2>/dev/null
   stop_sealfs
-  if [ $peers = 1 ]; then stop_gluster; stop_ganesha; fi
+  if [ $peers = 1 ]; then stop_gluster sealfsbench "$work/gluster/mnt"; stop_ganesha; fi
   rm -rf "$work" /dev/shm/sealfs-bench.*.pcap
 }
 trap cleanup EXIT
@@ -130,22 +123,15 @@ rm -rf "$work/sealfs"
 
 if [ $peers = 1 ]; then
   echo "== GlusterFS: distributed volume, 3 bricks on this host, FUSE mount"
-  # glusterd refuses loopback addresses for bricks: use this host's own address.
-  host=$(hostname -I | awk '{print $1}')
-  stop_gluster
+  stop_gluster sealfsbench
   settle
-  rm -rf /var/lib/glusterd/vols/sealfsbench
+  start_gluster "$work/gluster" sealfsbench
   mkdir -p "$work/gluster/mnt"
-  glusterd --log-file="$work/gluster/glusterd.log"
-  for _ in $(seq 1 100); do gluster --mode=script volume list >/dev/null 2>&1 && break; sleep 0.1; done
-  gluster --mode=script volume create sealfsbench transport tcp \
-    "$host:$work/gluster/b1" "$host:$work/gluster/b2" "$host:$work/gluster/b3" force >/dev/null
-  gluster --mode=script volume start sealfsbench >/dev/null
-  mount -t glusterfs "$host:/sealfsbench" "$work/gluster/mnt"
+  mount -t glusterfs "$gluster_host:/sealfsbench" "$work/gluster/mnt"
   gpids=$(pgrep -x 'glusterfsd|glusterfs' | paste -sd, -)
   "$bin/sealfs-bench" run --dir "$work/gluster/mnt/bench" --label glusterfs --drop-caches --pids "$gpids" \
     "${args[@]}" --json "$out/glusterfs.json"
-  stop_gluster
+  stop_gluster sealfsbench "$work/gluster/mnt"
 fi
 
 if [ $nfs = 1 ]; then

@@ -27,20 +27,14 @@ bin="$top/target/release"
 work=$(mktemp -d /var/tmp/sealfs-shared.XXXXXX)
 mounts=()
 mount_pids=()
+gmounts=()
 . "$top/scripts/local-cluster.sh"
-stop_gluster() {
-  for m in "$work"/g*; do [ -d "$m" ] && umount -l "$m" 2>/dev/null; done
-  gluster --mode=script volume stop sealfsshared force >/dev/null 2>&1 || true
-  gluster --mode=script volume delete sealfsshared >/dev/null 2>&1 || true
-  pkill -x glusterfsd 2>/dev/null || true
-  pkill -x glusterd 2>/dev/null || true
-  pkill -x glusterfs 2>/dev/null || true
-}
+. "$top/scripts/gluster.sh"
 cleanup() {
   for m in "${mounts[@]:1}"; do umount "$m" 2>/dev/null || true; done
   for p in "${mount_pids[@]}"; do wait "$p" 2>/dev/null || true; done
   stop_sealfs
-  [ $peers = 1 ] && stop_gluster
+  [ $peers = 1 ] && stop_gluster sealfsshared "${gmounts[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -85,19 +79,11 @@ mount_pids=()
 stop_sealfs
 
 [ $peers = 1 ] || exit 0
-# glusterd refuses loopback addresses for bricks: use this host's own address.
-host=$(hostname -I | awk '{print $1}')
-stop_gluster
-rm -rf /var/lib/glusterd/vols/sealfsshared
-glusterd --log-file="$work/glusterd.log"
-for _ in $(seq 1 100); do gluster --mode=script volume list >/dev/null 2>&1 && break; sleep 0.1; done
-gluster --mode=script volume create sealfsshared transport tcp \
-  "$host:$work/b1" "$host:$work/b2" "$host:$work/b3" force >/dev/null
-gluster --mode=script volume start sealfsshared >/dev/null
-gmounts=()
+stop_gluster sealfsshared
+start_gluster "$work/gluster" sealfsshared
 for i in $(seq 1 "$most"); do
   mkdir -p "$work/g$i"
-  mount -t glusterfs "$host:/sealfsshared" "$work/g$i"
+  mount -t glusterfs "$gluster_host:/sealfsshared" "$work/g$i"
   gmounts+=("$work/g$i")
 done
 run_counts glusterfs "${gmounts[@]}"

@@ -111,7 +111,8 @@ impl CreateQueues {
     }
 
     /// Directories with a create under way.
-    pub fn busy(&self) -> usize {
+    #[cfg(test)]
+    fn busy(&self) -> usize {
         self.dirs().len()
     }
 }
