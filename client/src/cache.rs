@@ -204,13 +204,43 @@ impl AttrCache {
     /// This mount changed `ino` with a request sent at `t` (whether or not it succeeded):
     /// `after` is what it returned, kept only if no other change of the inode ended meanwhile.
     pub fn changed(&self, t: Ticket, ino: InodeId, after: Option<&FileAttr>) {
+        self.end_own_change(t, ino, after, false);
+    }
+
+    /// The same, for a change that cannot give `ino` a `security.capability` attribute (a
+    /// write, a change of its size, mode, owner or times): if the file was known to have none
+    /// before it, it still has none after, and the kernel's next ask before a write (it asks
+    /// again once the attributes changed) is answered without a round trip.
+    pub fn changed_keeping_caps(&self, t: Ticket, ino: InodeId, after: Option<&FileAttr>) {
+        // Read before the change's end moves the slot's counter past the entry's ticket.
+        let absent = self.caps_absent(ino);
+        self.end_own_change(t, ino, after, absent);
+    }
+
+    /// This mount made `ino` with a request sent at `t` (a create that cannot have found an
+    /// existing file, a mkdir, a symlink): `after` is what it returned, and a new inode has no
+    /// `security.capability` attribute.
+    pub fn made(&self, t: Ticket, after: &FileAttr) {
+        self.end_own_change(t, after.ino, Some(after), true);
+    }
+
+    fn end_own_change(&self, t: Ticket, ino: InodeId, after: Option<&FileAttr>, caps_absent: bool) {
         let Some(after) = after else {
             return self.invalidate(ino);
         };
-        if let Some(v) = self.end_change(&self.changed[slot(ino)], t) {
-            if after.ino == ino {
-                self.put(after, v);
+        let Some(v) = self.end_change(&self.changed[slot(ino)], t) else {
+            return;
+        };
+        if after.ino == ino {
+            self.put(after, v);
+        }
+        // No other change of the inode ended since `t`; after a clear since then (a stream
+        // broke) one may have been missed, and what was known before is not carried over.
+        if caps_absent && self.cleared.load(Ordering::SeqCst) <= t.0 {
+            if self.no_caps.len() >= CAPACITY {
+                self.no_caps.clear();
             }
+            self.no_caps.insert(ino, v);
         }
     }
 
@@ -391,6 +421,53 @@ mod tests {
         assert_eq!(c.len(), 1);
         c.forget(4);
         assert!(c.get(4).is_none());
+    }
+
+    #[test]
+    fn an_own_change_that_cannot_add_capabilities_keeps_their_absence() {
+        let c = cache();
+        let t = c.ticket();
+        c.offer_no_caps(t, 8);
+        let t = c.ticket();
+        c.changed_keeping_caps(t, 8, Some(&attr(8, 100)));
+        assert!(c.caps_absent(8), "a write or setattr of its own keeps it");
+        assert_eq!(c.get(8).unwrap().0.size, 100);
+        // Not known before: not known after.
+        c.changed_keeping_caps(c.ticket(), 9, Some(&attr(9, 1)));
+        assert!(!c.caps_absent(9));
+        // Another change ended while this one was on its way: nothing is carried over.
+        let t = c.ticket();
+        c.invalidate(8);
+        c.offer_no_caps(c.ticket(), 8);
+        c.changed_keeping_caps(t, 8, Some(&attr(8, 5)));
+        assert!(!c.caps_absent(8));
+        // Nor across a clear (changes may have been missed).
+        c.offer_no_caps(c.ticket(), 8);
+        let t = c.ticket();
+        c.clear();
+        c.offer_no_caps(c.ticket(), 8);
+        c.changed_keeping_caps(t, 8, Some(&attr(8, 5)));
+        assert!(!c.caps_absent(8));
+        // A change whose result is unknown drops it, as any change does.
+        c.offer_no_caps(c.ticket(), 8);
+        c.changed_keeping_caps(c.ticket(), 8, None);
+        assert!(!c.caps_absent(8));
+    }
+
+    #[test]
+    fn a_new_inode_has_no_capabilities() {
+        let c = cache();
+        c.made(c.ticket(), &attr(12, 0));
+        assert!(c.caps_absent(12));
+        assert!(c.get(12).is_some());
+        // Raced by another change (a stream event for it came first): neither is kept.
+        let t = c.ticket();
+        c.invalidate(13);
+        c.made(t, &attr(13, 0));
+        assert!(!c.caps_absent(13));
+        assert!(c.get(13).is_none());
+        c.changed(c.ticket(), 12, Some(&attr(12, 7)));
+        assert!(!c.caps_absent(12), "a plain change still drops it");
     }
 
     #[test]

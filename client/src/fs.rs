@@ -184,7 +184,8 @@ const LAYOUT_CACHE_MAX: usize = 100_000;
 #[derive(Debug, Default, Clone)]
 pub struct DirtyChunks {
     parts: HashMap<PartitionId, DirtyPart>,
-    /// The file's size and times are owed, or were changed without a sync, since the last commit.
+    /// The file's size and times are owed, or the inode was changed without a sync, since the
+    /// last commit.
     size_dirty: bool,
     /// What the inode's node answered the first unsynced size change with (its verifier, the
     /// earliest epoch), for the sync to check, as chunks' commits do.
@@ -234,7 +235,8 @@ impl DirtyChunks {
         }
     }
 
-    /// Record an unsynced size change the inode's node answered with `verifier` at `epoch`.
+    /// Record an unsynced change of the inode (its size and times, or another attribute) the
+    /// inode's node answered with `verifier` at `epoch`.
     fn stamp_size(&mut self, verifier: u64, epoch: u64) {
         self.size_dirty = true;
         let s = self.size_stamp.get_or_insert((verifier, epoch));
@@ -378,9 +380,34 @@ impl SealClient {
 
     /// Change attributes (mode, owner, size, times); the node applies the POSIX rules.
     pub async fn setattr(&self, cred: &Credentials, ino: InodeId, s: &SetAttr) -> FsResult<Entry> {
+        self.setattr_inner(cred, ino, s, None).await
+    }
+
+    /// [`SealClient::setattr`] of a file whose unsynced writes are in `dirty`: the change is
+    /// left unsynced too (replicated, not yet on disk) and noted in `dirty`, so that the commit
+    /// that makes the writes durable makes it durable with them. A size change is synced as
+    /// always.
+    pub async fn setattr_with_writes(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        s: &SetAttr,
+        dirty: &mut DirtyChunks,
+    ) -> FsResult<Entry> {
+        self.setattr_inner(cred, ino, s, Some(dirty)).await
+    }
+
+    async fn setattr_inner(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        s: &SetAttr,
+        dirty: Option<&mut DirtyChunks>,
+    ) -> FsResult<Entry> {
         if s.size.is_some_and(|sz| sz > MAX_FILE_SIZE) {
             return Err(FsError::FileTooBig);
         }
+        let defer_sync = dirty.is_some() && s.size.is_none();
         let r = self
             .router
             .call(self.ino_part(ino), |mut c, epoch| {
@@ -394,10 +421,15 @@ impl SealClient {
                     atime: tu(s.atime),
                     mtime: tu(s.mtime),
                     via_open_handle: s.via_open_handle,
+                    defer_sync,
                 };
                 async move { c.set_attr(req).await }
             })
             .await?;
+        // A node that synced anyway (one older than `defer_sync`) answers without a verifier.
+        if let (Some(d), true) = (dirty, defer_sync && r.verifier != 0) {
+            d.stamp_size(r.verifier, r.epoch);
+        }
         entry_of(r.attr.as_ref())
     }
 
@@ -863,12 +895,17 @@ impl SealClient {
                         data: if end <= INLINE_MAX { data.clone() } else { Bytes::new() },
                         check_perm,
                         length: data.len() as u64,
+                        defer_sync: !stable,
                     };
                     async move { c.write(req).await }
                 })
                 .await?;
             if r.written {
                 return entry_of(r.attr.as_ref());
+            }
+            if r.verifier != 0 {
+                // The file was made chunked without a sync: owed to the commit, as the size is.
+                dirty.stamp_size(r.verifier, r.epoch);
             }
             chunk_size = r.attr.as_ref().map(|a| a.chunk_size).unwrap_or(0);
         }

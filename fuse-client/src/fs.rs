@@ -27,7 +27,7 @@ use sealfs_core::{Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
-use crate::state::{hidden_name, DirStream, HiddenName, OpenInode, State, HIDDEN_PREFIX, WINDOW_UNIT};
+use crate::state::{hidden_name, DirStream, HiddenName, OpenInode, Released, State, HIDDEN_PREFIX, WINDOW_UNIT};
 use crate::watch::Caches;
 
 /// The attribute the kernel reads before every write (to drop file capabilities).
@@ -278,20 +278,28 @@ impl Ctx {
     }
 
     /// `name` made in `parent` by a request sent at `t`: the directory changed, the name may
-    /// exist now, and the new inode's attributes are the reply's.
-    fn created(&self, t: Ticket, parent: InodeId, name: &[u8], r: FsResult<Entry>) -> FsResult<Entry> {
+    /// exist now, and the new inode's attributes are the reply's. `new`: the request could
+    /// only have made a new inode (not opened or linked an existing one), which has no
+    /// `security.capability` attribute for the kernel to ask about before its first write.
+    fn created(&self, t: Ticket, parent: InodeId, name: &[u8], r: FsResult<Entry>, new: bool) -> FsResult<Entry> {
         let dir_after = r.as_ref().ok().and_then(|e| e.dir.as_ref()).map(|d| &d.after);
         self.attrs.changed(t, parent, dir_after);
         self.names.touched(parent, name);
         let e = r?;
-        self.attrs.changed(t, e.attr.ino, Some(&e.attr));
+        if new {
+            self.attrs.made(t, &e.attr);
+        } else {
+            self.attrs.changed(t, e.attr.ino, Some(&e.attr));
+        }
         Ok(e)
     }
 
     /// Tell the attribute cache that a change this mount made to `ino` (sent at `t`) ended,
-    /// and stop serving reads from the data its last open read.
+    /// and stop serving reads from the data its last open read. Every caller's change is a
+    /// write or a change of size, mode, owner or times: none gives the file capabilities.
     fn changed(&self, t: Ticket, ino: InodeId, r: &FsResult<Entry>) {
-        self.attrs.changed(t, ino, r.as_ref().ok().map(|e| &e.attr));
+        self.attrs
+            .changed_keeping_caps(t, ino, r.as_ref().ok().map(|e| &e.attr));
         // After the cache's change count moved, so that an open finishing now either sees the
         // count moved or has its data dropped here (both under the inode's lock).
         if let Some(st) = self.state.inode(ino) {
@@ -311,6 +319,38 @@ impl Ctx {
         if a.kind == FileKind::Regular {
             self.state.versions.insert(a.ino, (a.mtime, a.size));
         }
+    }
+
+    /// What a handle's release left: changes to commit, a hidden name to remove (failures have
+    /// nobody left to report to but the log).
+    async fn released(&self, rel: Released) {
+        if !rel.owed.is_empty() {
+            if let Err(e) = self.client.commit(rel.ino, rel.owed).await {
+                warn!(ino = rel.ino, "changes at release failed: {e}");
+            }
+        }
+        if let Some(hidden) = rel.hidden {
+            self.remove_hidden(rel.ino, hidden).await;
+        }
+    }
+
+    /// A change of `ino` left unsynced with its writes (`stamp`): the file's next commit makes
+    /// it durable. When no handle is left to commit it (the last one was released meanwhile),
+    /// it is made durable now.
+    async fn owe(&self, ino: InodeId, stamp: DirtyChunks) -> FsResult<()> {
+        if stamp.is_empty() {
+            return Ok(());
+        }
+        if let Some(st) = self.state.inode(ino) {
+            let mut g = st.lock().expect("inode state");
+            // Under the lock the last release takes what is owed with: either it sees this or
+            // this sees it gone.
+            if g.handles > 0 {
+                g.dirty.merge(stamp);
+                return Ok(());
+            }
+        }
+        self.client.commit(ino, stamp).await
     }
 
     /// Remove the hidden name a file unlinked while open lived on under, after its last
@@ -696,10 +736,23 @@ impl fuser::Filesystem for SealFs {
                     // The owed size update must not undo a mode change (set-id bits).
                     cx.settle(ino.0).await?;
                 }
+                // A file with writes not yet durable (they will be at its next fsync or close):
+                // the change is made durable with them rather than synced on its own.
+                let with_writes = s.size.is_none()
+                    && cx
+                        .state
+                        .inode(ino.0)
+                        .is_some_and(|st| !st.lock().expect("inode state").dirty.is_empty());
                 let t = cx.attrs.ticket();
-                let r = cx.client.setattr(&cred, ino.0, &s).await;
+                let mut stamp = DirtyChunks::default();
+                let r = if with_writes {
+                    cx.client.setattr_with_writes(&cred, ino.0, &s, &mut stamp).await
+                } else {
+                    cx.client.setattr(&cred, ino.0, &s).await
+                };
                 cx.changed(t, ino.0, &r);
                 let e = r?;
+                cx.owe(ino.0, stamp).await?;
                 if s.size.is_some() {
                     if let Some(st) = cx.state.inode(ino.0) {
                         st.lock().expect("inode state").layout = Some(e.layout);
@@ -747,7 +800,7 @@ impl fuser::Filesystem for SealFs {
                     .client
                     .create(&cred, parent.0, &name, kind, mode & 0o7777, u64::from(rdev), true, 0)
                     .await;
-                let e = cx.created(t, parent.0, &name, r)?;
+                let e = cx.created(t, parent.0, &name, r, true)?;
                 Ok((e, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
@@ -765,7 +818,7 @@ impl fuser::Filesystem for SealFs {
                 if let Ok(e) = &r {
                     cx.names.made_at(&cx.attrs, t, e.attr.ino);
                 }
-                let e = cx.created(t, parent.0, &name, r)?;
+                let e = cx.created(t, parent.0, &name, r, true)?;
                 Ok((e, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
@@ -819,7 +872,7 @@ impl fuser::Filesystem for SealFs {
             move |cx| async move {
                 let t = cx.attrs.ticket();
                 let r = cx.client.symlink(&cred, parent.0, &name, &target).await;
-                Ok((cx.created(t, parent.0, &name, r)?, cx))
+                Ok((cx.created(t, parent.0, &name, r, true)?, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
         );
@@ -875,7 +928,7 @@ impl fuser::Filesystem for SealFs {
                 if r.is_err() {
                     cx.attrs.changed(t, ino.0, None);
                 }
-                Ok((cx.created(t, newparent.0, &name, r)?, cx))
+                Ok((cx.created(t, newparent.0, &name, r, false)?, cx))
             },
             |r, (e, cx)| cx.entry(r, e),
         );
@@ -1060,12 +1113,13 @@ impl fuser::Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         if self.state.quiet(ino.0) {
-            // Nothing to land first: only a hidden name may need the nodes.
+            // Nothing to land first: only a hidden name (or a change noted since) may need the
+            // nodes.
             match self.state.release_file(fh.0) {
-                Some((ino, Some(hidden))) => self.spawn(
+                Some(rel) if rel.hidden.is_some() || !rel.owed.is_empty() => self.spawn(
                     reply,
                     move |cx| async move {
-                        cx.remove_hidden(ino, hidden).await;
+                        cx.released(rel).await;
                         Ok(())
                     },
                     |r, ()| r.ok(),
@@ -1082,8 +1136,8 @@ impl fuser::Filesystem for SealFs {
                 if let Err(e) = cx.commit(ino.0).await {
                     warn!(ino = ino.0, "writes at release failed: {e}");
                 }
-                if let Some((ino, Some(hidden))) = cx.state.release_file(fh.0) {
-                    cx.remove_hidden(ino, hidden).await;
+                if let Some(rel) = cx.state.release_file(fh.0) {
+                    cx.released(rel).await;
                 }
                 Ok(())
             },
@@ -1347,7 +1401,7 @@ impl fuser::Filesystem for SealFs {
                         flags,
                     )
                     .await;
-                let mut e = cx.created(t, parent.0, &name, r)?;
+                let mut e = cx.created(t, parent.0, &name, r, exclusive)?;
                 if !exclusive && flags & libc::O_TRUNC != 0 && e.attr.size > 0 {
                     // An existing file opened with O_TRUNC.
                     let s = SetAttr {

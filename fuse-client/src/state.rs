@@ -184,25 +184,42 @@ impl State {
             .is_some_and(|e| e.lock().expect("inode state").handles > 0)
     }
 
-    /// Drop a handle; returns the inode's hidden name when this was its last handle.
-    pub fn release_file(&self, fh: u64) -> Option<(InodeId, Option<HiddenName>)> {
+    /// Drop a handle; `None` if it was not open.
+    pub fn release_file(&self, fh: u64) -> Option<Released> {
         let (_, h) = self.files.remove(&fh)?;
-        let mut hidden = None;
+        let mut out = Released {
+            ino: h.ino,
+            hidden: None,
+            owed: DirtyChunks::default(),
+        };
         let mut last = false;
         if let Some(e) = self.inodes.get(&h.ino) {
             let mut st = e.lock().expect("inode state");
             st.handles = st.handles.saturating_sub(1);
             if st.handles == 0 {
                 last = true;
-                hidden = st.hidden.take();
+                out.hidden = st.hidden.take();
+                // What a change noted after the release's commit left (a deferred setattr by
+                // path racing the last close): nobody else will sync it.
+                out.owed = std::mem::take(&mut st.dirty);
             }
         }
         if last {
             self.inodes
                 .remove_if(&h.ino, |_, e| e.lock().expect("inode state").handles == 0);
         }
-        Some((h.ino, hidden))
+        Some(out)
     }
+}
+
+/// What releasing a handle leaves to do.
+#[derive(Debug)]
+pub struct Released {
+    pub ino: InodeId,
+    /// The hidden name of a file unlinked while open, when this was its last handle.
+    pub hidden: Option<HiddenName>,
+    /// Unsynced changes still to commit, when this was its last handle.
+    pub owed: DirtyChunks,
 }
 
 /// Names the client gives files unlinked while open; listings leave them out.
@@ -230,11 +247,14 @@ mod tests {
         let b = s.open_file(7, 0, layout);
         assert!(s.is_open(7));
         s.inode(7).unwrap().lock().unwrap().hidden = Some((1, b"x".to_vec()));
-        assert_eq!(s.release_file(a), Some((7, None)));
-        assert_eq!(s.release_file(b), Some((7, Some((1, b"x".to_vec())))));
+        let r = s.release_file(a).unwrap();
+        assert_eq!((r.ino, r.hidden), (7, None));
+        let r = s.release_file(b).unwrap();
+        assert_eq!((r.ino, r.hidden), (7, Some((1, b"x".to_vec()))));
+        assert!(r.owed.is_empty());
         assert!(!s.is_open(7));
         assert!(s.inode(7).is_none());
-        assert_eq!(s.release_file(b), None);
+        assert!(s.release_file(b).is_none());
         assert!(hidden_name(7).starts_with(HIDDEN_PREFIX));
     }
 }

@@ -126,8 +126,11 @@ impl Node {
         Ok(rec_to_pb(&self.store.inode(ino)?))
     }
 
-    /// setattr: mode, owner, size, times.
-    pub async fn op_setattr(&self, cred: &Credentials, ino: InodeId, req: &SetAttr) -> FsResult<pb::Attr> {
+    /// setattr: mode, owner, size, times. Synced on every replica, or with `sync` false (and no
+    /// size) only written to their WALs, for a caller that syncs it with the file's writes.
+    pub async fn op_setattr(&self, cred: &Credentials, ino: InodeId, req: &SetAttr, sync: bool) -> FsResult<pb::Attr> {
+        // A truncation queues chunk removals with the new size: never left unsynced.
+        let sync = sync || req.size.is_some();
         if req.size.is_some() {
             self.check_no_pending_gc(ino)?;
         }
@@ -175,7 +178,7 @@ impl Node {
             rec.update_blocks();
         }
         tx.put_inode(&rec);
-        self.commit(tx, true).await?;
+        self.commit(tx, sync).await?;
         drop(_held);
         if let Some(g) = cut {
             // Done now so the caller's next write cannot race the cut; the record (merged with
@@ -872,6 +875,8 @@ impl Node {
     /// Write inline data, or turn the file into chunks when the write does not fit inline.
     pub async fn op_write(&self, cred: &Credentials, req: &pb::WriteRequest) -> FsResult<pb::WriteReply> {
         let ino = req.ino;
+        // Read before the change: a replica in sync since this epoch has it.
+        let epoch = self.router.map().epoch;
         self.check_no_pending_gc(ino)?;
         let _held = self.locks.lock(&[ino]).await;
         let mut rec = self.store.inode(ino)?;
@@ -895,6 +900,7 @@ impl Node {
             return Ok(pb::WriteReply {
                 attr: Some(rec_to_pb(&rec)),
                 written: false,
+                ..Default::default()
             });
         }
         if len == 0 {
@@ -902,6 +908,7 @@ impl Node {
             return Ok(pb::WriteReply {
                 attr: Some(rec_to_pb(&rec)),
                 written: true,
+                ..Default::default()
             });
         }
         let written = if end <= INLINE_MAX {
@@ -927,10 +934,15 @@ impl Node {
         rec.update_blocks();
         let mut tx = Tx::new(&self.store);
         tx.put_inode(&rec);
-        self.commit(tx, true).await?;
+        // Made chunked for unstable chunk writes: their commit syncs this with them (the
+        // inline data it moved is in chunk 0 already, synced).
+        let deferred = !written && req.defer_sync;
+        self.commit(tx, !deferred).await?;
         Ok(pb::WriteReply {
             attr: Some(rec_to_pb(&rec)),
             written,
+            verifier: if deferred { self.chunks.verifier } else { 0 },
+            epoch: if deferred { epoch } else { 0 },
         })
     }
 

@@ -130,9 +130,17 @@ impl node_server::Node for NodeService {
                     mtime: tu(r.mtime.as_ref()),
                     via_open_handle: r.via_open_handle,
                 };
-                let attr = self.0.op_setattr(&creds_from_ctx(r.ctx.as_ref()), r.ino, &s).await?;
+                let deferred = r.defer_sync && s.size.is_none();
+                // Read before the change: a replica in sync since this epoch has it.
+                let epoch = self.0.router.map().epoch;
+                let attr = self
+                    .0
+                    .op_setattr(&creds_from_ctx(r.ctx.as_ref()), r.ino, &s, !deferred)
+                    .await?;
                 Ok(pb::AttrReply {
                     attr: Some(attr),
+                    verifier: if deferred { self.0.chunks.verifier } else { 0 },
+                    epoch: if deferred { epoch } else { 0 },
                     ..Default::default()
                 })
             }
@@ -262,6 +270,7 @@ impl node_server::Node for NodeService {
                 Ok(pb::AttrReply {
                     attr: Some(attr),
                     inline_data,
+                    ..Default::default()
                 })
             }
             .await,
@@ -330,7 +339,8 @@ impl node_server::Node for NodeService {
                 self.0.check_ino(r.ctx.as_ref(), r.ino).await?;
                 let p = ino_partition(r.ino);
                 let since_epoch = if r.verifier != 0 {
-                    self.0.vouch(p, r.verifier, r.epoch, "unsynced size changes")?;
+                    self.0
+                        .vouch(p, r.verifier, r.epoch, "unsynced size or attribute changes")?;
                     r.epoch
                 } else {
                     0

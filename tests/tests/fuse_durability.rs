@@ -69,6 +69,16 @@ fn build_tree(root: &Path) -> Vec<PathBuf> {
     for (i, p) in all.iter().enumerate() {
         set_times(p, 1_000_000_000 + i as i64, 1_500_000_000 + i as i64);
     }
+    // As tar extracts a file: written, then its times, owner and mode set through the open
+    // descriptor before the close (changes the mount leaves for the close to make durable).
+    let p = root.join("d/extracted");
+    let mut f = fs::File::create_new(&p).unwrap();
+    std::io::Write::write_all(&mut f, &pattern(11, 70_000)).unwrap();
+    nix::sys::stat::futimens(&f, &TimeSpec::new(1_100_000_000, 5), &TimeSpec::new(1_200_000_000, 7)).unwrap();
+    nix::unistd::fchown(&f, Some(Uid::from_raw(4321)), Some(Gid::from_raw(8765))).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o640)).unwrap();
+    drop(f);
+    all.push(p);
     all
 }
 

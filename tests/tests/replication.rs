@@ -218,6 +218,7 @@ async fn a_cut_off_primary_cannot_make_late_writes_visible() {
         data: Bytes::from_static(b"LATE WRITE"),
         check_perm: false,
         length: 10,
+        defer_sync: false,
     };
     let late = nc.write(req).await;
     assert!(late.is_err(), "the deposed primary acknowledged a late write");
