@@ -100,9 +100,9 @@ struct Args {
     /// Name of this run in the output.
     #[arg(long, default_value = "fs")]
     label: String,
-    /// Workloads, comma separated: md-easy, md-hard, seq, rand, fio (Debian's fio, where
-    /// installed).
-    #[arg(long, default_value = "md-easy,md-hard,seq,rand,fio", value_delimiter = ',')]
+    /// Workloads, comma separated: md-easy, md-hard, extract, seq, rand, fio (Debian's fio,
+    /// where installed).
+    #[arg(long, default_value = "md-easy,md-hard,extract,seq,rand,fio", value_delimiter = ',')]
     workloads: Vec<String>,
     /// Worker counts for the metadata workloads, comma separated.
     #[arg(long, default_value = "1,4", value_delimiter = ',')]
@@ -379,6 +379,56 @@ impl Bench {
             for i in 0..n {
                 fs::remove_file(dir.join(format!("f.{w}.{i}")))?;
             }
+            Ok(n as u64)
+        })?;
+        let _ = fs::remove_dir_all(&top);
+        Ok(())
+    }
+
+    /// A source tree extracted as tar extracts one, by one worker: each file made new, written in
+    /// 10 KiB pieces, given its times, owner and mode through the open file, and closed; each
+    /// folder's times and mode set once its files are in. `--files` files, 25 to a folder, their
+    /// sizes cycling over a spread like a source tree's (600 bytes to 64 KB).
+    fn extract(&mut self) -> anyhow::Result<()> {
+        const SIZES: [usize; 8] = [600, 1_800, 3_500, 6_000, 9_000, 14_000, 27_000, 64_000];
+        const PER_DIR: usize = 25;
+        const PIECE: usize = 10_240;
+        let top = self.args.dir.join("extract");
+        let _ = fs::remove_dir_all(&top);
+        fs::create_dir_all(&top).with_context(|| format!("cannot create {}", top.display()))?;
+        let n = self.args.files;
+        let t = top.clone();
+        self.parallel("extract", "files", 1, move |_| {
+            use std::os::unix::fs::{fchown, MetadataExt, PermissionsExt};
+            let data: Vec<u8> = (0..SIZES[SIZES.len() - 1]).map(|i| (i % 251) as u8).collect();
+            // The owner it has already, as tar run by a user sets it.
+            let m = fs::metadata(&t)?;
+            let (uid, gid) = (m.uid(), m.gid());
+            let stamp = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let times = fs::FileTimes::new().set_accessed(stamp).set_modified(stamp);
+            let finish_dir = |dir: &Path| -> std::io::Result<()> {
+                File::open(dir)?.set_times(times)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            };
+            let mut dir = t.clone();
+            for i in 0..n {
+                if i % PER_DIR == 0 {
+                    if i > 0 {
+                        finish_dir(&dir)?;
+                    }
+                    dir = t.join(format!("d{}", i / PER_DIR));
+                    fs::create_dir(&dir)?;
+                }
+                let size = SIZES[i % SIZES.len()];
+                let mut f = File::create_new(dir.join(format!("f{i}.c")))?;
+                for piece in data[..size].chunks(PIECE) {
+                    f.write_all(piece)?;
+                }
+                f.set_times(times)?;
+                fchown(&f, Some(uid), Some(gid))?;
+                f.set_permissions(fs::Permissions::from_mode(0o644))?;
+            }
+            finish_dir(&dir)?;
             Ok(n as u64)
         })?;
         let _ = fs::remove_dir_all(&top);
@@ -739,10 +789,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                     b.metadata(w == "md-hard", n.max(1))?;
                 }
             }
+            "extract" => b.extract()?,
             "seq" => b.sequential()?,
             "rand" => b.random()?,
             "fio" => b.fio()?,
-            other => bail!("unknown workload {other:?}: md-easy, md-hard, seq, rand, fio"),
+            other => bail!("unknown workload {other:?}: md-easy, md-hard, extract, seq, rand, fio"),
         }
     }
     let report = Report {
