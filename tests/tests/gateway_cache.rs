@@ -125,6 +125,41 @@ fn crash_and_restart(
     sealfs_tests::cluster_map(&c.cluster)
 }
 
+/// A file whose inode's primary is not its first chunk's: the chunk commit then succeeds on its
+/// own, and only the inode's unsynced changes can fail it.
+async fn file_with_inode_and_chunk_apart(
+    client: &SealClient,
+    map: &sealfs_core::placement::ClusterMap,
+) -> sealfs_core::InodeId {
+    let primary = |p| map.primary(p).expect("a primary").id;
+    first_file_where(
+        client,
+        |ino| (primary(map.inode_partition(ino)) != primary(map.chunk_partition(ino, 0))).then_some(ino),
+        "has its inode and first chunk on different primaries",
+    )
+    .await
+}
+
+/// Kill the primary of `ino`'s inode (as `map` has it) with SIGKILL and start it again in place;
+/// it is back before the manager saw it down, so still the inode's primary.
+fn crash_inode_primary_in_place(
+    c: &mut TestCluster,
+    map: &sealfs_core::placement::ClusterMap,
+    ino: sealfs_core::InodeId,
+) {
+    let p = map.inode_partition(ino);
+    let id = map.primary(p).expect("a primary").id;
+    let victim = sealfs_tests::node_index(&c.cluster, map, id);
+    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
+    c.cluster.start_node_in_place(victim).unwrap();
+    c.cluster.wait_nodes_up(DEADLINE).unwrap();
+    assert_eq!(
+        sealfs_tests::cluster_map(&c.cluster).primary(p).map(|n| n.id),
+        Some(id),
+        "the node is back before the manager saw it down: still the inode's primary"
+    );
+}
+
 /// Commit `dirty` of `ino`, again while the cluster answers "retry" (a restarted node not yet
 /// back in the map), until `DEADLINE`.
 async fn commit_retrying(
@@ -553,14 +588,7 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     let client = rt.block_on(client(&c));
     let cred = Credentials::root();
     let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
-    let primary = |p| map.primary(p).expect("a primary").id;
-    // A file whose inode's primary is not its first chunk's: the chunk commit then succeeds on
-    // its own, and only the size can fail it.
-    let ino = rt.block_on(first_file_where(
-        &client,
-        |ino| (primary(map.inode_partition(ino)) != primary(map.chunk_partition(ino, 0))).then_some(ino),
-        "has its inode and first chunk on different primaries",
-    ));
+    let ino = rt.block_on(file_with_inode_and_chunk_apart(&client, &map));
     let data = bytes::Bytes::from(pattern(1, 64 << 10));
     let unstable = write_mode(false);
     // Unstable, then committed: nothing was lost.
@@ -572,16 +600,7 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.write(&cred, ino, 64 << 10, data.clone(), unstable, &mut dirty))
         .unwrap();
-    let victim = sealfs_tests::node_index(&c.cluster, &map, primary(map.inode_partition(ino)));
-    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
-    c.cluster.start_node_in_place(victim).unwrap();
-    c.cluster.wait_nodes_up(DEADLINE).unwrap();
-    let after = sealfs_tests::cluster_map(&c.cluster);
-    assert_eq!(
-        after.primary(map.inode_partition(ino)).map(|n| n.id),
-        Some(primary(map.inode_partition(ino))),
-        "the node is back before the manager saw it down: still the inode's primary"
-    );
+    crash_inode_primary_in_place(&mut c, &map, ino);
     let r = rt.block_on(commit_retrying(&client, ino, &dirty));
     assert!(
         matches!(r, Err(FsError::Io(_))),
@@ -610,12 +629,7 @@ fn an_attribute_change_left_for_the_commit_is_vouched_for_like_the_size() {
     let client = rt.block_on(client(&c));
     let cred = Credentials::root();
     let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
-    let primary = |p| map.primary(p).expect("a primary").id;
-    let ino = rt.block_on(first_file_where(
-        &client,
-        |ino| (primary(map.inode_partition(ino)) != primary(map.chunk_partition(ino, 0))).then_some(ino),
-        "has its inode and first chunk on different primaries",
-    ));
+    let ino = rt.block_on(file_with_inode_and_chunk_apart(&client, &map));
     let data = bytes::Bytes::from(pattern(3, 64 << 10));
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.write(&cred, ino, 0, data, write_mode(false), &mut dirty))
@@ -651,17 +665,7 @@ fn an_attribute_change_left_for_the_commit_is_vouched_for_like_the_size() {
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.setattr_with_writes(&cred, ino, &mode(0o640), &mut dirty))
         .unwrap();
-    let victim = sealfs_tests::node_index(&c.cluster, &map, primary(map.inode_partition(ino)));
-    c.cluster.stop_node(victim, nix::sys::signal::Signal::SIGKILL);
-    c.cluster.start_node_in_place(victim).unwrap();
-    c.cluster.wait_nodes_up(DEADLINE).unwrap();
-    assert_eq!(
-        sealfs_tests::cluster_map(&c.cluster)
-            .primary(map.inode_partition(ino))
-            .map(|n| n.id),
-        Some(primary(map.inode_partition(ino))),
-        "the node is back before the manager saw it down: still the inode's primary"
-    );
+    crash_inode_primary_in_place(&mut c, &map, ino);
     let r = rt.block_on(commit_retrying(&client, ino, &dirty));
     assert!(
         matches!(r, Err(FsError::Io(_))),
