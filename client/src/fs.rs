@@ -63,8 +63,8 @@ pub struct Changed {
 /// How a write is done.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WriteMode {
-    /// Durable before the call returns; otherwise chunk writes are added to the caller's
-    /// `DirtyChunks` for a later [`SealClient::commit`].
+    /// Durable before the call returns; otherwise the write (chunk data, or the inode's change)
+    /// is added to the caller's `DirtyChunks` for a later [`SealClient::commit`].
     pub stable: bool,
     /// Check write permission on every call (stateless callers such as NFS); FUSE checked it at
     /// open.
@@ -380,7 +380,8 @@ impl SealClient {
 
     /// Change attributes (mode, owner, size, times); the node applies the POSIX rules.
     pub async fn setattr(&self, cred: &Credentials, ino: InodeId, s: &SetAttr) -> FsResult<Entry> {
-        self.setattr_inner(cred, ino, s, None).await
+        let r = self.setattr_inner(cred, ino, s, None, None).await?;
+        entry_of(r.attr.as_ref())
     }
 
     /// [`SealClient::setattr`] of a file whose unsynced writes are in `dirty`: the change is
@@ -394,20 +395,47 @@ impl SealClient {
         s: &SetAttr,
         dirty: &mut DirtyChunks,
     ) -> FsResult<Entry> {
-        self.setattr_inner(cred, ino, s, Some(dirty)).await
+        let r = self.setattr_inner(cred, ino, s, Some(dirty), None).await?;
+        entry_of(r.attr.as_ref())
     }
 
+    /// [`SealClient::setattr_with_writes`] carrying unstable writes of a small file that the
+    /// caller held back, `(offset, data)`: the inode's node writes them inline first (no
+    /// permission check: the caller checked at open), in the same update, also left for the
+    /// commit. `None` when they do not fit inline (or the node is older than this and made the
+    /// change alone): the caller writes them, then sends the change again.
+    pub async fn setattr_after_writes(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        s: &SetAttr,
+        first: (u64, Bytes),
+        dirty: &mut DirtyChunks,
+    ) -> FsResult<Option<Entry>> {
+        if s.size.is_some() {
+            return Err(FsError::Invalid("writes sent with a truncation".into()));
+        }
+        let r = self.setattr_inner(cred, ino, s, Some(dirty), Some(first)).await?;
+        if !r.wrote {
+            return Ok(None);
+        }
+        entry_of(r.attr.as_ref()).map(Some)
+    }
+
+    /// A SetAttr call (`first`: writes to make before it, see `setattr_after_writes`).
     async fn setattr_inner(
         &self,
         cred: &Credentials,
         ino: InodeId,
         s: &SetAttr,
         dirty: Option<&mut DirtyChunks>,
-    ) -> FsResult<Entry> {
+        first: Option<(u64, Bytes)>,
+    ) -> FsResult<pb::AttrReply> {
         if s.size.is_some_and(|sz| sz > MAX_FILE_SIZE) {
             return Err(FsError::FileTooBig);
         }
         let defer_sync = dirty.is_some() && s.size.is_none();
+        let (write_offset, write_data) = first.unwrap_or_default();
         let r = self
             .router
             .call(self.ino_part(ino), |mut c, epoch| {
@@ -422,6 +450,8 @@ impl SealClient {
                     mtime: tu(s.mtime),
                     via_open_handle: s.via_open_handle,
                     defer_sync,
+                    write_offset,
+                    write_data: write_data.clone(),
                 };
                 async move { c.set_attr(req).await }
             })
@@ -430,7 +460,7 @@ impl SealClient {
         if let (Some(d), true) = (dirty, defer_sync && r.verifier != 0) {
             d.stamp_size(r.verifier, r.epoch);
         }
-        entry_of(r.attr.as_ref())
+        Ok(r)
     }
 
     /// Create a non-directory (regular file, fifo, socket, device) in `parent`. With
@@ -857,9 +887,9 @@ impl SealClient {
         .await
     }
 
-    /// Write `data` at `offset`. Small files are written inline and durably in one round trip.
-    /// Chunk data is written `stable` (durable before the reply) or not; unstable writes are
-    /// added to `dirty` for a later [`SealClient::commit`].
+    /// Write `data` at `offset`. Small files are written inline, in one round trip. A write is
+    /// `stable` (durable before the reply) or not; an unstable one (chunk data, or data written
+    /// inline) is added to `dirty` for a later [`SealClient::commit`].
     pub async fn write(
         &self,
         cred: &Credentials,
@@ -900,12 +930,13 @@ impl SealClient {
                     async move { c.write(req).await }
                 })
                 .await?;
+            if r.verifier != 0 {
+                // Written inline, or made chunked, without a sync: owed to the commit, as the
+                // size is.
+                dirty.stamp_size(r.verifier, r.epoch);
+            }
             if r.written {
                 return entry_of(r.attr.as_ref());
-            }
-            if r.verifier != 0 {
-                // The file was made chunked without a sync: owed to the commit, as the size is.
-                dirty.stamp_size(r.verifier, r.epoch);
             }
             chunk_size = r.attr.as_ref().map(|a| a.chunk_size).unwrap_or(0);
         }

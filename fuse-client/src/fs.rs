@@ -19,15 +19,17 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use sealfs_client::{
-    AttrCache, CacheTtl, Changed, DirEntry, DirtyChunks, Entry, KnownDirs, SealClient, Ticket, WriteMode,
+    AttrCache, CacheTtl, Changed, DirEntry, DirtyChunks, Entry, KnownDirs, Layout, SealClient, Ticket, WriteMode,
 };
 use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec, TimeUpdate};
-use sealfs_core::config::{MAX_FILE_SIZE, MAX_IO_SIZE};
+use sealfs_core::config::{INLINE_MAX, MAX_FILE_SIZE, MAX_IO_SIZE};
 use sealfs_core::{Credentials, FsError, FsResult, InodeId};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
-use crate::state::{hidden_name, DirStream, HiddenName, OpenInode, Released, State, HIDDEN_PREFIX, WINDOW_UNIT};
+use crate::state::{
+    hidden_name, DirStream, HeldWrite, HiddenName, OpenInode, Released, State, HIDDEN_PREFIX, WINDOW_UNIT,
+};
 use crate::watch::Caches;
 
 /// The attribute the kernel reads before every write (to drop file capabilities).
@@ -101,6 +103,9 @@ impl SealFs {
             let mut g = st.lock().expect("inode state");
             let chunk_size = match g.layout {
                 Some(l) if !l.inline && !data.is_empty() => l.chunk_size,
+                Some(l) if l.inline && !data.is_empty() => {
+                    return self.hold(&mut g, cred, offset, end, data).ok_or_else(decline);
+                }
                 _ => return Err(decline()),
             };
             if g.failed.is_some() || g.overlaps(offset, end) {
@@ -118,6 +123,37 @@ impl SealFs {
         self.rt
             .spawn(self.cx().land(st, ino, offset, end, bytes, chunk_size, permit));
         Ok(data.len() as u32)
+    }
+
+    /// Hold a write to small file `g` in this mount (see [`HeldWrite`]) when it stays inline
+    /// and continues the held writes of the same writer; `None` otherwise (nothing is held
+    /// then, and the caller writes through).
+    fn hold(&self, g: &mut OpenInode, cred: &Credentials, offset: u64, end: u64, data: &[u8]) -> Option<u32> {
+        if end > INLINE_MAX || g.failed.is_some() || !g.inflight.is_empty() || g.pending.is_some() {
+            return None;
+        }
+        if g.held.as_ref().is_some_and(|h| h.end() != offset || h.cred != *cred) {
+            return None;
+        }
+        let units = data.len().div_ceil(WINDOW_UNIT) as u32;
+        let permit = self.state.window.clone().try_acquire_many_owned(units).ok()?;
+        match &mut g.held {
+            Some(h) => {
+                h.data.extend_from_slice(data);
+                h.permit.merge(permit);
+            }
+            None => {
+                g.held = Some(HeldWrite {
+                    offset,
+                    data: data.to_vec(),
+                    cred: cred.clone(),
+                    permit,
+                })
+            }
+        }
+        // Reads go through the settle that sends these, not to the data the open read.
+        g.inline = None;
+        Some(data.len() as u32)
     }
 
     /// Whether `ino`'s mode may have a set-id bit a write must clear: set-user-ID, or
@@ -434,19 +470,136 @@ impl Ctx {
         }
     }
 
-    /// Let every write-behind write of `ino` land, then send the size and times update they
-    /// owe. Returns (once) the failure of a write that was already acknowledged to the kernel.
+    /// Take the writes `st` holds (and its layout) to send them, the size this mount reports
+    /// still covering them (`sending`) until the caller has them written. Under the settling
+    /// lock.
+    fn take_held(st: &Arc<Mutex<OpenInode>>) -> Option<(HeldWrite, Option<Layout>)> {
+        let mut g = st.lock().expect("inode state");
+        let h = g.held.take()?;
+        g.sending = Some(h.end());
+        Some((h, g.layout))
+    }
+
+    /// Write `data` to `ino` in one call (`st`: its state, when open here; `known`: its
+    /// layout), unstable: what it leaves to commit goes to the open file's next commit, or is
+    /// committed now when the file is not open here (a write the kernel issued after release).
+    async fn write_through(
+        &self,
+        st: Option<&Arc<Mutex<OpenInode>>>,
+        cred: &Credentials,
+        ino: InodeId,
+        offset: u64,
+        data: Bytes,
+        known: Option<Layout>,
+    ) -> FsResult<Entry> {
+        let mut dirty = DirtyChunks::default();
+        let t = self.attrs.ticket();
+        let mode = WriteMode {
+            known,
+            ..Default::default()
+        };
+        let r = self.client.write(cred, ino, offset, data, mode, &mut dirty).await;
+        self.changed(t, ino, &r);
+        let e = r?;
+        if let Some(st) = st {
+            let mut st = st.lock().expect("inode state");
+            st.layout = Some(e.layout);
+            st.dirty.merge(dirty);
+        } else if !dirty.is_empty() {
+            self.client.commit(ino, dirty).await?;
+        }
+        self.saw(&e.attr);
+        Ok(e)
+    }
+
+    /// A change of attributes `s` (no size) of small file `ino` while it holds writes of this
+    /// caller and owes nothing else: both go in one call (tar sets times, owner and mode right
+    /// after writing each file), the change left for the file's commit with the writes.
+    /// `None` when nothing of the kind is held, or the writes did not fit inline (they are
+    /// written then): the caller makes the change as usual.
+    async fn setattr_with_held(&self, cred: &Credentials, ino: InodeId, s: &SetAttr) -> FsResult<Option<Entry>> {
+        let Some(st) = self.state.inode(ino) else {
+            return Ok(None);
+        };
+        let settling = st.lock().expect("inode state").settling.clone();
+        let _one_at_a_time = settling.lock().await;
+        {
+            let g = st.lock().expect("inode state");
+            let alone = g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none();
+            if !alone || !g.held.as_ref().is_some_and(|h| h.cred == *cred) {
+                return Ok(None);
+            }
+        }
+        // Only this function and `settle` take held writes, both under the settling lock.
+        let Some((h, layout)) = Self::take_held(&st) else {
+            return Ok(None);
+        };
+        let data = Bytes::from(h.data);
+        let t = self.attrs.ticket();
+        let mut stamp = DirtyChunks::default();
+        let r = self
+            .client
+            .setattr_after_writes(cred, ino, s, (h.offset, data.clone()), &mut stamp)
+            .await;
+        let e = match r {
+            Ok(Some(e)) => e,
+            other => {
+                // Not written (too large for the inode now, or the change failed): written on
+                // their own, before the change is made or its failure reported.
+                self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
+                st.lock().expect("inode state").dirty.merge(stamp);
+                let r = self
+                    .write_through(Some(&st), &h.cred, ino, h.offset, data, layout)
+                    .await;
+                let mut g = st.lock().expect("inode state");
+                g.sending = None;
+                if let Err(e) = r {
+                    g.failed.get_or_insert(e.clone());
+                    return Err(e);
+                }
+                return other.map(|_| None);
+            }
+        };
+        self.changed(t, ino, &Ok(e.clone()));
+        {
+            let mut g = st.lock().expect("inode state");
+            g.layout = Some(e.layout);
+            g.sending = None;
+            // Under the settling lock, which a last release's commit waits for: the file is
+            // still open here.
+            g.dirty.merge(stamp);
+        }
+        self.saw(&e.attr);
+        Ok(Some(e))
+    }
+
+    /// Let every write-behind write of `ino` land (and send the writes held for a small file),
+    /// then send the size and times update they owe. Returns (once) the failure of a write
+    /// that was already acknowledged to the kernel.
     async fn settle(&self, ino: InodeId) -> FsResult<()> {
         let Some(st) = self.state.inode(ino) else { return Ok(()) };
         let settling = st.lock().expect("inode state").settling.clone();
         let _one_at_a_time = settling.lock().await;
         {
             let g = st.lock().expect("inode state");
-            if g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none() {
+            if g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none() && g.held.is_none() {
                 return Ok(());
             }
         }
         Self::wait_writes(&st, None, false).await;
+        if let Some((h, layout)) = Self::take_held(&st) {
+            let r = self
+                .write_through(Some(&st), &h.cred, ino, h.offset, Bytes::from(h.data), layout)
+                .await;
+            let mut g = st.lock().expect("inode state");
+            g.sending = None;
+            if let Err(e) = r {
+                // This caller's to report, and the next flush's or fsync's: the writer's close
+                // must not succeed over lost data.
+                g.failed.get_or_insert(e.clone());
+                return Err(e);
+            }
+        }
         // `pending` stays set until the nodes have the new size, so that attributes this mount
         // hands the kernel meanwhile (lookup, getattr) never show it a smaller file.
         let (failed, pending) = {
@@ -732,6 +885,8 @@ impl fuser::Filesystem for SealFs {
                 if s.size.is_some() {
                     // Unstable writes below the cut must not land after it.
                     cx.commit(ino.0).await?;
+                } else if let Some(e) = cx.setattr_with_held(&cred, ino.0, &s).await? {
+                    return Ok((cx.state.visible(e.attr), cx.ttl.get()));
                 } else {
                     // The owed size update must not undo a mode change (set-id bits).
                     cx.settle(ino.0).await?;
@@ -991,7 +1146,7 @@ impl fuser::Filesystem for SealFs {
                 cx.settle(ino.0).await?;
                 let (layout, inline) = {
                     let g = st.lock().expect("inode state");
-                    (g.layout, g.inline.clone())
+                    (g.layout, g.inline.as_ref().map(|k| k.data.clone()))
                 };
                 if let (Some(l), Some(data)) = (layout, inline) {
                     if l.inline {
@@ -1059,36 +1214,10 @@ impl fuser::Filesystem for SealFs {
                 // Written through below: the node clears set-id bits of a write by non-root.
                 // An inline (small) file, or one not open here: written through, as one call.
                 cx.settle(ino.0).await?;
-                let mut dirty = DirtyChunks::default();
-                let t = cx.attrs.ticket();
-                let r = cx
-                    .client
-                    .write(
-                        &cred,
-                        ino.0,
-                        offset,
-                        data,
-                        WriteMode {
-                            known,
-                            ..Default::default()
-                        },
-                        &mut dirty,
-                    )
-                    .await;
-                cx.changed(t, ino.0, &r);
-                let e = r?;
+                cx.write_through(st.as_ref(), &cred, ino.0, offset, data, known).await?;
                 if kill {
                     cx.drop_kernel_attrs(ino.0);
                 }
-                if let Some(st) = st {
-                    let mut st = st.lock().expect("inode state");
-                    st.layout = Some(e.layout);
-                    st.dirty.merge(dirty);
-                } else if !dirty.is_empty() {
-                    // Not open here (a write the kernel issued after release): make it durable now.
-                    cx.client.commit(ino.0, dirty).await?;
-                }
-                cx.saw(&e.attr);
                 Ok(len)
             },
             |r, n| r.written(n),

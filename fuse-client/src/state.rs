@@ -3,7 +3,7 @@
 //! being read. Nothing here is needed to find an inode: ids are global, so FORGET costs nothing.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use sealfs_client::{DirEntry, DirtyChunks, Layout};
 use sealfs_core::attr::{FileAttr, FileKind, TimeSpec};
 use sealfs_core::{Credentials, FsError, InodeId};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Bytes of write-behind data a mount may hold in flight, over all its files.
 pub const WRITE_WINDOW: usize = 64 << 20;
@@ -44,10 +44,38 @@ pub struct OpenInode {
     pub settled: Arc<Notify>,
     /// The whole data of a small file kept in its inode, as the last open here read it (with
     /// the attributes); reads are served from it until this mount changes the file.
-    pub inline: Option<Bytes>,
+    pub inline: Option<KeptData>,
     /// Held while the owed size update is being sent: a concurrent reader must not read the
     /// old size in between (the kernel shrinks its idea of the file on a short read).
     pub settling: Arc<tokio::sync::Mutex<()>>,
+    /// Writes to a small (inline) file acknowledged to the kernel and held here until the file
+    /// settles, when they go to its node as one write.
+    pub held: Option<HeldWrite>,
+    /// Where held writes being sent end: the size this mount reports covers them until the
+    /// nodes have them (as `pending` does for write-behind).
+    pub sending: Option<u64>,
+}
+
+/// Contiguous writes of one writer to a small file, held in the mount: a program writing a
+/// small file in pieces (tar writes 10 KiB at a time, and the kernel splits a write that starts
+/// inside a page) costs one round trip, not one per piece.
+#[derive(Debug)]
+pub struct HeldWrite {
+    /// Where the first piece starts.
+    pub offset: u64,
+    /// The pieces, joined.
+    pub data: Vec<u8>,
+    /// The writer (a write by a non-owner clears the set-id bits, as the node decides).
+    pub cred: Credentials,
+    /// Its room in the mount's write window.
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl HeldWrite {
+    /// Where the held bytes end.
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
 }
 
 impl OpenInode {
@@ -61,6 +89,40 @@ impl OpenInode {
         if let Some(i) = self.inflight.iter().position(|r| *r == range) {
             self.inflight.swap_remove(i);
         }
+    }
+}
+
+/// Most bytes of small files' data the mount keeps from their opens, over all open files (a
+/// file may hold up to 64 KiB inline: ten thousand open at once would otherwise keep 640 MiB).
+/// Past it, opens keep none and reads ask the nodes.
+pub const KEPT_MAX: usize = 64 << 20;
+
+/// A small file's data kept from its open, counted against [`KEPT_MAX`] while it lives.
+#[derive(Debug)]
+pub struct KeptData {
+    pub data: Bytes,
+    count: Arc<AtomicUsize>,
+}
+
+impl KeptData {
+    /// Keep `data` if the budget has room for it.
+    fn new(data: Bytes, count: &Arc<AtomicUsize>) -> Option<KeptData> {
+        let n = data.len();
+        let before = count.fetch_add(n, Ordering::SeqCst);
+        if before + n > KEPT_MAX {
+            count.fetch_sub(n, Ordering::SeqCst);
+            return None;
+        }
+        Some(KeptData {
+            data,
+            count: count.clone(),
+        })
+    }
+}
+
+impl Drop for KeptData {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.data.len(), Ordering::SeqCst);
     }
 }
 
@@ -95,6 +157,8 @@ pub struct State {
     /// (mtime, size) of each file when this mount last opened or changed it: an open that finds
     /// the same keeps the kernel's page cache, any other change drops it (close-to-open).
     pub versions: DashMap<InodeId, (TimeSpec, u64)>,
+    /// Bytes of small files' data kept from opens ([`KEPT_MAX`]).
+    kept: Arc<AtomicUsize>,
 }
 
 impl Default for State {
@@ -106,6 +170,7 @@ impl Default for State {
             dirs: DashMap::default(),
             inodes: DashMap::default(),
             versions: DashMap::default(),
+            kept: Arc::default(),
         }
     }
 }
@@ -137,7 +202,9 @@ impl State {
         let mut st = entry.lock().expect("inode state");
         st.handles += 1;
         st.layout = Some(layout);
-        st.inline = inline.filter(|_| fresh());
+        st.inline = inline
+            .filter(|_| fresh())
+            .and_then(|data| KeptData::new(data, &self.kept));
         fh
     }
 
@@ -146,13 +213,15 @@ impl State {
         self.inodes.get(&ino).map(|e| e.clone())
     }
 
-    /// Whether `ino` owes the nodes nothing: no write in flight, no size update or failure to
-    /// report, nothing to commit and no settle running. A flush or release has nothing to wait
-    /// for then, and is answered on the FUSE thread without a trip through the runtime.
+    /// Whether `ino` owes the nodes nothing: no write in flight or held, no size update or
+    /// failure to report, nothing to commit and no settle running. A flush or release has
+    /// nothing to wait for then, and is answered on the FUSE thread without a trip through the
+    /// runtime.
     pub fn quiet(&self, ino: InodeId) -> bool {
         let Some(st) = self.inode(ino) else { return true };
         let g = st.lock().expect("inode state");
         g.inflight.is_empty()
+            && g.held.is_none()
             && g.pending.is_none()
             && g.failed.is_none()
             && g.dirty.is_empty()
@@ -171,6 +240,9 @@ impl State {
                 // Write-behind writes this mount acknowledged count before the nodes have them.
                 if let Some((end, _)) = &st.pending {
                     a.size = a.size.max(*end);
+                }
+                if let Some(end) = st.held.as_ref().map(HeldWrite::end).max(st.sending) {
+                    a.size = a.size.max(end);
                 }
             }
         }
@@ -256,5 +328,28 @@ mod tests {
         assert!(s.inode(7).is_none());
         assert!(s.release_file(b).is_none());
         assert!(hidden_name(7).starts_with(HIDDEN_PREFIX));
+    }
+
+    /// Small files' data kept from opens stays within its budget, and a release gives its
+    /// room back.
+    #[test]
+    fn kept_data_stays_within_its_budget() {
+        let s = State::default();
+        let layout = Layout {
+            inline: true,
+            chunk_size: 1 << 20,
+        };
+        let data = Bytes::from(vec![1u8; 64 << 10]);
+        let fits = KEPT_MAX / data.len();
+        let open = |ino: InodeId| s.open_file_with(ino, 0, layout, Some(data.clone()), || true);
+        let kept = |ino: InodeId| s.inode(ino).unwrap().lock().unwrap().inline.is_some();
+        let handles: Vec<u64> = (0..fits as InodeId).map(open).collect();
+        assert!((0..fits as InodeId).all(kept), "all within the budget are kept");
+        let over = open(fits as InodeId);
+        assert!(!kept(fits as InodeId), "past the budget, none is kept");
+        s.release_file(over).unwrap();
+        s.release_file(handles[0]).unwrap();
+        open(fits as InodeId + 1);
+        assert!(kept(fits as InodeId + 1), "a release gave its room back");
     }
 }

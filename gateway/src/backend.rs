@@ -169,8 +169,9 @@ pub struct Gateway {
     losses: AtomicU64,
 }
 
-/// Most chunks of unstable writes a gateway keeps for COMMITs; past that, writes are made
-/// durable before their reply (FILE_SYNC), so clients that never commit cannot grow it.
+/// Most chunks (and most files: small files' unstable writes are inline, in no chunk) of
+/// unstable writes a gateway keeps for COMMITs; past that, writes are made durable before their
+/// reply (FILE_SYNC), so clients that never commit cannot grow it.
 const MAX_UNSTABLE_CHUNKS: usize = 65_536;
 /// Unstable writes no COMMIT covered for this long are committed by the gateway itself (a client
 /// that wrote and then removed the file, or went away, never sends one).
@@ -647,7 +648,13 @@ impl NfsBackend for Gateway {
             return Ok(found);
         }
         let t = self.attrs.ticket();
-        let e = self.client.lookup(&cred, dir, name).await.map_err(err)?;
+        let r = self.client.lookup(&cred, dir, name).await;
+        if matches!(r, Err(FsError::NotFound)) {
+            // Gone: what the name named is forgotten now, not when the stream says so (its
+            // inode's change may come first and send lookups here before that).
+            self.entries.invalidate(dir, name);
+        }
+        let e = r.map_err(err)?;
         self.attrs.offer(t, &e.attr);
         self.entries.offer(t, dir, name, e.attr.ino);
         Ok((self.fh(e.attr.ino, e.attr.generation), self.fattr(&e.attr)))
@@ -730,8 +737,9 @@ impl NfsBackend for Gateway {
         }
         let count = data.len() as u32;
         let mut dirty = DirtyChunks::default();
-        let unstable =
-            stable == stable_how::UNSTABLE && self.unstable_chunks.load(Ordering::SeqCst) < MAX_UNSTABLE_CHUNKS;
+        let unstable = stable == stable_how::UNSTABLE
+            && self.unstable_chunks.load(Ordering::SeqCst) < MAX_UNSTABLE_CHUNKS
+            && self.unstable.len() < MAX_UNSTABLE_CHUNKS;
         let mode = WriteMode {
             stable: !unstable,
             check_perm: true,
@@ -744,7 +752,7 @@ impl NfsBackend for Gateway {
             .await;
         self.changed(t, ino, &r);
         let e = r.map_err(err)?;
-        // Data written inline in the inode is durable whatever was asked.
+        // Nothing left to commit: written FILE_SYNC, as asked or past the limits below.
         let committed = if dirty.is_empty() {
             stable_how::FILE_SYNC
         } else {

@@ -30,6 +30,36 @@ fn kind_of(v: u32) -> FsResult<FileKind> {
         .ok_or_else(|| FsError::Invalid(format!("bad file kind {v}")))
 }
 
+/// Write `data` at `offset` into inline file `rec` (size, mtime and ctime follow; a writer other
+/// than root clears set-id bits). False, leaving `rec` alone, when it does not fit inline: the
+/// file is chunked, the write ends past the inline size, or its data did not come with it (a
+/// caller sends it only when the write fits its idea of the inline size; a client from before
+/// 64 KiB sends none past 4 KiB).
+fn write_inline(cred: &Credentials, rec: &mut InodeRecord, offset: u64, data: &[u8]) -> FsResult<bool> {
+    match rec.attr.kind {
+        FileKind::Regular => {}
+        FileKind::Directory => return Err(FsError::IsDir),
+        _ => return Err(FsError::Invalid("write to a special file".into())),
+    }
+    let end = offset.checked_add(data.len() as u64).ok_or(FsError::FileTooBig)?;
+    if !rec.is_inline() || end > INLINE_MAX || data.is_empty() {
+        return Ok(false);
+    }
+    let (off, end) = (offset as usize, end as usize);
+    if rec.data.len() < end {
+        rec.data.resize(end, 0);
+    }
+    rec.data[off..end].copy_from_slice(data);
+    rec.attr.size = rec.data.len() as u64;
+    rec.attr.mtime = TimeSpec::now();
+    rec.attr.ctime = rec.attr.mtime;
+    if !cred.is_root() {
+        kill_priv(&mut rec.attr);
+    }
+    rec.update_blocks();
+    Ok(true)
+}
+
 fn kill_priv(attr: &mut FileAttr) {
     attr.perm &= !libc::S_ISUID;
     if attr.perm & libc::S_IXGRP != 0 {
@@ -128,14 +158,31 @@ impl Node {
 
     /// setattr: mode, owner, size, times. Synced on every replica, or with `sync` false (and no
     /// size) only written to their WALs, for a caller that syncs it with the file's writes.
-    pub async fn op_setattr(&self, cred: &Credentials, ino: InodeId, req: &SetAttr, sync: bool) -> FsResult<pb::Attr> {
+    /// With `first` (offset, data), and no size, that data is written inline before the change,
+    /// in the same update; `None` when it does not fit inline (nothing changed then).
+    pub async fn op_setattr(
+        &self,
+        cred: &Credentials,
+        ino: InodeId,
+        req: &SetAttr,
+        sync: bool,
+        first: Option<(u64, &[u8])>,
+    ) -> FsResult<Option<pb::Attr>> {
         // A truncation queues chunk removals with the new size: never left unsynced.
         let sync = sync || req.size.is_some();
         if req.size.is_some() {
             self.check_no_pending_gc(ino)?;
+            if first.is_some() {
+                return Err(FsError::Invalid("a write sent with a truncation".into()));
+            }
         }
         let _held = self.locks.lock(&[ino]).await;
         let mut rec = self.store.inode(ino)?;
+        if let Some((offset, data)) = first {
+            if !write_inline(cred, &mut rec, offset, data)? {
+                return Ok(None);
+            }
+        }
         let old_size = rec.attr.size;
         let now = TimeSpec::now();
         if let Some(size) = req.size {
@@ -190,7 +237,7 @@ impl Node {
                 .transpose()?;
             self.apply_gc(ino, stored.unwrap_or(g)).await?;
         }
-        Ok(rec_to_pb(&rec))
+        Ok(Some(rec_to_pb(&rec)))
     }
 
     /// Create a non-directory in `parent` (or open the existing one when not exclusive);
@@ -911,32 +958,16 @@ impl Node {
                 ..Default::default()
             });
         }
-        let written = if end <= INLINE_MAX {
-            if req.data.is_empty() {
-                return Err(FsError::Invalid("an inline write must carry its data".into()));
-            }
-            let off = req.offset as usize;
-            if rec.data.len() < end as usize {
-                rec.data.resize(end as usize, 0);
-            }
-            rec.data[off..end as usize].copy_from_slice(&req.data);
-            rec.attr.size = rec.data.len() as u64;
-            rec.attr.mtime = TimeSpec::now();
-            rec.attr.ctime = rec.attr.mtime;
-            if !cred.is_root() {
-                kill_priv(&mut rec.attr);
-            }
-            true
-        } else {
+        let written = write_inline(cred, &mut rec, req.offset, &req.data)?;
+        if !written {
             self.uninline(&mut rec).await?;
-            false
-        };
-        rec.update_blocks();
+        }
         let mut tx = Tx::new(&self.store);
         tx.put_inode(&rec);
-        // Made chunked for unstable chunk writes: their commit syncs this with them (the
-        // inline data it moved is in chunk 0 already, synced).
-        let deferred = !written && req.defer_sync;
+        // An unstable write's change (inline data, or the change to chunked before unstable
+        // chunk writes) is synced by the caller's commit (the inline data a change to chunked
+        // moved is in chunk 0 already, synced).
+        let deferred = req.defer_sync;
         self.commit(tx, !deferred).await?;
         Ok(pb::WriteReply {
             attr: Some(rec_to_pb(&rec)),

@@ -133,14 +133,17 @@ impl node_server::Node for NodeService {
                 let deferred = r.defer_sync && s.size.is_none();
                 // Read before the change: a replica in sync since this epoch has it.
                 let epoch = self.0.router.map().epoch;
-                let attr = self
-                    .0
-                    .op_setattr(&creds_from_ctx(r.ctx.as_ref()), r.ino, &s, !deferred)
-                    .await?;
+                let first = (!r.write_data.is_empty()).then_some((r.write_offset, &r.write_data[..]));
+                let cred = creds_from_ctx(r.ctx.as_ref());
+                let Some(attr) = self.0.op_setattr(&cred, r.ino, &s, !deferred, first).await? else {
+                    // The held writes do not fit inline: nothing was changed.
+                    return Ok(pb::AttrReply::default());
+                };
                 Ok(pb::AttrReply {
                     attr: Some(attr),
                     verifier: if deferred { self.0.chunks.verifier } else { 0 },
                     epoch: if deferred { epoch } else { 0 },
+                    wrote: first.is_some(),
                     ..Default::default()
                 })
             }

@@ -264,4 +264,51 @@ fn own_changes_show_at_once(a: &Path) {
     assert_eq!(read_all(&mut r), "FIR");
     drop((r, w));
     std::fs::remove_file(&small).unwrap();
+
+    // A small file written in pieces: the mount holds them and sends them as one write when
+    // the file settles, but its callers see them at once: the size, another handle's reads,
+    // a write past a hole, and the file growing out of its inode into chunks.
+    let pieces = a.join("pieces");
+    let mut w = std::fs::File::create(&pieces).unwrap();
+    let mut expect = Vec::new();
+    for i in 0..3u8 {
+        let piece = vec![b'a' + i; 10 << 10];
+        w.write_all(&piece).unwrap();
+        expect.extend_from_slice(&piece);
+        assert_eq!(meta(&pieces).map(|m| m.0), Some(expect.len() as u64));
+    }
+    let mut r = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&pieces)
+        .unwrap();
+    let read_bytes = |r: &mut std::fs::File| {
+        let mut v = Vec::new();
+        r.seek(std::io::SeekFrom::Start(0)).unwrap();
+        r.read_to_end(&mut v).unwrap();
+        v
+    };
+    assert!(read_bytes(&mut r) == expect, "another handle reads the held pieces");
+    // A mode change while pieces are held goes with them, in one call.
+    w.write_all(b"tail").unwrap();
+    expect.extend_from_slice(b"tail");
+    w.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .unwrap();
+    assert_eq!(meta(&pieces), Some((expect.len() as u64, 0o640)));
+    assert!(read_bytes(&mut r) == expect, "the pieces sent with a mode change");
+    // Past a hole: not a continuation, so the held pieces land first.
+    w.seek(std::io::SeekFrom::Start(40 << 10)).unwrap();
+    w.write_all(b"after a hole").unwrap();
+    expect.resize(40 << 10, 0);
+    expect.extend_from_slice(b"after a hole");
+    assert!(read_bytes(&mut r) == expect, "a write past a hole");
+    // Out of the inode: 40 KiB more takes it past the inline size.
+    let more = vec![b'z'; 40 << 10];
+    w.write_all(&more).unwrap();
+    expect.extend_from_slice(&more);
+    assert_eq!(meta(&pieces).map(|m| m.0), Some(expect.len() as u64));
+    assert!(read_bytes(&mut r) == expect, "grown into chunks");
+    drop((r, w));
+    assert!(std::fs::read(&pieces).unwrap() == expect, "after close");
+    std::fs::remove_file(&pieces).unwrap();
 }

@@ -469,7 +469,8 @@ fn the_gateway_knows_the_names_it_saw_until_they_change() {
 }
 
 /// WRITE with UNSTABLE is answered before the data is durable, under one write verifier, and
-/// COMMIT makes it durable under the same; FILE_SYNC and inline writes are durable at once. When
+/// COMMIT makes it durable under the same (a small file's inline data too); FILE_SYNC writes are
+/// durable at once. When
 /// every node restarts after a crash between a write and its COMMIT, no node can vouch for the
 /// write any more (it may have been lost with the page cache), and the COMMIT answers a new
 /// verifier, which makes a client send it again.
@@ -509,7 +510,8 @@ fn unstable_writes_are_committed_and_a_crash_changes_the_verifier() {
             .await
             .unwrap();
         assert_eq!((w.committed, w.verifier), (stable_how::FILE_SYNC, v0));
-        // A small file's data lives in its inode, durable at once.
+        // A small file's data lives in its inode: unstable too, readable at once, made durable
+        // by the COMMIT; durable before the reply when asked.
         let small = gw.create(&root(), &top, b"small", how).await.unwrap().handle;
         let w = gw
             .write(
@@ -521,7 +523,23 @@ fn unstable_writes_are_committed_and_a_crash_changes_the_verifier() {
             )
             .await
             .unwrap();
+        assert_eq!((w.committed, w.verifier), (stable_how::UNSTABLE, v0));
+        assert_eq!(&gw.read(&root(), &small, 0, 100).await.unwrap().0[..], b"tiny");
+        assert_eq!(gw.unstable_files(), 1);
+        assert_eq!(gw.commit(&root(), &small, 0, 0).await.unwrap().0, v0);
+        assert_eq!(gw.unstable_files(), 0);
+        let w = gw
+            .write(
+                &root(),
+                &small,
+                4,
+                bytes::Bytes::from_static(b" more"),
+                stable_how::FILE_SYNC,
+            )
+            .await
+            .unwrap();
         assert_eq!(w.committed, stable_how::FILE_SYNC);
+        assert_eq!(gw.unstable_files(), 0);
         // Writes no COMMIT covers are committed by the gateway once idle.
         let w = gw
             .write(&root(), &fh, 1 << 20, piece(8), stable_how::UNSTABLE)
@@ -670,6 +688,76 @@ fn an_attribute_change_left_for_the_commit_is_vouched_for_like_the_size() {
     assert!(
         matches!(r, Err(FsError::Io(_))),
         "the commit must not vouch for a change its node may have lost: {r:?}"
+    );
+}
+
+/// A small file's data written unstable lives in its inode record unsynced until the commit,
+/// which vouches for it as for an unsynced size: if the inode's node alone crashed and came back
+/// in place before the commit, the commit fails. Writes sent with an attribute change
+/// (`setattr_after_writes`, as the FUSE mount sends the pieces it held) are made with it, or,
+/// past the inline size, not at all.
+#[test]
+fn a_small_files_unstable_data_is_vouched_for_like_the_size() {
+    use sealfs_client::DirtyChunks;
+    use sealfs_core::perm::Credentials;
+    use sealfs_core::FsError;
+    let mut c = TestCluster::start(3, false);
+    let rt = runtime();
+    let client = rt.block_on(client(&c));
+    let cred = Credentials::root();
+    let map = sealfs_tests::wait_healthy(&c.cluster, DEADLINE);
+    let ino = rt.block_on(first_file_where(&client, Some, "any"));
+    let data = bytes::Bytes::from(pattern(5, 20 << 10));
+    // Unstable, inline, owed to the commit, and what every client reads at once.
+    let mut dirty = DirtyChunks::default();
+    let e = rt
+        .block_on(client.write(&cred, ino, 0, data.clone(), write_mode(false), &mut dirty))
+        .unwrap();
+    assert!(e.layout.inline, "20 KiB stays in the inode");
+    assert!(!dirty.is_empty(), "the data is owed to the commit");
+    let other = rt.block_on(self::client(&c));
+    assert_eq!(rt.block_on(other.read(&cred, ino, 0, 1 << 20)).unwrap(), data);
+    rt.block_on(client.commit(ino, dirty)).unwrap();
+    // Writes a caller held, sent with an attribute change: both made in one update, owed to
+    // the commit; past the inline size, neither.
+    let mode = |perm: u32| sealfs_core::attr::SetAttr {
+        perm: Some(perm),
+        ..Default::default()
+    };
+    let mut dirty = DirtyChunks::default();
+    let tail = data.slice(..1000);
+    let e = rt
+        .block_on(client.setattr_after_writes(&cred, ino, &mode(0o600), (20 << 10, tail.clone()), &mut dirty))
+        .unwrap()
+        .expect("written inline");
+    assert_eq!((e.attr.size, e.attr.perm & 0o7777), ((20 << 10) + 1000, 0o600));
+    assert!(!dirty.is_empty(), "owed to the commit");
+    assert_eq!(rt.block_on(other.read(&cred, ino, 20 << 10, 1000)).unwrap(), tail);
+    let mut past = DirtyChunks::default();
+    let r = rt
+        .block_on(client.setattr_after_writes(&cred, ino, &mode(0o644), (60 << 10, data.clone()), &mut past))
+        .unwrap();
+    assert!(r.is_none(), "80 KiB does not fit inline");
+    let a = rt.block_on(other.getattr(&cred, ino)).unwrap();
+    assert_eq!(
+        (a.attr.size, a.attr.perm & 0o7777, a.layout.inline),
+        ((20 << 10) + 1000, 0o600, true)
+    );
+    rt.block_on(client.commit(ino, dirty)).unwrap();
+    // Stable: nothing owed.
+    let mut dirty = DirtyChunks::default();
+    rt.block_on(client.write(&cred, ino, 0, data.clone(), write_mode(true), &mut dirty))
+        .unwrap();
+    assert!(dirty.is_empty(), "a stable write owes nothing");
+    // Owed again, then the inode's node crashes and is back in place before the commit.
+    let mut dirty = DirtyChunks::default();
+    rt.block_on(client.write(&cred, ino, 20 << 10, data, write_mode(false), &mut dirty))
+        .unwrap();
+    crash_inode_primary_in_place(&mut c, &map, ino);
+    let r = rt.block_on(commit_retrying(&client, ino, &dirty));
+    assert!(
+        matches!(r, Err(FsError::Io(_))),
+        "the commit must not vouch for data its node may have lost: {r:?}"
     );
 }
 
