@@ -752,7 +752,7 @@ impl NfsBackend for Gateway {
             .await;
         self.changed(t, ino, &r);
         let e = r.map_err(err)?;
-        // Nothing left to commit: written FILE_SYNC, as asked or past the limits below.
+        // Nothing left to commit: written FILE_SYNC, as asked or past the limits of what is kept.
         let committed = if dirty.is_empty() {
             stable_how::FILE_SYNC
         } else {

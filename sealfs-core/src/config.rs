@@ -21,8 +21,8 @@ pub const MAX_XATTR_COUNT: usize = 1024;
 /// Largest read-ahead window a FUSE mount may ask the kernel for, in KiB (256 MiB).
 pub const MAX_READAHEAD_KB: u32 = 256 << 10;
 /// Files up to this size are stored inline in their inode record: most files of a source tree
-/// (94% of the 1,906 in the librocksdb-sys crate), which then cost no chunk files, no chunk syncs and no
-/// second round trip to read.
+/// (94% of the 1,906 in the librocksdb-sys crate), which then cost no chunk files, no chunk
+/// syncs and no second round trip to read.
 pub const INLINE_MAX: u64 = 64 << 10;
 
 /// A configuration error.
