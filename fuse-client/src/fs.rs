@@ -193,6 +193,14 @@ impl SealFs {
 /// faster, 35 MiB more at peak while writing 1 GiB).
 const FAST_WRITE_MAX: usize = 128 << 10;
 
+/// An unstable write to a file of layout `known` (if known).
+fn unstable(known: Option<Layout>) -> WriteMode {
+    WriteMode {
+        known,
+        ..Default::default()
+    }
+}
+
 /// Record that `st` owes the nodes a size and times update up to `end` (write-behind).
 fn owe_size(g: &mut OpenInode, end: u64, cred: Credentials) {
     let furthest = g.pending.as_ref().map_or(end, |(p, _)| end.max(*p));
@@ -403,7 +411,9 @@ impl Ctx {
 
     /// Commit the unstable writes of `ino` (fsync, close), after letting write-behind land.
     async fn commit(&self, ino: InodeId) -> FsResult<()> {
-        self.settle(ino).await?;
+        // Held writes go synced: a small file written and closed costs its create and one
+        // synced write, not a write and then a sync.
+        self.settle_with(ino, true).await?;
         let Some(st) = self.state.inode(ino) else { return Ok(()) };
         let dirty = std::mem::take(&mut st.lock().expect("inode state").dirty);
         if dirty.is_empty() {
@@ -480,8 +490,8 @@ impl Ctx {
         Some((h, g.layout))
     }
 
-    /// Write `data` to `ino` in one call (`st`: its state, when open here; `known`: its
-    /// layout), unstable: what it leaves to commit goes to the open file's next commit, or is
+    /// Write `data` to `ino` in one call (`st`: its state, when open here), as `mode` says:
+    /// what an unstable write leaves to commit goes to the open file's next commit, or is
     /// committed now when the file is not open here (a write the kernel issued after release).
     async fn write_through(
         &self,
@@ -490,14 +500,10 @@ impl Ctx {
         ino: InodeId,
         offset: u64,
         data: Bytes,
-        known: Option<Layout>,
+        mode: WriteMode,
     ) -> FsResult<Entry> {
         let mut dirty = DirtyChunks::default();
         let t = self.attrs.ticket();
-        let mode = WriteMode {
-            known,
-            ..Default::default()
-        };
         let r = self.client.write(cred, ino, offset, data, mode, &mut dirty).await;
         self.changed(t, ino, &r);
         let e = r?;
@@ -549,7 +555,7 @@ impl Ctx {
                 self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
                 st.lock().expect("inode state").dirty.merge(stamp);
                 let r = self
-                    .write_through(Some(&st), &h.cred, ino, h.offset, data, layout)
+                    .write_through(Some(&st), &h.cred, ino, h.offset, data, unstable(layout))
                     .await;
                 let mut g = st.lock().expect("inode state");
                 g.sending = None;
@@ -577,6 +583,11 @@ impl Ctx {
     /// then send the size and times update they owe. Returns (once) the failure of a write
     /// that was already acknowledged to the kernel.
     async fn settle(&self, ino: InodeId) -> FsResult<()> {
+        self.settle_with(ino, false).await
+    }
+
+    /// [`Ctx::settle`], sending held writes durably with `stable` (for a commit).
+    async fn settle_with(&self, ino: InodeId, stable: bool) -> FsResult<()> {
         let Some(st) = self.state.inode(ino) else { return Ok(()) };
         let settling = st.lock().expect("inode state").settling.clone();
         let _one_at_a_time = settling.lock().await;
@@ -588,8 +599,12 @@ impl Ctx {
         }
         Self::wait_writes(&st, None, false).await;
         if let Some((h, layout)) = Self::take_held(&st) {
+            let mode = WriteMode {
+                stable,
+                ..unstable(layout)
+            };
             let r = self
-                .write_through(Some(&st), &h.cred, ino, h.offset, Bytes::from(h.data), layout)
+                .write_through(Some(&st), &h.cred, ino, h.offset, Bytes::from(h.data), mode)
                 .await;
             let mut g = st.lock().expect("inode state");
             g.sending = None;
@@ -1214,7 +1229,8 @@ impl fuser::Filesystem for SealFs {
                 // Written through below: the node clears set-id bits of a write by non-root.
                 // An inline (small) file, or one not open here: written through, as one call.
                 cx.settle(ino.0).await?;
-                cx.write_through(st.as_ref(), &cred, ino.0, offset, data, known).await?;
+                cx.write_through(st.as_ref(), &cred, ino.0, offset, data, unstable(known))
+                    .await?;
                 if kill {
                     cx.drop_kernel_attrs(ino.0);
                 }
