@@ -490,6 +490,28 @@ impl Ctx {
         Some((h, g.layout))
     }
 
+    /// Send held writes taken by [`Ctx::take_held`] on their own, as `mode` says. A failure is
+    /// this caller's to report, and the next flush's or fsync's: the writer's close must not
+    /// succeed over lost data.
+    async fn send_held(
+        &self,
+        st: &Arc<Mutex<OpenInode>>,
+        ino: InodeId,
+        cred: &Credentials,
+        offset: u64,
+        data: Bytes,
+        mode: WriteMode,
+    ) -> FsResult<()> {
+        let r = self.write_through(Some(st), cred, ino, offset, data, mode).await;
+        let mut g = st.lock().expect("inode state");
+        g.sending = None;
+        if let Err(e) = r {
+            g.failed.get_or_insert(e.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Write `data` to `ino` in one call (`st`: its state, when open here), as `mode` says:
     /// what an unstable write leaves to commit goes to the open file's next commit, or is
     /// committed now when the file is not open here (a write the kernel issued after release).
@@ -554,15 +576,8 @@ impl Ctx {
                 // their own, before the change is made or its failure reported.
                 self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
                 st.lock().expect("inode state").dirty.merge(stamp);
-                let r = self
-                    .write_through(Some(&st), &h.cred, ino, h.offset, data, unstable(layout))
-                    .await;
-                let mut g = st.lock().expect("inode state");
-                g.sending = None;
-                if let Err(e) = r {
-                    g.failed.get_or_insert(e.clone());
-                    return Err(e);
-                }
+                self.send_held(&st, ino, &h.cred, h.offset, data, unstable(layout))
+                    .await?;
                 return other.map(|_| None);
             }
         };
@@ -603,17 +618,8 @@ impl Ctx {
                 stable,
                 ..unstable(layout)
             };
-            let r = self
-                .write_through(Some(&st), &h.cred, ino, h.offset, Bytes::from(h.data), mode)
-                .await;
-            let mut g = st.lock().expect("inode state");
-            g.sending = None;
-            if let Err(e) = r {
-                // This caller's to report, and the next flush's or fsync's: the writer's close
-                // must not succeed over lost data.
-                g.failed.get_or_insert(e.clone());
-                return Err(e);
-            }
+            self.send_held(&st, ino, &h.cred, h.offset, Bytes::from(h.data), mode)
+                .await?;
         }
         // `pending` stays set until the nodes have the new size, so that attributes this mount
         // hands the kernel meanwhile (lookup, getattr) never show it a smaller file.

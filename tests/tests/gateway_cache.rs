@@ -160,6 +160,26 @@ fn crash_inode_primary_in_place(
     );
 }
 
+/// Crash `ino`'s inode primary and restart it in place (see `crash_inode_primary_in_place`),
+/// then check that the commit of `dirty` fails with EIO: the node cannot vouch for `what` it
+/// took unsynced before the crash.
+fn commit_fails_after_inode_crash(
+    c: &mut TestCluster,
+    map: &sealfs_core::placement::ClusterMap,
+    rt: &tokio::runtime::Runtime,
+    client: &SealClient,
+    ino: sealfs_core::InodeId,
+    dirty: &sealfs_client::DirtyChunks,
+    what: &str,
+) {
+    crash_inode_primary_in_place(c, map, ino);
+    let r = rt.block_on(commit_retrying(client, ino, dirty));
+    assert!(
+        matches!(r, Err(sealfs_core::FsError::Io(_))),
+        "the commit must not vouch for {what} its node may have lost: {r:?}"
+    );
+}
+
 /// Commit `dirty` of `ino`, again while the cluster answers "retry" (a restarted node not yet
 /// back in the map), until `DEADLINE`.
 async fn commit_retrying(
@@ -600,7 +620,6 @@ fn unstable_writes_are_committed_and_a_crash_changes_the_verifier() {
 fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     use sealfs_client::DirtyChunks;
     use sealfs_core::perm::Credentials;
-    use sealfs_core::FsError;
     let mut c = TestCluster::start(3, false);
     let rt = runtime();
     let client = rt.block_on(client(&c));
@@ -618,12 +637,7 @@ fn a_crash_of_the_inode_node_alone_fails_the_commit_of_its_unsynced_size() {
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.write(&cred, ino, 64 << 10, data.clone(), unstable, &mut dirty))
         .unwrap();
-    crash_inode_primary_in_place(&mut c, &map, ino);
-    let r = rt.block_on(commit_retrying(&client, ino, &dirty));
-    assert!(
-        matches!(r, Err(FsError::Io(_))),
-        "the commit must not vouch for a size its node may have lost: {r:?}"
-    );
+    commit_fails_after_inode_crash(&mut c, &map, &rt, &client, ino, &dirty, "a size");
     // The file as the nodes have it now is whole up to what was durable, and writable again.
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.write(&cred, ino, 64 << 10, data.clone(), write_mode(true), &mut dirty))
@@ -641,7 +655,6 @@ fn an_attribute_change_left_for_the_commit_is_vouched_for_like_the_size() {
     use sealfs_client::DirtyChunks;
     use sealfs_core::attr::SetAttr;
     use sealfs_core::perm::Credentials;
-    use sealfs_core::FsError;
     let mut c = TestCluster::start(3, false);
     let rt = runtime();
     let client = rt.block_on(client(&c));
@@ -683,12 +696,7 @@ fn an_attribute_change_left_for_the_commit_is_vouched_for_like_the_size() {
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.setattr_with_writes(&cred, ino, &mode(0o640), &mut dirty))
         .unwrap();
-    crash_inode_primary_in_place(&mut c, &map, ino);
-    let r = rt.block_on(commit_retrying(&client, ino, &dirty));
-    assert!(
-        matches!(r, Err(FsError::Io(_))),
-        "the commit must not vouch for a change its node may have lost: {r:?}"
-    );
+    commit_fails_after_inode_crash(&mut c, &map, &rt, &client, ino, &dirty, "a change");
 }
 
 /// A small file's data written unstable lives in its inode record unsynced until the commit,
@@ -700,7 +708,6 @@ fn an_attribute_change_left_for_the_commit_is_vouched_for_like_the_size() {
 fn a_small_files_unstable_data_is_vouched_for_like_the_size() {
     use sealfs_client::DirtyChunks;
     use sealfs_core::perm::Credentials;
-    use sealfs_core::FsError;
     let mut c = TestCluster::start(3, false);
     let rt = runtime();
     let client = rt.block_on(client(&c));
@@ -753,12 +760,7 @@ fn a_small_files_unstable_data_is_vouched_for_like_the_size() {
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.write(&cred, ino, 20 << 10, data, write_mode(false), &mut dirty))
         .unwrap();
-    crash_inode_primary_in_place(&mut c, &map, ino);
-    let r = rt.block_on(commit_retrying(&client, ino, &dirty));
-    assert!(
-        matches!(r, Err(FsError::Io(_))),
-        "the commit must not vouch for data its node may have lost: {r:?}"
-    );
+    commit_fails_after_inode_crash(&mut c, &map, &rt, &client, ino, &dirty, "data");
 }
 
 /// A backup that crashed between unstable writes and their commit may have lost them with its
