@@ -402,20 +402,21 @@ impl SealClient {
     /// [`SealClient::setattr_with_writes`] carrying unstable writes of a small file that the
     /// caller held back, `(offset, data)`: the inode's node writes them inline first (no
     /// permission check: the caller checked at open), in the same update, also left for the
-    /// commit. `None` when they do not fit inline (or the node is older than this and made the
-    /// change alone): the caller writes them, then sends the change again.
+    /// commit (`dirty`; without it, both are synced on every replica before the reply). `None`
+    /// when they do not fit inline (or the node is older than this and made the change alone):
+    /// the caller writes them, then sends the change again.
     pub async fn setattr_after_writes(
         &self,
         cred: &Credentials,
         ino: InodeId,
         s: &SetAttr,
         first: (u64, Bytes),
-        dirty: &mut DirtyChunks,
+        dirty: Option<&mut DirtyChunks>,
     ) -> FsResult<Option<Entry>> {
         if s.size.is_some() {
             return Err(FsError::Invalid("writes sent with a truncation".into()));
         }
-        let r = self.setattr_inner(cred, ino, s, Some(dirty), Some(first)).await?;
+        let r = self.setattr_inner(cred, ino, s, dirty, Some(first)).await?;
         if !r.wrote {
             return Ok(None);
         }

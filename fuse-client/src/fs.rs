@@ -4,7 +4,9 @@
 //! itself (cached attributes, names known free, a write queued behind, a flush with nothing
 //! owed) replies at once, on the thread that read it. POSIX rules and permission checks are the
 //! storage nodes' job; this layer passes the caller's credentials along (the kernel checks modes
-//! too, `default_permissions`, since it serves cached names and attributes without asking).
+//! too, `default_permissions`, since it serves cached names and attributes without asking). The
+//! one exception: a change of attributes held with a small file's held writes ([`HeldAttr`]) is
+//! checked here first, by the same rules (`perm::apply_setattr`), and by the node when sent.
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -28,7 +30,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use crate::state::{
-    hidden_name, DirStream, HeldWrite, HiddenName, OpenInode, Released, State, HIDDEN_PREFIX, WINDOW_UNIT,
+    hidden_name, DirStream, HeldAttr, HeldWrite, HiddenName, OpenInode, Released, State, HIDDEN_PREFIX, WINDOW_UNIT,
 };
 use crate::watch::Caches;
 
@@ -129,7 +131,12 @@ impl SealFs {
     /// and continues the held writes of the same writer; `None` otherwise (nothing is held
     /// then, and the caller writes through).
     fn hold(&self, g: &mut OpenInode, cred: &Credentials, offset: u64, end: u64, data: &[u8]) -> Option<u32> {
-        if end > INLINE_MAX || g.failed.is_some() || !g.inflight.is_empty() || g.pending.is_some() {
+        if end > INLINE_MAX
+            || g.failed.is_some()
+            || !g.inflight.is_empty()
+            || g.pending.is_some()
+            || g.held_attr.is_some()
+        {
             return None;
         }
         if g.held.as_ref().is_some_and(|h| h.end() != offset || h.cred != *cred) {
@@ -154,6 +161,48 @@ impl SealFs {
         // Reads go through the settle that sends these, not to the data the open read.
         g.inline = None;
         Some(data.len() as u32)
+    }
+
+    /// Hold attribute change `s` of small file `ino` with the writes held for it ([`HeldAttr`])
+    /// when the caller is their writer and owns the file (or is root), nothing else is owed, and
+    /// the change passes the node's rules on the attributes this mount has for it: the
+    /// attributes to show. `None` otherwise, and the change goes to the node as usual.
+    fn hold_setattr(&self, cred: &Credentials, ino: InodeId, s: &SetAttr) -> Option<FileAttr> {
+        if s.size.is_some() {
+            return None;
+        }
+        let st = self.state.inode(ino)?;
+        let cached = self.attrs.get(ino).map(|(a, _)| a);
+        let mut g = st.lock().expect("inode state");
+        let alone = g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none();
+        if !alone || !g.layout.is_some_and(|l| l.inline) || g.held.as_ref().is_none_or(|h| h.cred != *cred) {
+            return None;
+        }
+        let mut attr = match &g.held_attr {
+            Some(h) => h.attr.clone(),
+            None => cached?,
+        };
+        if attr.ino != ino || attr.kind != FileKind::Regular || !(cred.is_root() || cred.uid == attr.uid) {
+            return None;
+        }
+        sealfs_core::perm::apply_setattr(cred, &mut attr, s, TimeSpec::now()).ok()?;
+        let mut set = g.held_attr.take().map(|h| h.set).unwrap_or_default();
+        // The mode all changes left, sent as such: the node makes an owner change before a
+        // mode change, which would otherwise undo a chown's clearing of set-id bits.
+        if s.perm.is_some() || s.uid.is_some() || s.gid.is_some() || set.perm.is_some() {
+            set.perm = Some(attr.perm);
+        }
+        set.uid = s.uid.or(set.uid);
+        set.gid = s.gid.or(set.gid);
+        // "Now" is the call's time, not the send's.
+        set.atime = s.atime.map(|_| TimeUpdate::Set(attr.atime)).or(set.atime);
+        set.mtime = s.mtime.map(|_| TimeUpdate::Set(attr.mtime)).or(set.mtime);
+        g.held_attr = Some(HeldAttr {
+            set,
+            attr: attr.clone(),
+        });
+        drop(g);
+        Some(self.state.visible(attr))
     }
 
     /// Whether `ino`'s mode may have a set-id bit a write must clear: set-user-ID, or
@@ -483,11 +532,13 @@ impl Ctx {
     /// Take the writes `st` holds (and its layout) to send them, the size this mount reports
     /// still covering them (`sending`) until the caller has them written. Under the settling
     /// lock.
-    fn take_held(st: &Arc<Mutex<OpenInode>>) -> Option<(HeldWrite, Option<Layout>)> {
+    fn take_held(st: &Arc<Mutex<OpenInode>>) -> Option<(HeldWrite, Option<SetAttr>, Option<Layout>)> {
         let mut g = st.lock().expect("inode state");
         let h = g.held.take()?;
         g.sending = Some(h.end());
-        Some((h, g.layout))
+        // The held attributes stay shown until the nodes have them.
+        let set = g.held_attr.as_ref().map(|a| a.set.clone());
+        Some((h, set, g.layout))
     }
 
     /// Send held writes taken by [`Ctx::take_held`] on their own, as `mode` says. A failure is
@@ -508,6 +559,81 @@ impl Ctx {
         if let Err(e) = r {
             g.failed.get_or_insert(e.clone());
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Send held writes with the attribute changes held after them ([`HeldAttr`]) in one call,
+    /// synced with `stable`, else left for the file's commit; one after the other when they no
+    /// longer fit inline (or the node is older). A failure of either is reported as
+    /// [`Ctx::send_held`]'s.
+    async fn send_held_with_attrs(
+        &self,
+        st: &Arc<Mutex<OpenInode>>,
+        ino: InodeId,
+        h: HeldWrite,
+        set: SetAttr,
+        layout: Option<Layout>,
+        stable: bool,
+    ) -> FsResult<()> {
+        let data = Bytes::from(h.data);
+        let t = self.attrs.ticket();
+        let mut stamp = DirtyChunks::default();
+        let r = self
+            .client
+            .setattr_after_writes(
+                &h.cred,
+                ino,
+                &set,
+                (h.offset, data.clone()),
+                (!stable).then_some(&mut stamp),
+            )
+            .await;
+        if let Ok(Some(e)) = &r {
+            self.changed(t, ino, &Ok(e.clone()));
+            {
+                let mut g = st.lock().expect("inode state");
+                g.layout = Some(e.layout);
+                g.sending = None;
+                g.held_attr = None;
+                g.dirty.merge(stamp);
+            }
+            self.saw(&e.attr);
+            return Ok(());
+        }
+        // Neither made: the writes on their own first, then the change (or its failure).
+        self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
+        let mode = WriteMode {
+            stable,
+            ..unstable(layout)
+        };
+        let mut r = match self.send_held(st, ino, &h.cred, h.offset, data, mode).await {
+            Err(e) => Err(e),
+            Ok(()) => r.map(|_| ()),
+        };
+        if matches!(r, Ok(())) {
+            let t = self.attrs.ticket();
+            let e = self.client.setattr(&h.cred, ino, &set).await;
+            self.changed(t, ino, &e);
+            r = e.map(|e| self.saw(&e.attr));
+        }
+        let mut g = st.lock().expect("inode state");
+        g.held_attr = None;
+        if let Err(e) = &r {
+            g.failed.get_or_insert(e.clone());
+        }
+        r
+    }
+
+    /// Settle `ino` first if it holds attribute changes ([`HeldAttr`]), before a call whose
+    /// node checks the caller against the file's attributes (open, access, xattrs, link).
+    async fn settle_attrs(&self, ino: InodeId) -> FsResult<()> {
+        let held = self
+            .state
+            .inode(ino)
+            .is_some_and(|st| st.lock().expect("inode state").held_attr.is_some());
+        if held {
+            self.settle(ino).await?;
         }
         Ok(())
     }
@@ -554,12 +680,13 @@ impl Ctx {
         {
             let g = st.lock().expect("inode state");
             let alone = g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none();
-            if !alone || !g.held.as_ref().is_some_and(|h| h.cred == *cred) {
+            // With attributes held too, the settle sends both and the change goes after.
+            if !alone || g.held_attr.is_some() || !g.held.as_ref().is_some_and(|h| h.cred == *cred) {
                 return Ok(None);
             }
         }
         // Only this function and `settle` take held writes, both under the settling lock.
-        let Some((h, layout)) = Self::take_held(&st) else {
+        let Some((h, _, layout)) = Self::take_held(&st) else {
             return Ok(None);
         };
         let data = Bytes::from(h.data);
@@ -567,7 +694,7 @@ impl Ctx {
         let mut stamp = DirtyChunks::default();
         let r = self
             .client
-            .setattr_after_writes(cred, ino, s, (h.offset, data.clone()), &mut stamp)
+            .setattr_after_writes(cred, ino, s, (h.offset, data.clone()), Some(&mut stamp))
             .await;
         let e = match r {
             Ok(Some(e)) => e,
@@ -613,13 +740,19 @@ impl Ctx {
             }
         }
         Self::wait_writes(&st, None, false).await;
-        if let Some((h, layout)) = Self::take_held(&st) {
-            let mode = WriteMode {
-                stable,
-                ..unstable(layout)
-            };
-            self.send_held(&st, ino, &h.cred, h.offset, Bytes::from(h.data), mode)
-                .await?;
+        match Self::take_held(&st) {
+            Some((h, Some(set), layout)) => {
+                self.send_held_with_attrs(&st, ino, h, set, layout, stable).await?;
+            }
+            Some((h, None, layout)) => {
+                let mode = WriteMode {
+                    stable,
+                    ..unstable(layout)
+                };
+                self.send_held(&st, ino, &h.cred, h.offset, Bytes::from(h.data), mode)
+                    .await?;
+            }
+            None => {}
         }
         // `pending` stays set until the nodes have the new size, so that attributes this mount
         // hands the kernel meanwhile (lookup, getattr) never show it a smaller file.
@@ -900,6 +1033,10 @@ impl fuser::Filesystem for SealFs {
             mtime: time_update(mtime),
             via_open_handle,
         };
+        if let Some(a) = self.hold_setattr(&cred, ino.0, &s) {
+            // Held with the file's held writes: no round trip now.
+            return reply.attr(&self.ttl.get(), &fuse_attr(&a));
+        }
         self.spawn(
             reply,
             move |cx| async move {
@@ -1099,6 +1236,7 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
+                cx.settle_attrs(ino.0).await?;
                 let t = cx.attrs.ticket();
                 let r = cx.client.link(&cred, ino.0, newparent.0, &name).await;
                 if r.is_err() {
@@ -1116,6 +1254,7 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
+                cx.settle_attrs(ino.0).await?;
                 let t = cx.attrs.ticket();
                 let (e, data) = cx.client.open_inline(&cred, ino.0, flags).await?;
                 cx.attrs.offer(t, &e.attr);
@@ -1354,7 +1493,14 @@ impl fuser::Filesystem for SealFs {
         let cred = creds(req);
         self.spawn(
             reply,
-            move |cx| async move { Ok((cx.fill_dir(&cred, ino.0, fh.0, offset, true).await?, cx.ttl.get())) },
+            move |cx| async move {
+                let (mut entries, dir) = cx.fill_dir(&cred, ino.0, fh.0, offset, true).await?;
+                // Files open here as this mount shows them (writes and changes it holds).
+                for a in entries.iter_mut().filter_map(|e| e.attr.as_mut()) {
+                    *a = cx.state.visible(a.clone());
+                }
+                Ok(((entries, dir), cx.ttl.get()))
+            },
             move |mut r, ((entries, dir), ttl)| {
                 if let Some(d) = &dir {
                     let a = fuse_attr(&d.attr);
@@ -1442,6 +1588,7 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
+                cx.settle_attrs(ino.0).await?;
                 let t = cx.attrs.ticket();
                 let r = cx.client.setxattr(&cred, ino.0, &name, &value, flags).await;
                 cx.attrs.changed(t, ino.0, None);
@@ -1462,6 +1609,7 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
+                cx.settle_attrs(ino.0).await?;
                 let t = cx.attrs.ticket();
                 let r = cx.client.getxattr(&cred, ino.0, &name).await;
                 if caps && matches!(r, Err(FsError::NoData)) {
@@ -1477,7 +1625,10 @@ impl fuser::Filesystem for SealFs {
         let cred = creds(req);
         self.spawn(
             reply,
-            move |cx| async move { cx.client.listxattr(&cred, ino.0).await },
+            move |cx| async move {
+                cx.settle_attrs(ino.0).await?;
+                cx.client.listxattr(&cred, ino.0).await
+            },
             move |r, names| {
                 let mut buf = Vec::new();
                 for n in names {
@@ -1503,6 +1654,7 @@ impl fuser::Filesystem for SealFs {
         self.spawn(
             reply,
             move |cx| async move {
+                cx.settle_attrs(ino.0).await?;
                 let t = cx.attrs.ticket();
                 let r = cx.client.removexattr(&cred, ino.0, &name).await;
                 cx.attrs.changed(t, ino.0, None);
@@ -1517,7 +1669,10 @@ impl fuser::Filesystem for SealFs {
         let mask = mask.bits() as u32;
         self.spawn(
             reply,
-            move |cx| async move { cx.client.access(&cred, ino.0, mask).await },
+            move |cx| async move {
+                cx.settle_attrs(ino.0).await?;
+                cx.client.access(&cred, ino.0, mask).await
+            },
             |r, ()| r.ok(),
         );
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use sealfs_client::{DirEntry, DirtyChunks, Layout};
-use sealfs_core::attr::{FileAttr, FileKind, TimeSpec};
+use sealfs_core::attr::{FileAttr, FileKind, SetAttr, TimeSpec};
 use sealfs_core::{Credentials, FsError, InodeId};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -54,6 +54,22 @@ pub struct OpenInode {
     /// Where held writes being sent end: the size this mount reports covers them until the
     /// nodes have them (as `pending` does for write-behind).
     pub sending: Option<u64>,
+    /// Changes of mode, owner or times made by the writer of `held` after its pieces, held with
+    /// them (only while they are: it is what `held` is sent with).
+    pub held_attr: Option<HeldAttr>,
+}
+
+/// Changes of attributes (chmod, chown, utimes: tar sets times, owner and mode of each file
+/// right after writing it) held with a small file's held pieces: checked here as the node
+/// checks them, shown to this mount's callers at once, and sent with the pieces in one call
+/// when the file settles. Other clients see neither until then (close-to-open), nor the data.
+#[derive(Debug, Clone)]
+pub struct HeldAttr {
+    /// Every change held so far, as one: its times set, not "now", and its mode the one all
+    /// of them left (a chown clears set-id bits that an earlier chmod gave).
+    pub set: SetAttr,
+    /// The file's attributes after them, as this mount shows it.
+    pub attr: FileAttr,
 }
 
 /// Contiguous writes of one writer to a small file, held in the mount: a program writing a
@@ -243,6 +259,17 @@ impl State {
                 }
                 if let Some(end) = st.held.as_ref().map(HeldWrite::end).max(st.sending) {
                     a.size = a.size.max(end);
+                }
+                // Attribute changes held with them: shown here at once. Times only as set (the
+                // held writes move mtime when they land).
+                if let Some(h) = &st.held_attr {
+                    (a.perm, a.uid, a.gid, a.ctime) = (h.attr.perm, h.attr.uid, h.attr.gid, h.attr.ctime);
+                    if h.set.atime.is_some() {
+                        a.atime = h.attr.atime;
+                    }
+                    if h.set.mtime.is_some() {
+                        a.mtime = h.attr.mtime;
+                    }
                 }
             }
         }

@@ -158,6 +158,7 @@ fn two_mounts_see_each_others_changes_despite_long_caching() {
     // ...including the ones that reach an inode through a name (link counts), which the kernel
     // asks the mount about and the mount answers from its own cache.
     own_changes_show_at_once(&a);
+    extracted_file_shows_its_attributes(&a, &b);
     // And B, which holds h's attributes in its own cache now, sees A's later changes to it.
     assert_eq!(meta(&b.join("h")).map(|m| m.0), Some(1));
     std::fs::OpenOptions::new()
@@ -180,6 +181,39 @@ fn two_mounts_see_each_others_changes_despite_long_caching() {
         "node 0 did not stop cleanly on SIGTERM while mounts watched it"
     );
     drop(b_mount);
+}
+
+/// A file made as tar extracts one: written in pieces, then its times, owner and mode set
+/// through the open file. The mount holds the changes with the pieces and sends them with them
+/// at close: `a` shows each at once, `b` all of them once `a` closed the file, and a chown
+/// clears the set-user-ID bit a chmod before it gave, as it would one call at a time.
+fn extracted_file_shows_its_attributes(a: &Path, b: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shown = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()))
+    };
+    let t = a.join("extracted");
+    let mut f = std::fs::File::create(&t).unwrap();
+    f.write_all(&vec![b'x'; 10 << 10]).unwrap();
+    f.write_all(b"end").unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    f.set_times(std::fs::FileTimes::new().set_accessed(when).set_modified(when))
+        .unwrap();
+    f.set_permissions(PermissionsExt::from_mode(0o4755)).unwrap();
+    assert_eq!(shown(&t).map(|s| s.1), Some(0o4755), "a chmod shows at once");
+    std::os::unix::fs::fchown(&f, Some(4242), Some(4343)).unwrap();
+    let want = Some(((10 << 10) + 3, 0o755, 4242, 4343, 1_500_000_000));
+    assert_eq!(shown(&t), want, "times, owner and mode show at once");
+    drop(f);
+    eventually("the other mount sees them after the close", || {
+        shown(&b.join("extracted")) == want
+    });
+    assert_eq!(shown(&t), want, "and this one still does");
+    assert_eq!(std::fs::read(b.join("extracted")).unwrap().len(), (10 << 10) + 3);
+    std::fs::remove_file(&t).unwrap();
 }
 
 /// One mount's own changes, each checked by a stat right after it.

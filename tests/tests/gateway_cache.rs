@@ -734,7 +734,7 @@ fn a_small_files_unstable_data_is_vouched_for_like_the_size() {
     let mut dirty = DirtyChunks::default();
     let tail = data.slice(..1000);
     let e = rt
-        .block_on(client.setattr_after_writes(&cred, ino, &mode(0o600), (20 << 10, tail.clone()), &mut dirty))
+        .block_on(client.setattr_after_writes(&cred, ino, &mode(0o600), (20 << 10, tail.clone()), Some(&mut dirty)))
         .unwrap()
         .expect("written inline");
     assert_eq!((e.attr.size, e.attr.perm & 0o7777), ((20 << 10) + 1000, 0o600));
@@ -742,7 +742,7 @@ fn a_small_files_unstable_data_is_vouched_for_like_the_size() {
     assert_eq!(rt.block_on(other.read(&cred, ino, 20 << 10, 1000)).unwrap(), tail);
     let mut past = DirtyChunks::default();
     let r = rt
-        .block_on(client.setattr_after_writes(&cred, ino, &mode(0o644), (60 << 10, data.clone()), &mut past))
+        .block_on(client.setattr_after_writes(&cred, ino, &mode(0o644), (60 << 10, data.clone()), Some(&mut past)))
         .unwrap();
     assert!(r.is_none(), "80 KiB does not fit inline");
     let a = rt.block_on(other.getattr(&cred, ino)).unwrap();
@@ -751,6 +751,13 @@ fn a_small_files_unstable_data_is_vouched_for_like_the_size() {
         ((20 << 10) + 1000, 0o600, true)
     );
     rt.block_on(client.commit(ino, dirty)).unwrap();
+    // Without anything to owe them to: made and synced at once.
+    let e = rt
+        .block_on(client.setattr_after_writes(&cred, ino, &mode(0o640), (0, tail.clone()), None))
+        .unwrap()
+        .expect("written inline");
+    assert_eq!((e.attr.size, e.attr.perm & 0o7777), ((20 << 10) + 1000, 0o640));
+    assert_eq!(rt.block_on(other.read(&cred, ino, 0, 1000)).unwrap(), tail);
     // Stable: nothing owed.
     let mut dirty = DirtyChunks::default();
     rt.block_on(client.write(&cred, ino, 0, data.clone(), write_mode(true), &mut dirty))
