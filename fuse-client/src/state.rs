@@ -245,7 +245,8 @@ impl State {
     }
 
     /// Attributes as this mount's callers must see them: a file unlinked while open here lives
-    /// on under a hidden name, which does not count as a link.
+    /// on under a hidden name, which does not count as a link, and the writes and attribute
+    /// changes this mount holds or is still sending count at once.
     pub fn visible(&self, mut a: FileAttr) -> FileAttr {
         if a.kind == FileKind::Regular {
             if let Some(st) = self.inode(a.ino) {
