@@ -563,10 +563,63 @@ impl Ctx {
         Ok(())
     }
 
-    /// Send held writes with the attribute changes held after them ([`HeldAttr`]) in one call,
-    /// synced with `stable`, else left for the file's commit; one after the other when they no
-    /// longer fit inline (or the node is older). A failure of either is reported as
-    /// [`Ctx::send_held`]'s.
+    /// Send held writes `h` (taken by [`Ctx::take_held`]) with attribute change `s` in one
+    /// call, synced with `stable`, else left for the file's commit: the entry after both. When
+    /// they were not made together (no longer inline, a node older than the call, or the
+    /// change failed), the writes are sent on their own first, and the answer is `None` or the
+    /// change's failure.
+    async fn send_held_with(
+        &self,
+        st: &Arc<Mutex<OpenInode>>,
+        ino: InodeId,
+        h: HeldWrite,
+        s: &SetAttr,
+        layout: Option<Layout>,
+        stable: bool,
+    ) -> FsResult<Option<Entry>> {
+        let data = Bytes::from(h.data);
+        let t = self.attrs.ticket();
+        let mut stamp = DirtyChunks::default();
+        let r = self
+            .client
+            .setattr_after_writes(
+                &h.cred,
+                ino,
+                s,
+                (h.offset, data.clone()),
+                (!stable).then_some(&mut stamp),
+            )
+            .await;
+        let e = match r {
+            Ok(Some(e)) => e,
+            other => {
+                self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
+                st.lock().expect("inode state").dirty.merge(stamp);
+                let mode = WriteMode {
+                    stable,
+                    ..unstable(layout)
+                };
+                self.send_held(st, ino, &h.cred, h.offset, data, mode).await?;
+                return other.map(|_| None);
+            }
+        };
+        self.changed(t, ino, &Ok(e.clone()));
+        {
+            let mut g = st.lock().expect("inode state");
+            g.layout = Some(e.layout);
+            g.sending = None;
+            g.held_attr = None;
+            // Under the settling lock, which a last release's commit waits for: the file is
+            // still open here.
+            g.dirty.merge(stamp);
+        }
+        self.saw(&e.attr);
+        Ok(Some(e))
+    }
+
+    /// Send held writes with the attribute changes held after them ([`HeldAttr`]), in one call
+    /// when they can go together ([`Ctx::send_held_with`]), else the change after the writes.
+    /// A failure of either is reported as [`Ctx::send_held`]'s.
     async fn send_held_with_attrs(
         &self,
         st: &Arc<Mutex<OpenInode>>,
@@ -576,47 +629,17 @@ impl Ctx {
         layout: Option<Layout>,
         stable: bool,
     ) -> FsResult<()> {
-        let data = Bytes::from(h.data);
-        let t = self.attrs.ticket();
-        let mut stamp = DirtyChunks::default();
-        let r = self
-            .client
-            .setattr_after_writes(
-                &h.cred,
-                ino,
-                &set,
-                (h.offset, data.clone()),
-                (!stable).then_some(&mut stamp),
-            )
-            .await;
-        if let Ok(Some(e)) = &r {
-            self.changed(t, ino, &Ok(e.clone()));
-            {
-                let mut g = st.lock().expect("inode state");
-                g.layout = Some(e.layout);
-                g.sending = None;
-                g.held_attr = None;
-                g.dirty.merge(stamp);
+        let cred = h.cred.clone();
+        let r = match self.send_held_with(st, ino, h, &set, layout, stable).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                let t = self.attrs.ticket();
+                let e = self.client.setattr(&cred, ino, &set).await;
+                self.changed(t, ino, &e);
+                e.map(|e| self.saw(&e.attr))
             }
-            self.saw(&e.attr);
-            return Ok(());
-        }
-        // Neither made: the writes on their own first, then the change (or its failure).
-        self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
-        let mode = WriteMode {
-            stable,
-            ..unstable(layout)
-        };
-        let mut r = match self.send_held(st, ino, &h.cred, h.offset, data, mode).await {
             Err(e) => Err(e),
-            Ok(()) => r.map(|_| ()),
         };
-        if matches!(r, Ok(())) {
-            let t = self.attrs.ticket();
-            let e = self.client.setattr(&h.cred, ino, &set).await;
-            self.changed(t, ino, &e);
-            r = e.map(|e| self.saw(&e.attr));
-        }
         let mut g = st.lock().expect("inode state");
         g.held_attr = None;
         if let Err(e) = &r {
@@ -689,36 +712,7 @@ impl Ctx {
         let Some((h, _, layout)) = Self::take_held(&st) else {
             return Ok(None);
         };
-        let data = Bytes::from(h.data);
-        let t = self.attrs.ticket();
-        let mut stamp = DirtyChunks::default();
-        let r = self
-            .client
-            .setattr_after_writes(cred, ino, s, (h.offset, data.clone()), Some(&mut stamp))
-            .await;
-        let e = match r {
-            Ok(Some(e)) => e,
-            other => {
-                // Not written (too large for the inode now, or the change failed): written on
-                // their own, before the change is made or its failure reported.
-                self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
-                st.lock().expect("inode state").dirty.merge(stamp);
-                self.send_held(&st, ino, &h.cred, h.offset, data, unstable(layout))
-                    .await?;
-                return other.map(|_| None);
-            }
-        };
-        self.changed(t, ino, &Ok(e.clone()));
-        {
-            let mut g = st.lock().expect("inode state");
-            g.layout = Some(e.layout);
-            g.sending = None;
-            // Under the settling lock, which a last release's commit waits for: the file is
-            // still open here.
-            g.dirty.merge(stamp);
-        }
-        self.saw(&e.attr);
-        Ok(Some(e))
+        self.send_held_with(&st, ino, h, s, layout, false).await
     }
 
     /// Let every write-behind write of `ino` land (and send the writes held for a small file),
