@@ -131,12 +131,7 @@ impl SealFs {
     /// and continues the held writes of the same writer; `None` otherwise (nothing is held
     /// then, and the caller writes through).
     fn hold(&self, g: &mut OpenInode, cred: &Credentials, offset: u64, end: u64, data: &[u8]) -> Option<u32> {
-        if end > INLINE_MAX
-            || g.failed.is_some()
-            || !g.inflight.is_empty()
-            || g.pending.is_some()
-            || g.held_attr.is_some()
-        {
+        if end > INLINE_MAX || !g.owes_only_held() || g.held_attr.is_some() {
             return None;
         }
         if g.held.as_ref().is_some_and(|h| h.end() != offset || h.cred != *cred) {
@@ -174,8 +169,8 @@ impl SealFs {
         let st = self.state.inode(ino)?;
         let cached = self.attrs.get(ino).map(|(a, _)| a);
         let mut g = st.lock().expect("inode state");
-        let alone = g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none();
-        if !alone || !g.layout.is_some_and(|l| l.inline) || g.held.as_ref().is_none_or(|h| h.cred != *cred) {
+        if !g.owes_only_held() || !g.layout.is_some_and(|l| l.inline) || g.held.as_ref().is_none_or(|h| h.cred != *cred)
+        {
             return None;
         }
         let mut attr = match &g.held_attr {
@@ -702,9 +697,8 @@ impl Ctx {
         let _one_at_a_time = settling.lock().await;
         {
             let g = st.lock().expect("inode state");
-            let alone = g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none();
             // With attributes held too, the settle sends both and the change goes after.
-            if !alone || g.held_attr.is_some() || !g.held.as_ref().is_some_and(|h| h.cred == *cred) {
+            if !g.owes_only_held() || g.held_attr.is_some() || !g.held.as_ref().is_some_and(|h| h.cred == *cred) {
                 return Ok(None);
             }
         }
@@ -729,7 +723,7 @@ impl Ctx {
         let _one_at_a_time = settling.lock().await;
         {
             let g = st.lock().expect("inode state");
-            if g.inflight.is_empty() && g.pending.is_none() && g.failed.is_none() && g.held.is_none() {
+            if g.owes_only_held() && g.held.is_none() {
                 return Ok(());
             }
         }

@@ -95,6 +95,12 @@ impl HeldWrite {
 }
 
 impl OpenInode {
+    /// Whether nothing but held writes is owed: no write in flight, no size update to send, no
+    /// failure to report.
+    pub fn owes_only_held(&self) -> bool {
+        self.inflight.is_empty() && self.pending.is_none() && self.failed.is_none()
+    }
+
     /// Whether an in-flight write overlaps `[start, end)`.
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
         self.inflight.iter().any(|&(s, e)| s < end && start < e)
@@ -236,12 +242,7 @@ impl State {
     pub fn quiet(&self, ino: InodeId) -> bool {
         let Some(st) = self.inode(ino) else { return true };
         let g = st.lock().expect("inode state");
-        g.inflight.is_empty()
-            && g.held.is_none()
-            && g.pending.is_none()
-            && g.failed.is_none()
-            && g.dirty.is_empty()
-            && g.settling.try_lock().is_ok()
+        g.owes_only_held() && g.held.is_none() && g.dirty.is_empty() && g.settling.try_lock().is_ok()
     }
 
     /// Attributes as this mount's callers must see them: a file unlinked while open here lives
