@@ -562,23 +562,16 @@ impl SealClient {
 
     /// Remove a non-directory entry.
     pub async fn unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Changed> {
-        let name = Bytes::copy_from_slice(name);
-        let r = self
-            .router
-            .call(self.ino_part(parent), |mut c, epoch| {
-                let req = pb::NameRequest {
-                    ctx: Some(ctx(epoch, cred)),
-                    parent,
-                    name: name.clone(),
-                };
-                async move { c.unlink(req).await }
-            })
-            .await?;
-        Ok(changed_of(&r))
+        self.remove(cred, parent, name, false).await
     }
 
     /// Remove an empty directory.
     pub async fn rmdir(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<Changed> {
+        self.remove(cred, parent, name, true).await
+    }
+
+    /// Remove the entry `name` of `parent`: a directory (`dir`) or anything else.
+    async fn remove(&self, cred: &Credentials, parent: InodeId, name: &[u8], dir: bool) -> FsResult<Changed> {
         let name = Bytes::copy_from_slice(name);
         let r = self
             .router
@@ -588,7 +581,13 @@ impl SealClient {
                     parent,
                     name: name.clone(),
                 };
-                async move { c.rmdir(req).await }
+                async move {
+                    if dir {
+                        c.rmdir(req).await
+                    } else {
+                        c.unlink(req).await
+                    }
+                }
             })
             .await?;
         Ok(changed_of(&r))

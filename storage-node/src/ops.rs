@@ -464,11 +464,14 @@ impl Node {
         }
     }
 
-    /// unlink(parent, name) of a non-directory.
-    pub async fn op_unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<pb::ChangeReply> {
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
+    /// The start of unlink and rmdir: lock the folder and the inode its entry `name` names (which
+    /// must exist), then read the folder under the lock and check the caller may change it.
+    async fn lock_entry_to_remove(
+        &self,
+        cred: &Credentials,
+        parent: InodeId,
+        name: &[u8],
+    ) -> FsResult<(crate::locks::Held<'_>, DentryRecord, InodeRecord)> {
         self.check_not_pending(parent)?;
         let store = &self.store;
         let (held, d) = self
@@ -479,6 +482,15 @@ impl Node {
             .await?;
         let dir = live_dir(self.store.inode(parent)?)?;
         perm::check_dir_write(cred, &dir.attr)?;
+        Ok((held, d, dir))
+    }
+
+    /// unlink(parent, name) of a non-directory.
+    pub async fn op_unlink(&self, cred: &Credentials, parent: InodeId, name: &[u8]) -> FsResult<pb::ChangeReply> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let (held, d, dir) = self.lock_entry_to_remove(cred, parent, name).await?;
         if d.kind == FileKind::Directory {
             return Err(FsError::IsDir);
         }
@@ -526,16 +538,7 @@ impl Node {
         if name == b".." {
             return Err(FsError::NotEmpty);
         }
-        self.check_not_pending(parent)?;
-        let store = &self.store;
-        let (held, d) = self
-            .lock_discover(&[parent], || {
-                let d = store.get_dentry(parent, name)?.ok_or(FsError::NotFound)?;
-                Ok((vec![d.ino], d))
-            })
-            .await?;
-        let dir = live_dir(self.store.inode(parent)?)?;
-        perm::check_dir_write(cred, &dir.attr)?;
+        let (held, d, dir) = self.lock_entry_to_remove(cred, parent, name).await?;
         if d.kind != FileKind::Directory {
             return Err(FsError::NotDir);
         }
