@@ -656,6 +656,88 @@ mod tests {
         assert!(wal_files(dir.path()).len() <= 4, "{:?}", wal_files(dir.path()));
     }
 
+    /// The WAL made ready for reuse at start is cached as 4 KiB pages, not large folios: an
+    /// append of a synced change into a large folio makes ext4 walk every block of it, in the
+    /// write and again in the sync (see `fill_wal`). Read from the kernel's page flags, which
+    /// need root; without them, or on a kernel that makes no large folios, this shows nothing.
+    #[test]
+    fn the_reused_wal_is_cached_in_small_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_s, reuse) = MetaStore::open_reusing(dir.path(), 8).unwrap();
+        assert_eq!(reuse, WalReuse::Filled, "{:?}", wal_files(dir.path()));
+        let (number, _) = *wal_files(dir.path()).last().unwrap();
+        let path = dir.path().join(format!("{number:06}.log"));
+        match cached_pages(&path) {
+            Ok((cached, in_folios)) => {
+                assert!(cached >= 256, "only {cached} pages of {} cached", path.display());
+                assert_eq!(in_folios, 0, "{in_folios} of {cached} cached pages are in large folios");
+            }
+            Err(e) => eprintln!("page flags not readable ({e}): nothing checked"),
+        }
+    }
+
+    /// How many pages of `path` are in the page cache, and how many of those belong to a folio
+    /// of more than one page (`/proc/kpageflags`: compound head or tail).
+    fn cached_pages(path: &Path) -> std::io::Result<(usize, usize)> {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::io::AsRawFd;
+        const PAGE: usize = 4096;
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len() as usize;
+        let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+        let flags = std::fs::File::open("/proc/kpageflags")?;
+        // SAFETY: a read-only shared mapping of a file this test made and nobody truncates
+        // while it is mapped; it is unmapped before returning.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pages = len.div_ceil(PAGE);
+        let mut resident = vec![0u8; pages];
+        // SAFETY: `resident` holds one byte per page of the mapping.
+        let r = unsafe { libc::mincore(base, len, resident.as_mut_ptr()) };
+        let result = (|| {
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let (mut cached, mut in_folios) = (0, 0);
+            for (i, _) in resident.iter().enumerate().filter(|(_, r)| **r & 1 != 0) {
+                let addr = base as usize + i * PAGE;
+                // SAFETY: inside the mapping; the page is cached, so this maps it without I/O.
+                unsafe { std::ptr::read_volatile(addr as *const u8) };
+                let mut entry = [0u8; 8];
+                pagemap.read_exact_at(&mut entry, (addr / PAGE * 8) as u64)?;
+                let entry = u64::from_ne_bytes(entry);
+                let pfn = entry & ((1 << 55) - 1);
+                if entry >> 63 == 0 || pfn == 0 {
+                    // Not mapped after all, or the frame number is hidden (not root).
+                    return Err(std::io::Error::other("no frame number in /proc/self/pagemap"));
+                }
+                let mut f = [0u8; 8];
+                flags.read_exact_at(&mut f, pfn * 8)?;
+                let f = u64::from_ne_bytes(f);
+                cached += 1;
+                // KPF_COMPOUND_HEAD (15), KPF_COMPOUND_TAIL (16).
+                if f & (1 << 15 | 1 << 16) != 0 {
+                    in_folios += 1;
+                }
+            }
+            Ok((cached, in_folios))
+        })();
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base, len) };
+        result
+    }
+
     /// WAL files are reused: a crash while writing into one that still holds older records
     /// must recover every synced write and none of those records. The writes and the crash
     /// happen in a child process (this test binary again), which kills itself.
