@@ -245,6 +245,14 @@ fn unstable(known: Option<Layout>) -> WriteMode {
     }
 }
 
+/// How held writes of a file of layout `known` go: synced with `stable`, else unstable.
+fn held_mode(known: Option<Layout>, stable: bool) -> WriteMode {
+    WriteMode {
+        stable,
+        ..unstable(known)
+    }
+}
+
 /// Record that `st` owes the nodes a size and times update up to `end` (write-behind).
 fn owe_size(g: &mut OpenInode, end: u64, cred: Credentials) {
     let furthest = g.pending.as_ref().map_or(end, |(p, _)| end.max(*p));
@@ -590,10 +598,7 @@ impl Ctx {
             other => {
                 self.changed(t, ino, &Err(FsError::Invalid("not written".into())));
                 st.lock().expect("inode state").dirty.merge(stamp);
-                let mode = WriteMode {
-                    stable,
-                    ..unstable(layout)
-                };
+                let mode = held_mode(layout, stable);
                 self.send_held(st, ino, &h.cred, h.offset, data, mode).await?;
                 return other.map(|_| None);
             }
@@ -733,10 +738,7 @@ impl Ctx {
                 self.send_held_with_attrs(&st, ino, h, set, layout, stable).await?;
             }
             Some((h, None, layout)) => {
-                let mode = WriteMode {
-                    stable,
-                    ..unstable(layout)
-                };
+                let mode = held_mode(layout, stable);
                 self.send_held(&st, ino, &h.cred, h.offset, Bytes::from(h.data), mode)
                     .await?;
             }
