@@ -1261,15 +1261,18 @@ impl fuser::Filesystem for SealFs {
                     .open_file_with(ino.0, flags, e.layout, data, || cx.attrs.unchanged_since(t, ino.0));
                 Ok((fh, keep))
             },
-            |r, (fh, keep)| {
-                r.opened(
-                    FileHandle(fh),
-                    if keep {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    },
-                )
+            move |r, (fh, keep)| {
+                let mut open = FopenFlags::empty();
+                if keep {
+                    open |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                // A read-only descriptor has nothing of its own to land at close, and this mount
+                // takes no POSIX locks (the kernel keeps them): its close needs no FLUSH round
+                // trip. Writes held through other descriptors land at theirs.
+                if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                    open |= FopenFlags::FOPEN_NOFLUSH;
+                }
+                r.opened(FileHandle(fh), open)
             },
         );
     }
