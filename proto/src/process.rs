@@ -18,10 +18,14 @@ use tracing::warn;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: logs usually go to files, where escape codes get in the way
+    // of grep and of key=value parsing (NO_COLOR turns them off on a terminal too).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     // A second init (tests that start several servers in one process) keeps the first one.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
