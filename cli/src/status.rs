@@ -125,6 +125,41 @@ pub fn render(s: &pb::StatusReply) -> String {
             s.auth_refused
         );
     }
+    for n in &s.nodes {
+        let (Some(node), Some(sc)) = (&n.node, n.stats.as_ref().and_then(|st| st.scrub.as_ref())) else {
+            continue;
+        };
+        if sc.passes == 0 && sc.corrupt == 0 {
+            continue;
+        }
+        let last = if sc.last_pass_end == 0 {
+            "none finished yet".to_string()
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("the last ended {} ago", age(now.saturating_sub(sc.last_pass_end)))
+        };
+        let _ = writeln!(
+            out,
+            "scrub of node {} since it started: {} pass{} ({last}), {} chunks and {} checked; {} corrupt: {} mended{}",
+            node.id,
+            sc.passes,
+            if sc.passes == 1 { "" } else { "es" },
+            sc.chunks,
+            bytes(sc.bytes),
+            sc.corrupt,
+            sc.repaired,
+            if sc.unrepaired > 0 {
+                format!(
+                    ", {} NOT MENDED (no good copy reached; see the node's log)",
+                    sc.unrepaired
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let moving = map.assignment.iter().filter(|r| !r.filling.is_empty()).count();
     let eligible = s
         .nodes
@@ -152,6 +187,16 @@ pub fn render(s: &pb::StatusReply) -> String {
         );
     }
     out
+}
+
+/// A span of seconds for people: "45s", "12m", "5.0h", "3.2d".
+fn age(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{:.1}h", secs as f64 / 3600.0),
+        _ => format!("{:.1}d", secs as f64 / 86400.0),
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +241,15 @@ mod tests {
                         bytes_total: 3 << 30,
                     }],
                     auth_refused: 2,
+                    scrub: Some(pb::ScrubStats {
+                        passes: 2,
+                        chunks: 40,
+                        bytes: 3 << 30,
+                        corrupt: 2,
+                        repaired: 1,
+                        unrepaired: 1,
+                        last_pass_end: 1,
+                    }),
                     ..Default::default()
                 }),
                 primary_partitions: 85,
@@ -213,6 +267,15 @@ mod tests {
         assert!(text.contains("DOWN"), "{text}");
         assert!(text.contains("6.0 GiB"), "{text}");
         assert!(text.contains("moves in progress: 1 (2.0 GiB left to copy)"), "{text}");
+        assert!(
+            text.contains("scrub of node 1 since it started: 2 passes (the last ended ")
+                && text.contains("40 chunks and 3.0 GiB checked; 2 corrupt: 1 mended, 1 NOT MENDED"),
+            "{text}"
+        );
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(600), "10m");
+        assert_eq!(age(3 * 3600), "3.0h");
+        assert_eq!(age(3 * 86400), "3.0d");
         assert!(
             text.contains("2 unavailable"),
             "node 1 leads both partitions and is down: {text}"

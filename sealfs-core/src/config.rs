@@ -192,6 +192,13 @@ pub struct NodeConfig {
     pub cache_mb: u64,
     /// Most gRPC connections one client address may hold open at once (more are closed).
     pub max_connections_per_client: u32,
+    /// Seconds from the end of one scrub pass to the start of the next (0: no scrub). A pass
+    /// reads every chunk this node holds in sync back from the disk, checks it against its
+    /// checksums and mends a bad block from another replica, so a copy that rots unread is put
+    /// right while the other copies still hold the data. Default: a week.
+    pub scrub_interval_secs: u64,
+    /// How fast a scrub pass reads, in MiB per second (it shares the disk with clients).
+    pub scrub_mib_per_sec: u64,
     /// Cluster secret and TLS.
     pub security: SecurityConfig,
 }
@@ -207,6 +214,8 @@ impl Default for NodeConfig {
             heartbeat_ms: 1000,
             cache_mb: 64,
             max_connections_per_client: 256,
+            scrub_interval_secs: 7 * 24 * 3600,
+            scrub_mib_per_sec: 32,
             security: SecurityConfig::default(),
         }
     }
@@ -238,6 +247,18 @@ impl NodeConfig {
             return Err(ConfigError::Invalid {
                 field: "heartbeat_ms",
                 msg: "must be 1 to 60000".into(),
+            });
+        }
+        if self.scrub_mib_per_sec == 0 || self.scrub_mib_per_sec > 1 << 20 {
+            return Err(ConfigError::Invalid {
+                field: "scrub_mib_per_sec",
+                msg: "must be 1 to 1048576 (turn the scrub off with scrub_interval_secs = 0)".into(),
+            });
+        }
+        if self.scrub_interval_secs > 10 * 365 * 24 * 3600 {
+            return Err(ConfigError::Invalid {
+                field: "scrub_interval_secs",
+                msg: "must be at most ten years (0 turns the scrub off)".into(),
             });
         }
         Ok(())
@@ -474,6 +495,16 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("readahead_kb"));
         let c = ClientConfig {
             readahead_kb: 0,
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        let c = NodeConfig {
+            scrub_mib_per_sec: 0,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("scrub_mib_per_sec"));
+        let c = NodeConfig {
+            scrub_interval_secs: 0,
             ..Default::default()
         };
         c.validate().unwrap();

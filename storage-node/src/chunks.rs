@@ -420,6 +420,32 @@ impl ChunkStore {
         .await
     }
 
+    /// Check `[off, off+len)` of a chunk against its checksums for the scrubber, with the bytes
+    /// read from the disk: a chunk not in use (not kept open) is dropped from the page cache
+    /// before and after, so the check sees what the disk holds and a pass does not push the
+    /// node's working set out of memory. Returns the chunk's length; 0 when it is gone or has no
+    /// checksums to check against (cut short by a crash before its first). A block that does not
+    /// match, looked at again while no writer can be, is `FsError::Corrupt`.
+    pub async fn scrub(&self, p: PartitionId, ino: InodeId, index: u64, off: u64, len: u64) -> FsResult<u64> {
+        let path = self.path(p, ino, index);
+        let (stripes, i) = self.stripe(ino, index);
+        let in_use = self.open.get((p, ino, index)).is_some();
+        blocking(move || match scrub_range(&path, off, len, !in_use) {
+            Err(FsError::Corrupt(_)) => {
+                // A writer may have been between data and checksum: look again while no writer
+                // can be.
+                let _g = stripes[i].lock().unwrap_or_else(|e| e.into_inner());
+                let r = scrub_range(&path, off, len, !in_use);
+                if let Err(FsError::Corrupt(why)) = &r {
+                    error!(partition = p, ino, index, chunk = %path.display(), "scrub: checksum mismatch: {why}");
+                }
+                r
+            }
+            r => r,
+        })
+        .await
+    }
+
     /// Remove every chunk of partition `p` (a replica that no longer holds it, or one being
     /// filled from scratch).
     pub async fn delete_partition(&self, p: PartitionId) -> FsResult<()> {
@@ -610,6 +636,49 @@ fn read_open(data: &File, sums: Option<&File>, off: u64, len: usize, cached_only
     let from = (off - start) as usize;
     let to = (from + (end - off) as usize).min(buf.len());
     Ok(Some(Bytes::from(buf).slice(from.min(to)..to)))
+}
+
+/// The scrubber's check of `[off, off+len)` of the chunk at `path` (see [`ChunkStore::scrub`]);
+/// with `uncache` its pages are dropped from the page cache before the read and after.
+fn scrub_range(path: &Path, off: u64, len: u64, uncache: bool) -> FsResult<u64> {
+    let data = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err(e, "open chunk")),
+    };
+    let Some(sums) = Sums::load(&sums::sum_path(path))? else {
+        return Ok(0);
+    };
+    let file_len = data.metadata().map_err(|e| io_err(e, "stat chunk"))?.len();
+    let end = off.saturating_add(len).min(file_len);
+    if off >= end {
+        return Ok(file_len);
+    }
+    let bs = sums.block();
+    let first = off / bs;
+    let start = first * bs;
+    let stop = (end.div_ceil(bs) * bs).min(file_len);
+    let drop_cached = || {
+        if uncache {
+            // Advice only: where it is not taken, the check reads the cached bytes.
+            let _ = nix::fcntl::posix_fadvise(
+                &data,
+                start as libc::off_t,
+                (stop - start) as libc::off_t,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+    };
+    drop_cached();
+    let buf = read_buffered(&data, start, (stop - start) as usize)?;
+    drop_cached();
+    for (k, block) in buf.chunks(bs as usize).enumerate() {
+        let b = first + k as u64;
+        if !sums.check(b, block) {
+            return Err(FsError::Corrupt(format!("block {b}")));
+        }
+    }
+    Ok(file_len)
 }
 
 /// `<ino as 16 hex digits>.<index>` back into its parts.

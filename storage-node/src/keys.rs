@@ -20,8 +20,10 @@
 //! coordinating request (`T`) or of the step's target (`A`).
 //!
 //! `node` column family: `format` (u64be store format), `node_id`, `cluster_id`,
-//! `intent_seq` (u64be high-water of intent ids), `wal-fill` (a scratch value that start-up
-//! writes and deletes to grow a WAL for reuse; absent otherwise).
+//! `intent_seq` (u64be high-water of intent ids), `scrub_done_at` (u64be: when the last scrub
+//! pass ended, or the node first started, in seconds since 1970; scrub.rs), `scrub_resume`
+//! (u64be: the partition a scrub pass cut short by a restart goes on from; 0: none), `wal-fill` (a
+//! scratch value that start-up writes and deletes to grow a WAL for reuse; absent otherwise).
 //!
 //! Big-endian integers keep keys of one parent (or inode) contiguous and in numeric order, so a
 //! directory listing is one range scan in cookie (name hash) order, and the cookie is stable.
@@ -37,6 +39,11 @@ pub const NODE_CF: &str = "node";
 
 /// The `node` column family's scratch key that start-up writes to grow a WAL for reuse.
 pub const WAL_FILL: &[u8] = b"wal-fill";
+
+/// The `node` column family's key of when the last scrub pass ended (scrub.rs).
+pub const SCRUB_DONE_AT: &str = "scrub_done_at";
+/// The `node` column family's key of the partition an unfinished scrub pass goes on from.
+pub const SCRUB_RESUME: &str = "scrub_resume";
 
 /// Smallest directory cookie handed out: 0 starts a listing, 1 and 2 are "." and "..".
 pub const MIN_COOKIE: u64 = 3;

@@ -13,6 +13,7 @@ pub mod openfiles;
 pub mod ops;
 pub mod records;
 pub mod replication;
+pub mod scrub;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -33,6 +33,12 @@ struct Args {
     /// RocksDB block cache in MiB.
     #[arg(long, env = "SEALFS_CACHE_MB")]
     cache_mb: Option<u64>,
+    /// Seconds between scrub passes (0: no scrub), which read every chunk back and check it.
+    #[arg(long, env = "SEALFS_SCRUB_INTERVAL_SECS")]
+    scrub_interval_secs: Option<u64>,
+    /// How fast a scrub pass reads, in MiB per second.
+    #[arg(long, env = "SEALFS_SCRUB_MIB_PER_SEC")]
+    scrub_mib_per_sec: Option<u64>,
     /// Write the bound address to this file once listening.
     #[arg(long, env = "SEALFS_ADDR_FILE")]
     addr_file: Option<PathBuf>,
@@ -68,6 +74,12 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.cache_mb {
         cfg.cache_mb = v;
+    }
+    if let Some(v) = args.scrub_interval_secs {
+        cfg.scrub_interval_secs = v;
+    }
+    if let Some(v) = args.scrub_mib_per_sec {
+        cfg.scrub_mib_per_sec = v;
     }
     args.security.clone().apply(&mut cfg.security);
     cfg.validate()?;

@@ -78,6 +78,8 @@ pub struct Node {
     pub finishing: Finishing,
     /// Creates waiting for their directory's turn (batch.rs).
     pub creates: crate::batch::CreateQueues,
+    /// What the background scrub found (scrub.rs).
+    pub scrub: crate::scrub::ScrubStats,
 }
 
 /// An intent whose steps are done: the partition of its record, its id and the record.

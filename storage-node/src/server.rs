@@ -48,6 +48,7 @@ fn stats(node: Option<&Node>, chunks: &ChunkStore, store: &MetaStore, security: 
         inodes: store.estimate_keys(),
         fills: node.map(|n| n.fill_progress()).unwrap_or_default(),
         auth_refused: security.refused(),
+        scrub: node.map(|n| n.scrub.to_pb()),
     }
 }
 
@@ -166,6 +167,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
         changes: Default::default(),
         finishing: Default::default(),
         creates: Default::default(),
+        scrub: Default::default(),
     });
     // Registration was the manager's word: the node may lead partitions from here on, for as long
     // as it keeps heartbeating (see Replication::was_away).
@@ -182,6 +184,10 @@ pub async fn run(config: NodeConfig, listener: TcpListener, cancel: Cancellation
     tokio::spawn(node.clone().map_watcher(cancel.clone()));
     tokio::spawn(node.clone().cleanup_worker(cancel.clone()));
     tokio::spawn(node.clone().finish_worker(cancel.clone()));
+    tokio::spawn(
+        node.clone()
+            .scrub_worker(config.scrub_interval_secs, config.scrub_mib_per_sec, cancel.clone()),
+    );
     tokio::spawn(heartbeat_loop(
         node.clone(),
         security.clone(),

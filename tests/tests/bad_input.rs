@@ -617,6 +617,126 @@ async fn a_flipped_byte_is_repaired_from_a_replica() {
     c.cluster.check_running().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_nobody_reads_is_found_and_mended_by_the_scrub() {
+    let mut c = TestCluster::start_with(3, true, |spec| {
+        spec.env.push(("SEALFS_SCRUB_INTERVAL_SECS".into(), "1".into()));
+    });
+    let data = pattern(9, 500_000);
+    let (_client, ino) = store_victim(&c, &data).await;
+    let map = c.cluster.fetch_map().unwrap();
+    let primary = map.primary(map.chunk_partition(ino, 0)).unwrap().addr.clone();
+    // A copy that is not the primary's: no client read ever comes to it.
+    let node = (0..3)
+        .find(|i| c.cluster.node_addr(*i).as_deref() != Some(primary.as_str()))
+        .unwrap();
+    let chunk = flip_a_byte(&c, node, ino, 0, 400_000);
+    assert_ne!(fs::read(&chunk).unwrap(), data);
+    let log_path = c.cluster.log_path(&format!("node{node}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::read(&chunk).unwrap() != data {
+        if Instant::now() > deadline {
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("the flipped byte is still there after 60 s of scrubbing\nnode log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("scrub: checksum mismatch") && log.contains(&chunk.display().to_string()),
+        "node log: {log}"
+    );
+    assert!(log.contains("repaired a corrupt chunk"), "node log: {log}");
+    // The manager reports it with the node's next heartbeat.
+    let (sec, manager) = (c.cluster.security.clone(), c.cluster.manager_addr.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = sealfs_cli::status::fetch(&sec, &manager).await.unwrap();
+        let scrubs: Vec<pb::ScrubStats> = status
+            .nodes
+            .iter()
+            .filter_map(|n| n.stats.as_ref().and_then(|s| s.scrub))
+            .collect();
+        let found: u64 = scrubs.iter().map(|s| s.corrupt).sum();
+        let mended: u64 = scrubs.iter().map(|s| s.repaired).sum();
+        if found > 0 && scrubs.iter().all(|s| s.passes > 0) {
+            assert_eq!((found, mended), (1, 1), "{scrubs:?}");
+            assert!(scrubs.iter().all(|s| s.unrepaired == 0), "{scrubs:?}");
+            let text = sealfs_cli::status::render(&status);
+            assert!(text.contains("1 corrupt: 1 mended"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scrub's findings were not reported: {scrubs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every copy checks out on the next passes, and the file reads whole.
+    let root = Credentials::root();
+    let client = cluster_client(&c).await;
+    assert_eq!(&client.read(&root, ino, 0, 500_000).await.unwrap()[..], &data[..]);
+    c.cluster.check_running().unwrap();
+}
+
+/// The number after `key` (as `key=` in a log line's fields).
+fn field(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()
+}
+
+#[test]
+fn a_scrub_pass_cut_short_by_a_restart_goes_on_where_it_was() {
+    // Passes read 1 MiB a second, the first five seconds after the first start: slow enough to
+    // stop a node in the middle of one.
+    let mut c = TestCluster::start_with(3, true, |spec| {
+        spec.env.push(("SEALFS_SCRUB_INTERVAL_SECS".into(), "5".into()));
+        spec.env.push(("SEALFS_SCRUB_MIB_PER_SEC".into(), "1".into()));
+    });
+    // One chunk each, over many partitions; every node holds every partition.
+    for i in 0..16u64 {
+        fs::write(c.mnt().join(format!("f{i}")), pattern(i, 1 << 20)).unwrap();
+    }
+    let log_path = c.cluster.log_path("node0");
+    let lines = |what: &str| -> Vec<String> {
+        fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(String::from)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines("scrub pass begins").is_empty() {
+        assert!(Instant::now() < deadline, "no scrub pass began within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Halfway through 16 MiB at 1 MiB a second.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(lines("scrub pass done").is_empty(), "the pass ended already");
+    c.cluster.stop_node(0, nix::sys::signal::Signal::SIGTERM);
+    c.cluster.start_node(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines("scrub pass begins").len() < 2 {
+        assert!(Instant::now() < deadline, "no scrub pass began after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // It goes on from a partition past the first, not from the start.
+    let resumed = lines("scrub pass begins")[1].clone();
+    let from = field(&resumed, "from_partition=").unwrap_or_else(|| panic!("no partition in {resumed:?}"));
+    assert!(from > 0, "the pass after the restart began from the start: {resumed}");
+    // And ends, having checked fewer chunks than a whole pass has.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines("scrub pass done").is_empty() {
+        assert!(Instant::now() < deadline, "the resumed pass did not end within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done = lines("scrub pass done")[0].clone();
+    let chunks = field(&done, "chunks=").unwrap_or_else(|| panic!("no chunk count in {done:?}"));
+    assert!(chunks > 0 && chunks < 16, "{done}");
+    c.cluster.check_running().unwrap();
+}
+
 #[test]
 fn a_full_meta_disk_gives_enospc_keeps_serving_and_recovers() {
     let mut disk = None;
