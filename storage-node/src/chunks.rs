@@ -54,7 +54,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 's
         .map_err(|e| FsError::Io(format!("chunk task failed: {e}")))?
 }
 
-fn now_secs() -> u64 {
+/// Seconds since 1970 by this host's clock (0 if it is set before).
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -620,19 +621,11 @@ fn read_open(data: &File, sums: Option<&File>, off: u64, len: usize, cached_only
         return Ok(None);
     };
     let sums = Sums::decode(&raw).map_err(|why| FsError::Corrupt(format!("checksums: {why}")))?;
-    let bs = sums.block();
-    let first = off / bs;
-    let start = first * bs;
-    let stop = (end.div_ceil(bs) * bs).min(file_len);
+    let (first, start, stop) = sums.covering(off, end, file_len);
     let Some(buf) = read(data, start, (stop - start) as usize)? else {
         return Ok(None);
     };
-    for (k, block) in buf.chunks(bs as usize).enumerate() {
-        let b = first + k as u64;
-        if !sums.check(b, block) {
-            return Err(FsError::Corrupt(format!("block {b}")));
-        }
-    }
+    sums.check_blocks(first, &buf)?;
     let from = (off - start) as usize;
     let to = (from + (end - off) as usize).min(buf.len());
     Ok(Some(Bytes::from(buf).slice(from.min(to)..to)))
@@ -654,10 +647,7 @@ fn scrub_range(path: &Path, off: u64, len: u64, uncache: bool) -> FsResult<u64> 
     if off >= end {
         return Ok(file_len);
     }
-    let bs = sums.block();
-    let first = off / bs;
-    let start = first * bs;
-    let stop = (end.div_ceil(bs) * bs).min(file_len);
+    let (first, start, stop) = sums.covering(off, end, file_len);
     let drop_cached = || {
         if uncache {
             // Advice only: where it is not taken, the check reads the cached bytes.
@@ -672,12 +662,7 @@ fn scrub_range(path: &Path, off: u64, len: u64, uncache: bool) -> FsResult<u64> 
     drop_cached();
     let buf = read_buffered(&data, start, (stop - start) as usize)?;
     drop_cached();
-    for (k, block) in buf.chunks(bs as usize).enumerate() {
-        let b = first + k as u64;
-        if !sums.check(b, block) {
-            return Err(FsError::Corrupt(format!("block {b}")));
-        }
-    }
+    sums.check_blocks(first, &buf)?;
     Ok(file_len)
 }
 

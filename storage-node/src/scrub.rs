@@ -7,13 +7,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sealfs_core::{FsError, PartitionId};
 use sealfs_proto::pb;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::chunks::now_secs;
 use crate::keys;
 use crate::node::Node;
 
@@ -88,13 +89,6 @@ impl Pace {
         let due = self.start + Duration::from_secs_f64(self.bytes as f64 / self.per_sec as f64);
         due.saturating_duration_since(now)
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A pass stopped because the node is stopping.

@@ -81,6 +81,31 @@ impl Sums {
         (b * self.block, ((b + 1) * self.block).min(len))
     }
 
+    /// The whole blocks that cover `[off, end)` of a chunk of `len` bytes (`end <= len`): the
+    /// first block's number, and the byte range `[start, stop)` they span (the last cut short at
+    /// the chunk's end).
+    pub fn covering(&self, off: u64, end: u64, len: u64) -> (u64, u64, u64) {
+        let first = off / self.block;
+        (
+            first,
+            first * self.block,
+            (end.div_ceil(self.block) * self.block).min(len),
+        )
+    }
+
+    /// Check `data`, the bytes of consecutive blocks from block `first` on (as
+    /// [`Sums::covering`] gives them), against their checksums; a block that fails is
+    /// `FsError::Corrupt` naming it.
+    pub fn check_blocks(&self, first: u64, data: &[u8]) -> FsResult<()> {
+        for (k, block) in data.chunks(self.block as usize).enumerate() {
+            let b = first + k as u64;
+            if !self.check(b, block) {
+                return Err(FsError::Corrupt(format!("block {b}")));
+            }
+        }
+        Ok(())
+    }
+
     /// Checksum every block of the open chunk `f` (with blocks of the current size).
     pub fn compute(f: &File) -> FsResult<Sums> {
         Sums::compute_with(f, BLOCK)

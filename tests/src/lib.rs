@@ -344,6 +344,15 @@ pub fn xattr_set(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
 /// Deterministic pseudo-random bytes (xorshift), so a test can regenerate what it wrote.
 pub use sealfs_cli::load::pattern;
 
+/// Wait until `ok()` holds, polling, failing with `what` once `within` has passed.
+pub fn eventually_within(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < within, "{what}: not seen within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Lines every guest script starts with: the initramfs's folders are created 0700, so open them
 /// for the unprivileged users some tests act as.
 pub const GUEST_PREAMBLE: &str = "chmod 755 / /tmp /bin /etc /lib /lib64 /sbin 2>/dev/null\n";

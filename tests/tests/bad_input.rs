@@ -15,7 +15,7 @@ use sealfs_core::config::{MAX_IO_SIZE, MAX_MESSAGE_SIZE};
 use sealfs_core::{Credentials, ROOT_INO};
 use sealfs_proto::auth::Security;
 use sealfs_proto::pb;
-use sealfs_tests::{pattern, InProcessCluster, TestCluster};
+use sealfs_tests::{eventually_within, pattern, InProcessCluster, TestCluster};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
@@ -679,6 +679,8 @@ async fn a_flipped_byte_nobody_reads_is_found_and_mended_by_the_scrub() {
     c.cluster.check_running().unwrap();
 }
 
+const MINUTE: Duration = Duration::from_secs(60);
+
 /// The number after `key` (as `key=` in a log line's fields).
 fn field(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
@@ -709,32 +711,26 @@ fn a_scrub_pass_cut_short_by_a_restart_goes_on_where_it_was() {
     // A pass that begins once all the data is in (one may have run over an empty cluster, if
     // starting it took long).
     let begun = lines("scrub pass begins").len();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines("scrub pass begins").len() == begun {
-        assert!(Instant::now() < deadline, "no scrub pass began within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_within("a scrub pass beginning", MINUTE, || {
+        lines("scrub pass begins").len() > begun
+    });
     let ended = lines("scrub pass done").len();
     // Halfway through 16 MiB at 1 MiB a second.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(lines("scrub pass done").len(), ended, "the pass ended already");
     c.cluster.stop_node(0, nix::sys::signal::Signal::SIGTERM);
     c.cluster.start_node(0).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines("scrub pass begins").len() < begun + 2 {
-        assert!(Instant::now() < deadline, "no scrub pass began after the restart");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_within("a scrub pass beginning after the restart", MINUTE, || {
+        lines("scrub pass begins").len() >= begun + 2
+    });
     // It goes on from a partition past the first, not from the start.
     let resumed = lines("scrub pass begins")[begun + 1].clone();
     let from = field(&resumed, "from_partition=").unwrap_or_else(|| panic!("no partition in {resumed:?}"));
     assert!(from > 0, "the pass after the restart began from the start: {resumed}");
     // And ends, having checked fewer chunks than a whole pass has.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines("scrub pass done").len() == ended {
-        assert!(Instant::now() < deadline, "the resumed pass did not end within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_within("the resumed scrub pass ending", MINUTE, || {
+        lines("scrub pass done").len() > ended
+    });
     let done = lines("scrub pass done")[ended].clone();
     let chunks = field(&done, "chunks=").unwrap_or_else(|| panic!("no chunk count in {done:?}"));
     assert!(chunks > 0 && chunks < 16, "{done}");

@@ -76,12 +76,8 @@ fn wait_live(log: &Path) {
 }
 
 /// Wait until `ok()` holds, failing with `what` past the deadline.
-fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < DEADLINE, "{what}: not seen within {DEADLINE:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, ok: impl FnMut() -> bool) {
+    sealfs_tests::eventually_within(what, DEADLINE, ok);
 }
 
 fn meta(p: &Path) -> Option<(u64, u32)> {
