@@ -15,6 +15,12 @@
 //!   partition's keys and its chunk files. The replica skips copied keys and byte ranges that a
 //!   forwarded change already wrote (they are newer). When the copy is done the primary reports it
 //!   and the manager moves the replica into the in-sync set.
+//! - **Coming back.** A replica that was dropped and comes back (a node restarted after the
+//!   failure timeout) still holds most chunks as they were. It keeps its chunk files at the start
+//!   of the fill; the primary sends, for each piece of each chunk, a SHA-256 of every block
+//!   instead of the bytes, and then only the blocks whose digests the replica's own bytes do not
+//!   match. Chunks a forwarded change reaches before their comparison are dropped first (they
+//!   then fill as on a new replica), and kept chunks the copy never names are removed at the end.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +69,8 @@ pub struct FillOut {
     pub begun: std::sync::atomic::AtomicBool,
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
+    /// Chunk bytes the target held already (compared equal, not sent).
+    pub bytes_same: AtomicU64,
 }
 
 /// A fill this node receives: what forwarded changes wrote since it began, which copied data
@@ -74,6 +82,12 @@ pub struct FillIn {
     keys: HashSet<Vec<u8>>,
     /// (inode, index) -> written byte ranges [start, end).
     chunks: HashMap<(InodeId, u64), Vec<(u64, u64)>>,
+    /// Chunks kept from before (`keep_chunks`) that nothing has looked at yet: compared before
+    /// use, dropped before a forwarded change or copied bytes land in them, removed at the end
+    /// if the copy never names them.
+    stale: HashSet<(InodeId, u64)>,
+    /// Kept chunks being compared: cut to the primary's length at their first comparison.
+    kept: HashSet<(InodeId, u64)>,
 }
 
 impl FillIn {
@@ -114,6 +128,9 @@ impl FillIn {
 pub struct Replication {
     pub fills_out: DashMap<(PartitionId, NodeId), Arc<FillOut>>,
     pub fills_in: DashMap<PartitionId, Arc<Mutex<FillIn>>>,
+    /// Fills in a row that failed while the target kept its chunks: past `DELTA_TRIES` the next
+    /// one copies everything, so nothing about kept chunks can hold a replica back for good.
+    pub delta_failures: DashMap<(PartitionId, NodeId), u32>,
     /// Partition -> the earliest map epoch since which this process holds every change of the
     /// partition that was acknowledged: 0 where it lost nothing (it started after a clean stop,
     /// or received a copy of the partition), else the epoch it first saw itself in the in-sync
@@ -161,6 +178,42 @@ impl Replication {
 const FILL_BATCH: usize = 1 << 20;
 /// Fills one node runs at once as primary.
 const MAX_FILLS: usize = 4;
+/// Chunk bytes compared in one step of a fill whose target kept its chunks.
+const COMPARE_PIECE: usize = 4 << 20;
+/// Bytes one digest of such a step covers: what a differing block costs to send.
+const COMPARE_BLOCK: usize = 64 << 10;
+/// Failed fills in a row with kept chunks before the next copies everything.
+const DELTA_TRIES: u32 = 2;
+
+/// SHA-256 of each `block` bytes of `data` (the last may be shorter).
+fn digests(data: &[u8], block: usize) -> Vec<Bytes> {
+    use sha2::{Digest, Sha256};
+    data.chunks(block.max(1))
+        .map(|b| Bytes::copy_from_slice(&Sha256::digest(b)))
+        .collect()
+}
+
+/// The byte ranges `[start, end)` of blocks `differ` (indexes of `block`-byte blocks from
+/// `offset`, the piece `len` bytes long), adjacent ones merged; an index past the piece is an
+/// error (a replica must not make the primary send what it does not have).
+fn differing_ranges(offset: u64, len: u64, block: u64, differ: &[u32]) -> FsResult<Vec<(u64, u64)>> {
+    let mut idx: Vec<u64> = differ.iter().map(|&i| u64::from(i)).collect();
+    idx.sort_unstable();
+    idx.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for i in idx {
+        let start = i
+            .checked_mul(block)
+            .filter(|s| *s < len)
+            .ok_or_else(|| FsError::Invalid(format!("a replica asked for block {i} of a {len}-byte piece")))?;
+        let (s, e) = (offset + start, offset + (start + block).min(len));
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => out.push((s, e)),
+        }
+    }
+    Ok(out)
+}
 
 fn split_ops(ops: &KvOps) -> BTreeMap<PartitionId, (Vec<pb::KvPut>, Vec<Bytes>)> {
     let mut by_part: BTreeMap<PartitionId, (Vec<pb::KvPut>, Vec<Bytes>)> = BTreeMap::new();
@@ -639,6 +692,11 @@ impl Node {
             None => None,
         };
         let mut guard = _guard;
+        if let (Some(g), false) = (guard.as_mut(), matches!(op, replicate_chunk_request::Op::Commit(_))) {
+            // A kept chunk not yet compared holds bytes from before: it goes, and this chunk
+            // then fills as on a new replica.
+            self.drop_stale(g, p, id).await?;
+        }
         match op {
             replicate_chunk_request::Op::Write(w) => {
                 let split = split_pieces(w.offset, &w.data, &w.pieces, u64::from(u32::MAX))?;
@@ -663,8 +721,79 @@ impl Node {
         Ok(self.router.map().epoch)
     }
 
+    /// Remove chunk `id` of partition `p` if it is one the fill `g` kept and nothing has looked
+    /// at yet.
+    async fn drop_stale(&self, g: &mut FillIn, p: PartitionId, id: (InodeId, u64)) -> FsResult<()> {
+        if g.stale.remove(&id) {
+            self.chunks.truncate(p, id.0, id.1, 0).await?;
+        }
+        Ok(())
+    }
+
+    /// A `compare` step of a fill: which of the primary's blocks this node's kept copy of the
+    /// chunk does not hold.
+    async fn compare_kept(&self, g: &mut FillIn, p: PartitionId, c: &pb::FillCompare) -> FsResult<pb::FillReply> {
+        let id = c
+            .chunk
+            .as_ref()
+            .map(|c| (c.ino, c.index))
+            .ok_or_else(|| FsError::Invalid("missing chunk id".into()))?;
+        let block = c.block as usize;
+        if block == 0 || block > COMPARE_PIECE || c.digests.len() > COMPARE_PIECE.div_ceil(block) {
+            return Err(FsError::Invalid("a fill comparison of an odd shape".into()));
+        }
+        let whole = pb::FillReply {
+            whole: true,
+            ..Default::default()
+        };
+        if g.stale.remove(&id) {
+            // The first look: bytes past the primary's length are from before.
+            if let Err(e) = self.chunks.truncate(p, id.0, id.1, c.length).await {
+                warn!(
+                    partition = p,
+                    ino = id.0,
+                    index = id.1,
+                    "a kept chunk cannot be cut, so it is copied: {e}"
+                );
+                self.chunks.truncate(p, id.0, id.1, 0).await?;
+                return Ok(whole);
+            }
+            g.kept.insert(id);
+        } else if !g.kept.contains(&id) {
+            return Ok(whole);
+        }
+        let end = c.offset.saturating_add((block * c.digests.len()) as u64).min(c.length);
+        let want = end.saturating_sub(c.offset) as usize;
+        let mine = self.chunks.read(p, id.0, id.1, c.offset, want).await;
+        let mine = match mine {
+            Ok(b) => b,
+            // A bad block somewhere in the piece: every block is asked for (copies mend it).
+            Err(e) => {
+                warn!(
+                    partition = p,
+                    ino = id.0,
+                    index = id.1,
+                    "a kept chunk cannot be read, so the piece is copied: {e}"
+                );
+                Bytes::new()
+            }
+        };
+        let ours = tokio::task::spawn_blocking(move || digests(&mine, block))
+            .await
+            .map_err(|e| FsError::Io(format!("digest task failed: {e}")))?;
+        // A copy shorter here has fewer digests, or a last one over fewer bytes: those differ.
+        let differ = (0..c.digests.len())
+            .filter(|&i| ours.get(i) != Some(&c.digests[i]))
+            .map(|i| i as u32)
+            .collect();
+        Ok(pb::FillReply {
+            differ,
+            ..Default::default()
+        })
+    }
+
     /// One step of a fill this node receives.
-    pub async fn apply_fill(&self, r: pb::FillRequest) -> FsResult<()> {
+    pub async fn apply_fill(&self, r: pb::FillRequest) -> FsResult<pb::FillReply> {
         let p = r.partition;
         self.check_replica(r.ctx.as_ref(), p, r.sender).await?;
         if !self
@@ -690,14 +819,34 @@ impl Node {
             }));
             // Hold the new state's lock while the old data goes, so no forwarded change lands in
             // between and is wiped.
-            let _g = state.lock().await;
+            let mut g = state.lock().await;
             self.repl.fills_in.insert(p, state.clone());
             self.store.delete_partition(p).await?;
-            self.chunks.delete_partition(p).await?;
-            // From here it gets the primary's copy and every change: nothing it may have lost.
+            if r.keep_chunks {
+                g.stale = self
+                    .chunks
+                    .list(p)
+                    .await?
+                    .into_iter()
+                    .map(|(ino, index, _)| (ino, index))
+                    .collect();
+            } else {
+                self.chunks.delete_partition(p).await?;
+            }
+            // From here it gets the primary's copy and every change (kept chunks are compared
+            // with the primary's before they count): nothing it may have lost.
             self.repl.held_since.insert(p, 0);
-            info!(partition = p, from = r.sender, "receiving a copy of the partition");
-            return Ok(());
+            info!(
+                partition = p,
+                from = r.sender,
+                kept_chunks = g.stale.len(),
+                "receiving a copy of the partition"
+            );
+            // Holding none (a new replica), it is sent everything without comparisons.
+            return Ok(pb::FillReply {
+                keeps_chunks: !g.stale.is_empty(),
+                ..Default::default()
+            });
         }
         let state = self
             .repl
@@ -705,7 +854,7 @@ impl Node {
             .get(&p)
             .map(|f| f.clone())
             .ok_or_else(|| FsError::Invalid("no fill in progress".into()))?;
-        let g = state.lock().await;
+        let mut g = state.lock().await;
         if g.fill_id != r.fill_id || g.sender != r.sender {
             return Err(FsError::Invalid("a step of another fill".into()));
         }
@@ -733,6 +882,7 @@ impl Node {
                     .offset
                     .checked_add(c.data.len() as u64)
                     .ok_or_else(|| FsError::Invalid("chunk range".into()))?;
+                self.drop_stale(&mut g, p, id).await?;
                 if c.data.is_empty() {
                     // An empty chunk file exists on the primary: create it unless a change decided.
                     if g.untouched(id, 0, 1) == vec![(0, 1)] {
@@ -744,7 +894,12 @@ impl Node {
                     self.chunks.write(p, id.0, id.1, s, piece, false).await?;
                 }
             }
+            fill_request::Step::Compare(c) => return self.compare_kept(&mut g, p, &c).await,
             fill_request::Step::End(_) => {
+                // Kept chunks the copy never named belong to files removed meanwhile.
+                for (ino, index) in std::mem::take(&mut g.stale) {
+                    self.chunks.truncate(p, ino, index, 0).await?;
+                }
                 self.store.sync().await?;
                 self.chunks.sync_partition(p).await?;
                 drop(g);
@@ -752,7 +907,7 @@ impl Node {
                 info!(partition = p, "copy of the partition complete");
             }
         }
-        Ok(())
+        Ok(pb::FillReply::default())
     }
 
     /// Copy partition `p` to `target` (this node is `p`'s primary), then report it to the manager.
@@ -767,12 +922,20 @@ impl Node {
             self.router.call_failed(&addr, &s);
             error_from_status(&s)
         };
+        // A target that was a replica before keeps its chunks and is sent only what differs,
+        // unless fills like that keep failing.
+        let keep_chunks = self
+            .repl
+            .delta_failures
+            .get(&(p, target))
+            .is_none_or(|n| *n < DELTA_TRIES);
         let step = |s: fill_request::Step| pb::FillRequest {
             ctx: Some(ctx(self.router.map().epoch, &Credentials::root())),
             sender: self.id,
             partition: p,
             fill_id: state.fill_id,
             step: Some(s),
+            keep_chunks,
         };
         let still = || {
             self.repl
@@ -780,10 +943,12 @@ impl Node {
                 .get(&(p, target))
                 .is_some_and(|f| Arc::ptr_eq(&f, &state))
         };
-        client
+        let kept = client
             .fill(step(fill_request::Step::Begin(true)))
             .await
-            .map_err(failed)?;
+            .map_err(failed)?
+            .into_inner()
+            .keeps_chunks;
         // From here on every change of the partition goes to the target too; what the snapshot
         // below copies is at least as old as what it gets that way.
         state.begun.store(true, Ordering::SeqCst);
@@ -814,23 +979,74 @@ impl Node {
                 .map_err(failed)?;
             state.bytes_done.fetch_add(bytes as u64, Ordering::Relaxed);
         }
+        let send = async |ino: InodeId, index: u64, off: u64, data: Bytes| {
+            let msg = pb::FillChunkData {
+                chunk: Some(pb::ChunkId { ino, index }),
+                offset: off,
+                data,
+            };
+            client
+                .clone()
+                .fill(step(fill_request::Step::Chunk(msg)))
+                .await
+                .map_err(failed)
+        };
         for (ino, index, len) in chunks {
             let mut off = 0u64;
+            // Ask the target what it holds of this chunk (an empty one is simply sent).
+            let mut ask = kept && len > 0;
             loop {
                 if !still() {
                     return Err(FsError::Unavailable("fill cancelled".into()));
                 }
-                let piece = self.chunks.read(p, ino, index, off, FILL_BATCH).await?;
+                let want = if ask { COMPARE_PIECE } else { FILL_BATCH };
+                let piece = self.chunks.read(p, ino, index, off, want).await?;
                 let n = piece.len() as u64;
-                let msg = pb::FillChunkData {
-                    chunk: Some(pb::ChunkId { ino, index }),
-                    offset: off,
-                    data: piece,
-                };
-                client
-                    .fill(step(fill_request::Step::Chunk(msg)))
-                    .await
-                    .map_err(failed)?;
+                let mut ranges = vec![(off, off + n)];
+                if ask && n > 0 {
+                    let data = piece.clone();
+                    let sums = tokio::task::spawn_blocking(move || digests(&data, COMPARE_BLOCK))
+                        .await
+                        .map_err(|e| FsError::Io(format!("digest task failed: {e}")))?;
+                    let cmp = pb::FillCompare {
+                        chunk: Some(pb::ChunkId { ino, index }),
+                        length: if n < want as u64 { off + n } else { len.max(off + n) },
+                        offset: off,
+                        block: COMPARE_BLOCK as u32,
+                        digests: sums,
+                    };
+                    let reply = client
+                        .clone()
+                        .fill(step(fill_request::Step::Compare(cmp)))
+                        .await
+                        .map_err(failed)?
+                        .into_inner();
+                    if reply.whole {
+                        // Nothing kept of it there: all of it, from its start.
+                        ask = false;
+                        if off > 0 {
+                            off = 0;
+                            continue;
+                        }
+                    } else {
+                        ranges = differing_ranges(off, n, COMPARE_BLOCK as u64, &reply.differ)?;
+                        let sent: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+                        state.bytes_same.fetch_add(n - sent, Ordering::Relaxed);
+                    }
+                }
+                for (s, e) in ranges {
+                    let mut at = s;
+                    // Sent in pieces of FILL_BATCH at most; one empty piece for an empty chunk.
+                    loop {
+                        let to = e.min(at + FILL_BATCH as u64);
+                        let data = piece.slice((at - off) as usize..(to - off) as usize);
+                        send(ino, index, at, data).await?;
+                        at = to;
+                        if at >= e {
+                            break;
+                        }
+                    }
+                }
                 state.bytes_done.fetch_add(n, Ordering::Relaxed);
                 off += n;
                 if n == 0 || off >= len {
@@ -856,7 +1072,14 @@ impl Node {
             })?
             .into_inner();
         self.router.install_map(map_from_pb(&map)?);
-        info!(partition = p, node = target, "replica filled");
+        let same = state.bytes_same.load(Ordering::Relaxed);
+        info!(
+            partition = p,
+            node = target,
+            chunk_bytes = state.bytes_total.load(Ordering::Relaxed),
+            bytes_kept = same,
+            "replica filled"
+        );
         Ok(())
     }
 
@@ -878,6 +1101,7 @@ impl Node {
                     begun: Default::default(),
                     bytes_done: Default::default(),
                     bytes_total: Default::default(),
+                    bytes_same: Default::default(),
                 });
                 self.repl.fills_out.insert((p, *t), state.clone());
                 budget -= 1;
@@ -885,6 +1109,12 @@ impl Node {
                 let t = *t;
                 tokio::spawn(async move {
                     let r = node.clone().run_fill(p, t, state.clone()).await;
+                    match &r {
+                        Ok(()) => {
+                            node.repl.delta_failures.remove(&(p, t));
+                        }
+                        Err(_) => *node.repl.delta_failures.entry((p, t)).or_default() += 1,
+                    }
                     if let Err(e) = &r {
                         info!(partition = p, node = t, "fill failed (it is retried): {e}");
                         // Wait a little before the next try goes out.
@@ -1073,5 +1303,37 @@ mod tests {
         assert_eq!(f.untouched(id, 0, 100), vec![(0, 10), (20, 50)]);
         assert_eq!(f.untouched(id, 12, 18), vec![]);
         assert_eq!(f.untouched((2, 0), 0, 5), vec![(0, 5)]);
+    }
+
+    #[test]
+    fn differing_blocks_become_merged_ranges() {
+        // A 10-byte piece at 100 in blocks of 4: blocks 0, 1 and 2 (the last 2 bytes long).
+        assert_eq!(differing_ranges(100, 10, 4, &[]).unwrap(), vec![]);
+        assert_eq!(
+            differing_ranges(100, 10, 4, &[2, 0]).unwrap(),
+            vec![(100, 104), (108, 110)]
+        );
+        assert_eq!(differing_ranges(100, 10, 4, &[1, 2, 1]).unwrap(), vec![(104, 110)]);
+        assert_eq!(differing_ranges(100, 10, 4, &[0, 1, 2]).unwrap(), vec![(100, 110)]);
+        // A replica naming a block the piece does not have is refused, not sent past the piece.
+        assert!(differing_ranges(100, 10, 4, &[3]).is_err());
+        assert!(differing_ranges(100, 10, 4, &[u32::MAX]).is_err());
+    }
+
+    #[test]
+    fn digests_cover_each_block_and_tell_a_short_copy() {
+        let data = vec![7u8; 10];
+        let d = digests(&data, 4);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0], d[1], "equal blocks, equal digests");
+        assert_ne!(d[1], d[2], "the last block is shorter");
+        // A copy that ends early has its last digest over fewer bytes: it differs.
+        let short = digests(&data[..9], 4);
+        assert_eq!(short[..2], d[..2]);
+        assert_ne!(short[2], d[2]);
+        let mut changed = data.clone();
+        changed[5] = 8;
+        let c = digests(&changed, 4);
+        assert_eq!((c[0] == d[0], c[1] == d[1], c[2] == d[2]), (true, false, true));
     }
 }

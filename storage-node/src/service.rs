@@ -459,7 +459,7 @@ impl node_server::Node for NodeService {
     }
 
     async fn fill(&self, req: Request<pb::FillRequest>) -> R<pb::FillReply> {
-        done(self.0.apply_fill(req.into_inner()).await.map(|()| pb::FillReply {}))
+        done(self.0.apply_fill(req.into_inner()).await)
     }
 
     async fn get_xattr(&self, req: Request<pb::XattrRequest>) -> R<pb::XattrReply> {

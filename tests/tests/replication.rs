@@ -236,3 +236,150 @@ async fn a_cut_off_primary_cannot_make_late_writes_visible() {
     let back = client.read(&root, ino, 0, 100).await.unwrap();
     assert_eq!(&back[..], b"version 2");
 }
+
+/// Every chunk file (not its checksums) under a node's data folder: path within it -> bytes.
+fn chunk_files(data: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in std::fs::read_dir(data).unwrap().flatten() {
+        if !part.file_type().unwrap().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(part.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sum") {
+                continue;
+            }
+            // A chunk removed while the folder is read is simply not there.
+            if let Ok(bytes) = std::fs::read(f.path()) {
+                out.insert(f.path().strip_prefix(data).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    out
+}
+
+/// The `key=value` numbers of every "replica filled" line in `log` for fills to `node`: (chunk
+/// bytes of the partitions, bytes the target held already).
+fn fills_to(log: &str, node: sealfs_core::NodeId) -> Vec<(u64, u64)> {
+    let field = |line: &str, k: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    log.lines()
+        .filter(|l| l.contains("replica filled") && field(l, "node") == Some(node))
+        .map(|l| (field(l, "chunk_bytes").unwrap(), field(l, "bytes_kept").unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_node_back_after_the_failure_timeout_is_sent_only_what_changed() {
+    use rand::RngCore;
+    let mut c = TestCluster::start(3, true);
+    let dir = c.mnt().join("kept");
+    std::fs::create_dir(&dir).unwrap();
+    // Files of one and a half chunks (4 MiB each), synced by their close.
+    let mut want: Vec<Vec<u8>> = Vec::new();
+    for i in 0..8 {
+        let mut data = vec![0u8; 6 << 20];
+        rand::rng().fill_bytes(&mut data);
+        std::fs::write(dir.join(format!("f{i}")), &data).unwrap();
+        want.push(data);
+    }
+    let map = wait_healthy(&c.cluster, HEAL);
+    let victim = 2;
+    let victim_id = map
+        .nodes
+        .iter()
+        .find(|n| c.cluster.node_addr(victim).as_deref() == Some(n.addr.as_str()))
+        .unwrap()
+        .id;
+    c.cluster.stop_node(victim, Signal::SIGKILL);
+    // Past the failure timeout: the manager drops the node from every partition.
+    sealfs_tests::eventually_within("the stopped node is dropped", Duration::from_secs(60), || {
+        cluster_map(&c.cluster).held_partitions(victim_id).is_empty()
+    });
+    // While it is away: 4 KiB rewritten in the middle of one file, one file removed, one cut
+    // short, one new.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(dir.join("f0")).unwrap();
+        f.write_all_at(&[0xAB; 4096], 5 << 20).unwrap();
+        f.sync_all().unwrap();
+        want[0][5 << 20..(5 << 20) + 4096].fill(0xAB);
+    }
+    std::fs::remove_file(dir.join("f1")).unwrap();
+    let cut = std::fs::OpenOptions::new().write(true).open(dir.join("f2")).unwrap();
+    cut.set_len(1 << 20).unwrap();
+    cut.sync_all().unwrap();
+    want[2].truncate(1 << 20);
+    let mut new = vec![0u8; 2 << 20];
+    rand::rng().fill_bytes(&mut new);
+    std::fs::write(dir.join("g"), &new).unwrap();
+
+    // While it is filled: 4 KiB writes all over f0 go on, forwarded to it, some reaching a
+    // chunk before its comparison.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path, mut w) = (stop.clone(), dir.join("f0"), want[0].clone());
+        std::thread::spawn(move || {
+            use rand::Rng;
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let off = rand::rng().random_range(0..(6 << 20) / 4096) * 4096;
+                let mut block = [0u8; 4096];
+                rand::rng().fill_bytes(&mut block);
+                f.write_all_at(&block, off as u64).unwrap();
+                f.sync_data().unwrap();
+                w[off..off + 4096].copy_from_slice(&block);
+                n += 1;
+            }
+            (w, n)
+        })
+    };
+    c.cluster.start_node(victim).unwrap();
+    sealfs_tests::eventually_within("the node back holds every partition in sync", HEAL, || {
+        let map = cluster_map(&c.cluster);
+        map.assignment
+            .iter()
+            .all(|r| r.in_sync.contains(&victim_id) && r.filling.is_empty())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (w0, n) = writer.join().unwrap();
+    eprintln!("{n} writes to f0 while the node was filled");
+    want[0] = w0;
+
+    // What the copies cost: the files untouched while the node was away (f3..f7, 30 MiB) were
+    // all found in place, and little else was sent.
+    let mut fills = Vec::new();
+    for i in (0..3).filter(|i| *i != victim) {
+        let log = std::fs::read_to_string(c.cluster.log_path(&format!("node{i}"))).unwrap();
+        fills.extend(fills_to(&log, victim_id));
+    }
+    let total: u64 = fills.iter().map(|f| f.0).sum();
+    let kept: u64 = fills.iter().map(|f| f.1).sum();
+    eprintln!(
+        "{} fills to the node back: {total} chunk bytes, {kept} held already",
+        fills.len()
+    );
+    assert!(!fills.is_empty(), "no fill to the returning node was logged");
+    assert!(kept >= 30 << 20, "only {kept} bytes were found in place");
+    // The new file, f0's two chunks (rewritten during the fill) and a block or so.
+    assert!(total - kept <= 12 << 20, "{} bytes were sent", total - kept);
+
+    // Its chunk files are byte for byte the others' (once the removed file's chunks are gone
+    // everywhere), and the files read back as written.
+    let data = |i: usize| c.dir.path().join(format!("node{i}/data"));
+    sealfs_tests::eventually_within("the returning node's chunks match", Duration::from_secs(90), || {
+        let (mine, theirs) = (chunk_files(&data(victim)), chunk_files(&data(0)));
+        mine == theirs
+    });
+    for (i, w) in want.iter().enumerate().filter(|(i, _)| *i != 1) {
+        let got = std::fs::read(dir.join(format!("f{i}"))).unwrap();
+        assert!(got == *w, "f{i} reads back different");
+    }
+    assert!(!dir.join("f1").exists());
+    assert_eq!(std::fs::read(dir.join("g")).unwrap(), new);
+}
