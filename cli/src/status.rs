@@ -80,7 +80,7 @@ pub fn render(s: &pb::StatusReply) -> String {
         "{:>4}  {:<22} {:<8} {:>8} {:>8} {:>8} {:>10} {:>11} {:>11}",
         "node", "address", "state", "primary", "copies", "filling", "heartbeat", "data used", "data free"
     );
-    let mut left = 0u64;
+    let (mut left, mut kept) = (0u64, 0u64);
     for n in &s.nodes {
         let Some(node) = &n.node else { continue };
         let st = n.stats.clone().unwrap_or_default();
@@ -89,6 +89,7 @@ pub fn render(s: &pb::StatusReply) -> String {
             .iter()
             .map(|f| f.bytes_total.saturating_sub(f.bytes_done))
             .sum::<u64>();
+        kept += st.fills.iter().map(|f| f.bytes_kept).sum::<u64>();
         let hb = if n.last_heartbeat_ms_ago == u64::MAX {
             "never".to_string()
         } else {
@@ -182,8 +183,14 @@ pub fn render(s: &pb::StatusReply) -> String {
     if assigned {
         let _ = writeln!(
             out,
-            "partitions: {degraded} with fewer than {want} copies, {unavailable} unavailable; moves in progress: {moving} ({} left to copy)",
-            bytes(left)
+            "partitions: {degraded} with fewer than {want} copies, {unavailable} unavailable; moves in progress: {moving} ({} left to copy{})",
+            bytes(left),
+            if kept > 0 {
+                // A node back after being dropped: what it still held is compared, not sent.
+                format!(", {} found in place so far", bytes(kept))
+            } else {
+                String::new()
+            }
         );
     }
     out
@@ -239,6 +246,7 @@ mod tests {
                         target: 2,
                         bytes_done: 1 << 30,
                         bytes_total: 3 << 30,
+                        bytes_kept: 512 << 20,
                     }],
                     auth_refused: 2,
                     scrub: Some(pb::ScrubStats {
@@ -266,7 +274,10 @@ mod tests {
         );
         assert!(text.contains("DOWN"), "{text}");
         assert!(text.contains("6.0 GiB"), "{text}");
-        assert!(text.contains("moves in progress: 1 (2.0 GiB left to copy)"), "{text}");
+        assert!(
+            text.contains("moves in progress: 1 (2.0 GiB left to copy, 512.0 MiB found in place so far)"),
+            "{text}"
+        );
         assert!(
             text.contains("scrub of node 1 since it started: 2 passes (the last ended ")
                 && text.contains("40 chunks and 3.0 GiB checked; 2 corrupt: 1 mended, 1 NOT MENDED"),

@@ -1136,6 +1136,7 @@ impl Node {
                 target: e.key().1,
                 bytes_done: e.value().bytes_done.load(Ordering::Relaxed),
                 bytes_total: e.value().bytes_total.load(Ordering::Relaxed),
+                bytes_kept: e.value().bytes_same.load(Ordering::Relaxed),
             })
             .collect()
     }
