@@ -611,6 +611,12 @@ pub fn wait_healthy(c: &LocalCluster, timeout: Duration) -> sealfs_core::placeme
     }
 }
 
+/// The id in `map` of node `i` of a local cluster (found by its address).
+pub fn node_id(c: &LocalCluster, map: &sealfs_core::placement::ClusterMap, i: usize) -> sealfs_core::NodeId {
+    let addr = c.node_addr(i).expect("node of this cluster");
+    map.nodes.iter().find(|n| n.addr == addr).expect("node in map").id
+}
+
 /// Index of the node of a local cluster with id `id` in `map`.
 pub fn node_index(c: &LocalCluster, map: &sealfs_core::placement::ClusterMap, id: sealfs_core::NodeId) -> usize {
     let addr = &map.node(id).expect("node in map").addr;

@@ -10,7 +10,7 @@ use sealfs_client::{DirtyChunks, SealClient, WriteMode};
 use sealfs_core::attr::FileKind;
 use sealfs_core::config::ClientConfig;
 use sealfs_core::{Credentials, ROOT_INO};
-use sealfs_tests::{cluster_map, node_index, wait_healthy, TestCluster, Writers};
+use sealfs_tests::{cluster_map, node_id, node_index, wait_healthy, TestCluster, Writers};
 
 const HEAL: Duration = Duration::from_secs(180);
 
@@ -73,12 +73,7 @@ fn a_new_node_takes_its_share_and_a_drained_node_ends_empty() {
         counts.len() == 4 && (max - min) as f64 <= 0.1 * max as f64,
         "unbalanced after the join: {counts:?}"
     );
-    let new_id = map
-        .nodes
-        .iter()
-        .find(|n| c.cluster.node_addr(new).as_deref() == Some(n.addr.as_str()))
-        .unwrap()
-        .id;
+    let new_id = node_id(&c.cluster, &map, new);
     assert!(
         map.assignment.iter().filter(|r| r.in_sync.contains(&new_id)).count() > 0,
         "the new node holds copies"
@@ -288,12 +283,7 @@ fn a_node_back_after_the_failure_timeout_is_sent_only_what_changed() {
     }
     let map = wait_healthy(&c.cluster, HEAL);
     let victim = 2;
-    let victim_id = map
-        .nodes
-        .iter()
-        .find(|n| c.cluster.node_addr(victim).as_deref() == Some(n.addr.as_str()))
-        .unwrap()
-        .id;
+    let victim_id = node_id(&c.cluster, &map, victim);
     c.cluster.stop_node(victim, Signal::SIGKILL);
     // Past the failure timeout: the manager drops the node from every partition.
     sealfs_tests::eventually_within("the stopped node is dropped", Duration::from_secs(60), || {
