@@ -1,6 +1,7 @@
 //! Replication, failover and online scaling with real processes on loopback (R=3): kill -9 under
 //! load, healing back to three copies, adding and draining nodes under load, a rolling restart,
-//! a node cut off while another takes over, and a manager restart.
+//! a node cut off while another takes over, a manager restart, and a node back after it was
+//! dropped being sent only what changed.
 
 use std::time::{Duration, Instant};
 
