@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sealfs_core::config::ManagerConfig;
-use sealfs_core::placement::{assign, reconcile, ClusterMap, NodeInfo, NodeState, Replicas};
+use sealfs_core::placement::{assign, reconcile_preferring, ClusterMap, NodeInfo, NodeState, Replicas};
 use sealfs_core::{NodeId, PartitionId};
 use sealfs_proto::pb;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,10 @@ pub struct State {
     next_node_id: NodeId,
     min_nodes: u32,
     pub live: HashMap<NodeId, Liveness>,
+    /// The partitions each node that is down held when it was marked down (in memory only): it
+    /// still has their data, so when it comes back it gets them back first, and its fills send
+    /// only what changed. Forgotten once it is back and filled.
+    held_when_down: HashMap<NodeId, Vec<PartitionId>>,
 }
 
 /// What a registration decided.
@@ -158,6 +162,7 @@ impl State {
                 next_node_id: p.next_node_id,
                 min_nodes: config.min_nodes,
                 live,
+                held_when_down: HashMap::new(),
             });
         }
         let cluster_id = rand::random::<u64>() | 1;
@@ -168,6 +173,7 @@ impl State {
             next_node_id: 1,
             min_nodes: config.min_nodes,
             live: HashMap::new(),
+            held_when_down: HashMap::new(),
         };
         state.persist()?;
         info!(
@@ -245,7 +251,23 @@ impl State {
                 changed = true;
             }
         } else {
-            let next = reconcile(&self.map);
+            // Nodes back since they were marked down get first pick of what they held.
+            let mut prefer = vec![Vec::new(); self.map.partitions as usize];
+            let up = |id: &NodeId| self.map.node(*id).is_some_and(|n| n.state == NodeState::Up);
+            for (id, parts) in self.held_when_down.iter().filter(|(id, _)| up(id)) {
+                for p in parts {
+                    if let Some(v) = prefer.get_mut(*p as usize) {
+                        v.push(*id);
+                    }
+                }
+            }
+            let next = reconcile_preferring(&self.map, &prefer);
+            // Kept until the node's copies are made: a later change must not undo the choice
+            // (a partition whose other new copy is done first would lose it again).
+            let map = &self.map;
+            self.held_when_down.retain(|id, _| {
+                !map.node(*id).is_some_and(|n| n.state == NodeState::Up) || next.iter().any(|r| r.filling.contains(id))
+            });
             if next != self.map.assignment {
                 let promoted = next
                     .iter()
@@ -355,6 +377,7 @@ impl State {
     /// changed.
     pub fn detect_failures(&mut self, timeout: Duration, now: Instant) -> anyhow::Result<bool> {
         let mut changed = false;
+        let mut down = Vec::new();
         for n in self.map.nodes.iter_mut().filter(|n| n.state == NodeState::Up) {
             let seen = self.live.get(&n.id).and_then(|l| l.last_seen);
             if seen.is_none_or(|t| now.duration_since(t) > timeout) {
@@ -364,8 +387,13 @@ impl State {
                     "no heartbeat for {timeout:?}: marking the node down"
                 );
                 n.state = NodeState::Down;
+                down.push(n.id);
                 changed = true;
             }
+        }
+        for id in down {
+            let held = self.map.held_partitions(id);
+            self.held_when_down.insert(id, held);
         }
         let before = self.map.epoch;
         self.settle(changed)?;
@@ -496,6 +524,51 @@ mod tests {
         let filling: Vec<_> = s.map.assignment.iter().filter(|r| !r.filling.is_empty()).collect();
         assert!(!filling.is_empty());
         assert!(s.map.assignment.iter().all(|r| r.in_sync.len() == 1));
+    }
+
+    #[test]
+    fn a_node_back_after_it_was_marked_down_gets_back_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut s = State::open(dir.path(), &config(4, 3)).unwrap();
+        let ids: Vec<NodeId> = ["a:1", "b:1", "c:1", "d:1"]
+            .iter()
+            .map(|a| s.register(0, a, None, false, t0).unwrap().node_id)
+            .collect();
+        let d = ids[3];
+        let held = s.map.held_partitions(d);
+        assert!(!held.is_empty());
+        let later = t0 + Duration::from_secs(4);
+        for id in &ids[..3] {
+            s.heartbeat(*id, None, later).unwrap();
+        }
+        s.detect_failures(Duration::from_secs(3), later).unwrap();
+        assert!(s.map.held_partitions(d).is_empty(), "dropped everywhere");
+        // It comes back while the others are still copying what it held.
+        assert!(s.map.assignment.iter().any(|r| !r.filling.is_empty()));
+        s.register(d, "d:1", None, false, later).unwrap();
+        // Those copies finish (each change reconciles again), and then its own.
+        let done = |s: &mut State, ours: bool| {
+            for (p, r) in s.map.assignment.clone().iter().enumerate() {
+                for t in r.filling.iter().filter(|t| (**t == d) == ours) {
+                    // A copy the placement no longer wants may already be gone: ignore that.
+                    let _ = s.fill_done(r.in_sync[0], p as PartitionId, *t);
+                }
+            }
+        };
+        done(&mut s, false);
+        done(&mut s, true);
+        let back = s.map.held_partitions(d);
+        assert!(s
+            .map
+            .assignment
+            .iter()
+            .all(|r| r.filling.is_empty() && r.in_sync.len() == 3));
+        assert_eq!(back.len(), held.len(), "its share again");
+        assert!(
+            back.iter().all(|p| held.contains(p)),
+            "{back:?} are not all of {held:?}"
+        );
     }
 
     #[test]

@@ -171,6 +171,14 @@ impl ClusterMap {
 /// - Replicas outside the target leave only once every target replica is in sync, so a move
 ///   never lowers the number of copies.
 pub fn reconcile(map: &ClusterMap) -> Vec<Replicas> {
+    reconcile_preferring(map, &[])
+}
+
+/// [`reconcile`], where a partition that has to move goes, among the nodes that may take it,
+/// first to one of `prefer[p]` (nodes that still hold an old copy of `p`'s data: a node that
+/// comes back after it was dropped then gets back what it held, and is sent only what
+/// changed).
+pub fn reconcile_preferring(map: &ClusterMap, prefer: &[Vec<NodeId>]) -> Vec<Replicas> {
     let up: HashSet<NodeId> = map
         .nodes
         .iter()
@@ -197,7 +205,7 @@ pub fn reconcile(map: &ClusterMap) -> Vec<Replicas> {
             h
         })
         .collect();
-    let targets = assign(&hints, map.partitions, &eligible, map.replication);
+    let targets = assign_preferring(&hints, map.partitions, &eligible, map.replication, prefer);
     map.assignment
         .iter()
         .zip(live)
@@ -237,6 +245,19 @@ pub fn reconcile(map: &ClusterMap) -> Vec<Replicas> {
 /// 4. lead each set with its previous primary if it kept one, else with the member that leads
 ///    the fewest sets so far, so primaries (which serve all requests) spread evenly.
 pub fn assign(previous: &[Vec<NodeId>], partitions: u32, nodes: &[NodeId], replication: u32) -> Vec<Vec<NodeId>> {
+    assign_preferring(previous, partitions, nodes, replication, &[])
+}
+
+/// [`assign`], where a replica that moves goes first to a node of `prefer[p]` that may take it:
+/// pass 2 first swaps only towards such nodes, and pass 3 picks them first.
+pub fn assign_preferring(
+    previous: &[Vec<NodeId>],
+    partitions: u32,
+    nodes: &[NodeId],
+    replication: u32,
+    prefer: &[Vec<NodeId>],
+) -> Vec<Vec<NodeId>> {
+    let preferred = |p: usize, n: &NodeId| prefer.get(p).is_some_and(|s| s.contains(n));
     let mut nodes: Vec<NodeId> = nodes.to_vec();
     nodes.sort_unstable();
     nodes.dedup();
@@ -265,38 +286,41 @@ pub fn assign(previous: &[Vec<NodeId>], partitions: u32, nodes: &[NodeId], repli
         }
         out.push(set);
     }
-    loop {
-        let mut swapped = false;
-        for set in out.iter_mut() {
-            // The most overloaded member, preferring replicas that are not the primary.
-            let over = set
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| load[*n] > cap[*n])
-                .max_by_key(|(i, n)| (*i != 0, load[*n] - cap[*n], **n))
-                .map(|(i, _)| i);
-            let Some(i) = over else { continue };
-            let under = load
-                .iter()
-                .filter(|(n, l)| !set.contains(*n) && **l < cap[*n])
-                .min_by_key(|(n, l)| (**l, **n))
-                .map(|(n, _)| *n);
-            let Some(m) = under else { continue };
-            *load.get_mut(&set[i]).expect("member") -= 1;
-            *load.get_mut(&m).expect("node") += 1;
-            set[i] = m;
-            swapped = true;
-        }
-        if !swapped {
-            break;
+    for only_preferred in [true, false] {
+        loop {
+            let mut swapped = false;
+            for (p, set) in out.iter_mut().enumerate() {
+                // The most overloaded member, preferring replicas that are not the primary.
+                let over = set
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| load[*n] > cap[*n])
+                    .max_by_key(|(i, n)| (*i != 0, load[*n] - cap[*n], **n))
+                    .map(|(i, _)| i);
+                let Some(i) = over else { continue };
+                let under = load
+                    .iter()
+                    .filter(|(n, l)| !set.contains(*n) && **l < cap[*n])
+                    .filter(|(n, _)| !only_preferred || preferred(p, n))
+                    .min_by_key(|(n, l)| (!preferred(p, n), **l, **n))
+                    .map(|(n, _)| *n);
+                let Some(m) = under else { continue };
+                *load.get_mut(&set[i]).expect("member") -= 1;
+                *load.get_mut(&m).expect("node") += 1;
+                set[i] = m;
+                swapped = true;
+            }
+            if !swapped {
+                break;
+            }
         }
     }
-    for set in out.iter_mut() {
+    for (p, set) in out.iter_mut().enumerate() {
         while set.len() < r {
             let pick = load
                 .iter()
                 .filter(|(n, l)| !set.contains(*n) && **l < cap[*n])
-                .min_by_key(|(n, l)| (**l, **n))
+                .min_by_key(|(n, l)| (!preferred(p, n), **l, **n))
                 .or_else(|| {
                     load.iter()
                         .filter(|(n, _)| !set.contains(*n))
@@ -335,6 +359,35 @@ pub fn assign(previous: &[Vec<NodeId>], partitions: u32, nodes: &[NodeId], repli
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_returning_node_gets_back_what_it_held_when_preferred() {
+        let all = [1, 2, 3, 4];
+        let before = assign(&[], 64, &all, 3);
+        let held: Vec<bool> = before.iter().map(|s| s.contains(&4)).collect();
+        // Node 4 is dropped: its copies go to the three others.
+        let without = assign(&before, 64, &[1, 2, 3], 3);
+        assert!(without.iter().all(|s| !s.contains(&4) && s.len() == 3));
+        let prefer: Vec<Vec<NodeId>> = held.iter().map(|h| if *h { vec![4] } else { vec![] }).collect();
+        let plain = assign(&without, 64, &all, 3);
+        let back = assign_preferring(&without, 64, &all, 3, &prefer);
+        let regained = |a: &[Vec<NodeId>]| a.iter().zip(&held).filter(|(s, h)| **h && s.contains(&4)).count();
+        let got = |a: &[Vec<NodeId>]| a.iter().filter(|s| s.contains(&4)).count();
+        // Just as balanced, and every partition it takes back is one it held.
+        assert_eq!(counts(&back), counts(&plain));
+        assert_eq!(got(&back), held.iter().filter(|h| **h).count());
+        assert_eq!(regained(&back), got(&back));
+        assert!(
+            regained(&plain) < got(&plain),
+            "without the preference some go elsewhere"
+        );
+        // Only moves that had to happen: a partition keeps two of its three copies at least.
+        for (b, w) in back.iter().zip(&without) {
+            assert!(b.iter().filter(|n| w.contains(n)).count() >= 2);
+        }
+        // Nothing preferred: the same as assign.
+        assert_eq!(assign_preferring(&without, 64, &all, 3, &[]), plain);
+    }
 
     fn counts(a: &[Vec<NodeId>]) -> BTreeMap<NodeId, usize> {
         let mut m = BTreeMap::new();
