@@ -253,7 +253,8 @@ impl State {
         } else {
             // Nodes back since they were marked down get first pick of what they held.
             let mut prefer = vec![Vec::new(); self.map.partitions as usize];
-            let up = |id: &NodeId| self.map.node(*id).is_some_and(|n| n.state == NodeState::Up);
+            let map = &self.map;
+            let up = |id: &NodeId| map.node(*id).is_some_and(|n| n.state == NodeState::Up);
             for (id, parts) in self.held_when_down.iter().filter(|(id, _)| up(id)) {
                 for p in parts {
                     if let Some(v) = prefer.get_mut(*p as usize) {
@@ -264,10 +265,8 @@ impl State {
             let next = reconcile_preferring(&self.map, &prefer);
             // Kept until the node's copies are made: a later change must not undo the choice
             // (a partition whose other new copy is done first would lose it again).
-            let map = &self.map;
-            self.held_when_down.retain(|id, _| {
-                !map.node(*id).is_some_and(|n| n.state == NodeState::Up) || next.iter().any(|r| r.filling.contains(id))
-            });
+            self.held_when_down
+                .retain(|id, _| !up(id) || next.iter().any(|r| r.filling.contains(id)));
             if next != self.map.assignment {
                 let promoted = next
                     .iter()

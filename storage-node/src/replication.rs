@@ -128,8 +128,9 @@ impl FillIn {
 pub struct Replication {
     pub fills_out: DashMap<(PartitionId, NodeId), Arc<FillOut>>,
     pub fills_in: DashMap<PartitionId, Arc<Mutex<FillIn>>>,
-    /// Fills in a row that failed while the target kept its chunks: past `DELTA_TRIES` the next
-    /// one copies everything, so nothing about kept chunks can hold a replica back for good.
+    /// Fills of a partition to a target that failed in a row (for any cause): from `DELTA_TRIES`
+    /// on, the next ones copy everything until one succeeds, so nothing about kept chunks can
+    /// hold a replica back for good.
     pub delta_failures: DashMap<(PartitionId, NodeId), u32>,
     /// Partition -> the earliest map epoch since which this process holds every change of the
     /// partition that was acknowledged: 0 where it lost nothing (it started after a clean stop,
@@ -182,7 +183,7 @@ const MAX_FILLS: usize = 4;
 const COMPARE_PIECE: usize = 4 << 20;
 /// Bytes one digest of such a step covers: what a differing block costs to send.
 const COMPARE_BLOCK: usize = 64 << 10;
-/// Failed fills in a row with kept chunks before the next copies everything.
+/// Failed fills in a row (of a partition to a target) before the next copies everything.
 const DELTA_TRIES: u32 = 2;
 
 /// SHA-256 of each `block` bytes of `data` (the last may be shorter).
@@ -1108,17 +1109,16 @@ impl Node {
                 let node = self.clone();
                 let t = *t;
                 tokio::spawn(async move {
-                    let r = node.clone().run_fill(p, t, state.clone()).await;
-                    match &r {
+                    match node.clone().run_fill(p, t, state.clone()).await {
                         Ok(()) => {
                             node.repl.delta_failures.remove(&(p, t));
                         }
-                        Err(_) => *node.repl.delta_failures.entry((p, t)).or_default() += 1,
-                    }
-                    if let Err(e) = &r {
-                        info!(partition = p, node = t, "fill failed (it is retried): {e}");
-                        // Wait a little before the next try goes out.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Err(e) => {
+                            *node.repl.delta_failures.entry((p, t)).or_default() += 1;
+                            info!(partition = p, node = t, "fill failed (it is retried): {e}");
+                            // Wait a little before the next try goes out.
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                     }
                     node.repl.fills_out.remove_if(&(p, t), |_, f| Arc::ptr_eq(f, &state));
                 });
