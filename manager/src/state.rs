@@ -1,6 +1,7 @@
 //! The manager's persistent state: the cluster map and membership, kept in `DIR/cluster.json`
-//! (format version 1), rewritten atomically on every change. Liveness (last heartbeat, reported
-//! stats) is kept in memory only: after a restart every known node gets a fresh grace period.
+//! (format version 1), rewritten atomically on every change, with what each down node held.
+//! Liveness (last heartbeat, reported stats) is kept in memory only: after a restart every known
+//! node gets a fresh grace period.
 //!
 //! Every event (a node registers, comes back, misses heartbeats, is drained, finishes a fill, or
 //! is reported unreachable by a primary) changes the membership, then `placement::reconcile`
@@ -31,6 +32,9 @@ struct PersistedNode {
     up: bool,
     #[serde(default)]
     draining: bool,
+    /// The partitions the node held when it was marked down, until they are its again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    held_when_down: Vec<PartitionId>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,9 +72,10 @@ pub struct State {
     next_node_id: NodeId,
     min_nodes: u32,
     pub live: HashMap<NodeId, Liveness>,
-    /// The partitions each node that is down held when it was marked down (in memory only): it
-    /// still has their data, so when it comes back it gets them back first, and its fills send
-    /// only what changed. Forgotten once it is back and filled.
+    /// The partitions each node that is down held when it was marked down: it still has their
+    /// data, so when it comes back it gets them back first, and its fills send only what changed.
+    /// Forgotten once it is back and filled. Persisted, so a manager restart while a node is down
+    /// does not forget it.
     held_when_down: HashMap<NodeId, Vec<PartitionId>>,
 }
 
@@ -156,13 +161,19 @@ impl State {
                 nodes = map.nodes.len(),
                 "loaded cluster state"
             );
+            let held_when_down = p
+                .nodes
+                .into_iter()
+                .filter(|n| !n.held_when_down.is_empty())
+                .map(|n| (n.id, n.held_when_down))
+                .collect();
             return Ok(State {
                 path,
                 map,
                 next_node_id: p.next_node_id,
                 min_nodes: config.min_nodes,
                 live,
-                held_when_down: HashMap::new(),
+                held_when_down,
             });
         }
         let cluster_id = rand::random::<u64>() | 1;
@@ -203,6 +214,7 @@ impl State {
                     addr: n.addr.clone(),
                     up: n.state == NodeState::Up,
                     draining: n.draining,
+                    held_when_down: self.held_when_down.get(&n.id).cloned().unwrap_or_default(),
                 })
                 .collect(),
             assignment: m
@@ -484,6 +496,7 @@ impl State {
         }
         self.map.nodes.retain(|n| n.id != node);
         self.live.remove(&node);
+        self.held_when_down.remove(&node);
         info!(node, "node removed");
         self.settle(true)?;
         Ok(())
@@ -527,6 +540,16 @@ mod tests {
 
     #[test]
     fn a_node_back_after_it_was_marked_down_gets_back_what_it_held() {
+        node_back_gets_what_it_held(false);
+    }
+
+    #[test]
+    fn a_manager_restart_while_a_node_is_down_keeps_what_it_held() {
+        node_back_gets_what_it_held(true);
+    }
+
+    /// A node is marked down, the manager restarts while it is (`restart`), the node comes back.
+    fn node_back_gets_what_it_held(restart: bool) {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
         let mut s = State::open(dir.path(), &config(4, 3)).unwrap();
@@ -543,6 +566,10 @@ mod tests {
         }
         s.detect_failures(Duration::from_secs(3), later).unwrap();
         assert!(s.map.held_partitions(d).is_empty(), "dropped everywhere");
+        if restart {
+            drop(s);
+            s = State::open(dir.path(), &config(4, 3)).unwrap();
+        }
         // It comes back while the others are still copying what it held.
         assert!(s.map.assignment.iter().any(|r| !r.filling.is_empty()));
         s.register(d, "d:1", None, false, later).unwrap();
