@@ -482,7 +482,10 @@ impl Bench {
         self.drop_caches()?;
         let dur = Duration::from_secs(self.args.rand_secs);
         for phase in ["read", "write"] {
-            let f = OpenOptions::new().read(true).write(true).open(&path)?;
+            // Read-only for the reads, as fio opens a file for a read job: a descriptor that
+            // may write changes what a client may cache (sealfs's FUSE mount then reads only
+            // what is asked, see `read_around_kb`).
+            let f = OpenOptions::new().read(true).write(phase == "write").open(&path)?;
             let mut buf = vec![0u8; 4096];
             let op = |off| match phase {
                 "read" => f.read_exact_at(&mut buf, off),

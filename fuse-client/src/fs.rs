@@ -11,6 +11,7 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -51,6 +52,16 @@ pub struct SealFs {
     state: Arc<State>,
     /// For telling the kernel what changed behind its back; set once the session exists.
     kernel: Arc<OnceLock<Notifier>>,
+    around: ReadAround,
+}
+
+/// The read-around settings (`ClientConfig::read_around_kb`), in bytes.
+#[derive(Debug, Clone, Copy)]
+struct ReadAround {
+    /// The block a small read fetches (0: off).
+    block: u64,
+    /// Larger files are read as asked.
+    max_file: u64,
 }
 
 impl SealFs {
@@ -59,13 +70,21 @@ impl SealFs {
     /// lookups of free names from `caches.names` when it can.
     pub fn new(client: SealClient, rt: Handle, caches: Caches) -> SealFs {
         SealFs {
-            client,
             rt,
             ttl: caches.ttl,
             attrs: caches.attrs,
             names: caches.names,
             state: Arc::new(State::default()),
             kernel: Arc::new(OnceLock::new()),
+            around: ReadAround {
+                block: u64::from(client.router().config().read_around_kb) << 10,
+                max_file: client
+                    .router()
+                    .config()
+                    .read_around_max_file_mib
+                    .saturating_mul(1 << 20),
+            },
+            client,
         }
     }
 
@@ -82,6 +101,7 @@ impl SealFs {
             attrs: self.attrs.clone(),
             names: self.names.clone(),
             kernel: self.kernel.clone(),
+            around: self.around,
         }
     }
 
@@ -268,6 +288,7 @@ struct Ctx {
     attrs: Arc<AttrCache>,
     names: Arc<KnownDirs>,
     kernel: Arc<OnceLock<Notifier>>,
+    around: ReadAround,
 }
 
 /// Replies that can carry an error.
@@ -408,6 +429,86 @@ impl Ctx {
     /// When that is not known, nothing cached is trusted.
     fn names_changed(&self, t: Ticket, dir: InodeId, new_dir: InodeId, r: &FsResult<Changed>) {
         self.attrs.names_changed(t, dir, new_dir, r);
+    }
+
+    /// A small read of `[offset, end)` of `ino` (open here, chunked, within the size this
+    /// mount knows): fetch the aligned read-around block around it, answer from it, and hand
+    /// the rest of the block to the kernel's page cache, unless this mount may be writing the
+    /// file or an open or size change came meanwhile ([`crate::state::StoreGate`]).
+    async fn read_around(
+        &self,
+        cred: &Credentials,
+        st: &Mutex<OpenInode>,
+        ino: INodeNo,
+        offset: u64,
+        end: u64,
+        chunk_size: u32,
+    ) -> FsResult<Bytes> {
+        let gate = self.state.store_gate(ino.0);
+        // Read before the size: a size change after this moves it, and the store is dropped.
+        let gen = gate.gen.load(Ordering::SeqCst);
+        let known = self.state.versions.get(&ino.0).map_or(0, |v| v.1);
+        let start = offset - offset % self.around.block;
+        let stop = start.saturating_add(self.around.block).min(known);
+        if end > stop {
+            // A read across the block's end, or the file shrank meanwhile.
+            self.state.drop_gate(ino.0, gate);
+            return self.client.read_chunks(ino.0, offset, end, chunk_size).await;
+        }
+        // A store past the end of the file would grow the kernel's idea of it: the stores stop
+        // at the size it was last told (the attribute cache's, else the nodes' now), which may
+        // be below the size at open if another client cut the file since.
+        let fetch = self.client.read_chunks(ino.0, start, stop, chunk_size);
+        let (all, size) = match self.attrs.get(ino.0) {
+            Some((a, _)) => (fetch.await, Ok(a.size)),
+            None => {
+                let t = self.attrs.ticket();
+                let (all, e) = tokio::join!(fetch, self.client.getattr(cred, ino.0));
+                if let Ok(e) = &e {
+                    self.attrs.offer(t, &e.attr);
+                }
+                (all, e.map(|e| e.attr.size))
+            }
+        };
+        let all = match all {
+            Ok(all) => all,
+            Err(e) => {
+                self.state.drop_gate(ino.0, gate);
+                return Err(e);
+            }
+        };
+        let (lo, hi) = ((offset - start) as usize, (end - start) as usize);
+        let (lo, hi) = (lo.min(all.len()), hi.min(all.len()));
+        let asked = all.slice(lo..hi);
+        // Past the size the kernel was told, nothing is stored (nor on a failed look).
+        let keep = size.map_or(0, |n| n.saturating_sub(start)).min(all.len() as u64) as usize;
+        let all = all.slice(..keep.max(hi));
+        let kernel = self.kernel.get().cloned();
+        match (kernel, gate.lock.clone().try_read_owned()) {
+            (Some(kernel), Ok(held))
+                if gate.gen.load(Ordering::SeqCst) == gen && st.lock().expect("inode state").writers == 0 =>
+            {
+                let state = self.state.clone();
+                // The kernel locks each page it stores into, and may wait there for a read in
+                // flight: off the runtime's threads.
+                tokio::task::spawn_blocking(move || {
+                    // The asked pages are locked by this very read until its reply: left out.
+                    for (at, part) in [(start, &all[..lo]), (start + hi as u64, &all[hi..])] {
+                        if part.is_empty() {
+                            continue;
+                        }
+                        if let Err(e) = kernel.store(ino, at, part) {
+                            // ENOENT: the kernel no longer holds the inode; nothing to fill.
+                            debug!(ino = ino.0, at, len = part.len(), "read-around store refused: {e}");
+                        }
+                    }
+                    drop(held);
+                    state.drop_gate(ino.0, gate);
+                });
+            }
+            _ => self.state.drop_gate(ino.0, gate),
+        }
+        Ok(asked)
     }
 
     /// Remember the data version this mount saw, for close-to-open caching.
@@ -1061,6 +1162,8 @@ impl fuser::Filesystem for SealFs {
                         st.lock().expect("inode state").layout = Some(e.layout);
                     }
                     cx.saw(&e.attr);
+                    // A store of bytes past the new end would grow the kernel's file again.
+                    cx.state.fence_stores(ino.0).await;
                 }
                 Ok((cx.state.visible(e.attr), cx.ttl.get()))
             },
@@ -1259,6 +1362,9 @@ impl fuser::Filesystem for SealFs {
                 let fh = cx
                     .state
                     .open_file_with(ino.0, flags, e.layout, data, || cx.attrs.unchanged_since(t, ino.0));
+                // Read-around data fetched before this open must not reach the kernel after it
+                // drops its pages (a changed file), nor after a writer opened.
+                cx.state.fence_stores(ino.0).await;
                 Ok((fh, keep))
             },
             move |r, (fh, keep)| {
@@ -1284,11 +1390,12 @@ impl fuser::Filesystem for SealFs {
         _fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         let cred = creds(req);
+        let around = u64::from(size) < self.around.block && flags.0 & libc::O_DIRECT == 0;
         self.spawn(
             reply,
             move |cx| async move {
@@ -1315,6 +1422,9 @@ impl fuser::Filesystem for SealFs {
                     // Open here with a known layout, and the range within the size this mount
                     // knows (close-to-open): straight to the chunks, no round trip to the inode.
                     (Some(l), Some(known)) if !l.inline && end <= known => {
+                        if around && known <= cx.around.max_file {
+                            return cx.read_around(&cred, &st, ino, offset, end, l.chunk_size).await;
+                        }
                         cx.client.read_chunks(ino.0, offset, end, l.chunk_size).await
                     }
                     _ => cx.client.read(&cred, ino.0, offset, size).await,
@@ -1715,6 +1825,7 @@ impl fuser::Filesystem for SealFs {
                 }
                 cx.saw(&e.attr);
                 let fh = cx.state.open_file(e.attr.ino, flags, e.layout);
+                cx.state.fence_stores(e.attr.ino).await;
                 Ok((e, fh, cx.ttl.get()))
             },
             |r, (e, fh, ttl)| {

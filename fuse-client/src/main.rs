@@ -38,6 +38,10 @@ struct Args {
     /// Kernel read-ahead window per open file in KiB (0: the kernel's 128 KiB); needs root.
     #[arg(long, env = "SEALFS_READAHEAD_KB")]
     readahead_kb: Option<u32>,
+    /// Block in KiB that a small (random) read fetches around itself for the kernel's page
+    /// cache (0: reads fetch what is asked).
+    #[arg(long, env = "SEALFS_READ_AROUND_KB")]
+    read_around_kb: Option<u32>,
     /// Seconds to wait for the cluster at start-up.
     #[arg(long, env = "SEALFS_CONNECT_WAIT", default_value_t = 60)]
     connect_wait: u64,
@@ -67,6 +71,9 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.readahead_kb {
         client.readahead_kb = v;
+    }
+    if let Some(v) = args.read_around_kb {
+        client.read_around_kb = v;
     }
     args.security.apply(&mut client.security);
     client.validate()?;

@@ -23,6 +23,9 @@ pub const WINDOW_UNIT: usize = 4096;
 pub struct OpenInode {
     /// Open handles of this inode in this mount.
     pub handles: u32,
+    /// How many of them may write. While any is open the kernel's page cache is never given
+    /// read-around data: it may hold this mount's newer writes (or dirty shared mappings).
+    pub writers: u32,
     /// Where its data lives, as last learned.
     pub layout: Option<Layout>,
     /// Unstable chunk writes not yet committed (by any handle: writeback may pick any).
@@ -181,6 +184,22 @@ pub struct State {
     pub versions: DashMap<InodeId, (TimeSpec, u64)>,
     /// Bytes of small files' data kept from opens ([`KEPT_MAX`]).
     kept: Arc<AtomicUsize>,
+    /// Gates of the read-around stores, per inode, while a read-around fetch or store of it runs.
+    pub stores: DashMap<InodeId, Arc<StoreGate>>,
+}
+
+/// Orders the kernel page cache stores of read-around data (the rest of a block a small read
+/// fetched, pushed with FUSE_NOTIFY_STORE) against what must not be undone by one: an open
+/// (the kernel drops its pages after an open that finds the file changed, and a store of bytes
+/// fetched before must not land after that) and a size change (a store of bytes past a new end
+/// would grow the kernel's idea of the file again).
+#[derive(Debug, Default)]
+pub struct StoreGate {
+    /// Moved by each open and size change: a store whose fetch began before is dropped.
+    pub gen: AtomicU64,
+    /// Held shared by each store while the kernel takes it; an open or a size change takes it
+    /// exclusively to wait for the stores already going.
+    pub lock: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Default for State {
@@ -193,6 +212,7 @@ impl Default for State {
             inodes: DashMap::default(),
             versions: DashMap::default(),
             kept: Arc::default(),
+            stores: DashMap::default(),
         }
     }
 }
@@ -223,11 +243,36 @@ impl State {
         let entry = self.inodes.entry(ino).or_default().clone();
         let mut st = entry.lock().expect("inode state");
         st.handles += 1;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            st.writers += 1;
+        }
         st.layout = Some(layout);
         st.inline = inline
             .filter(|_| fresh())
             .and_then(|data| KeptData::new(data, &self.kept));
         fh
+    }
+
+    /// The store gate of `ino`, made if it has none; [`State::drop_gate`] once done with it.
+    pub fn store_gate(&self, ino: InodeId) -> Arc<StoreGate> {
+        self.stores.entry(ino).or_default().clone()
+    }
+
+    /// Forget `ino`'s store gate (`gate`, given back) if no fetch or store holds it any more.
+    pub fn drop_gate(&self, ino: InodeId, gate: Arc<StoreGate>) {
+        drop(gate);
+        self.stores.remove_if(&ino, |_, g| Arc::strong_count(g) == 1);
+    }
+
+    /// Make every read-around store of `ino` begun so far either land now or never: the
+    /// caller is about to let the kernel see a new version of the file (an open) or a new size.
+    pub async fn fence_stores(&self, ino: InodeId) {
+        let Some(gate) = self.stores.get(&ino).map(|g| g.clone()) else {
+            return;
+        };
+        gate.gen.fetch_add(1, Ordering::SeqCst);
+        drop(gate.lock.write().await);
+        self.drop_gate(ino, gate);
     }
 
     /// The state of an inode open here.
@@ -297,6 +342,9 @@ impl State {
         if let Some(e) = self.inodes.get(&h.ino) {
             let mut st = e.lock().expect("inode state");
             st.handles = st.handles.saturating_sub(1);
+            if h.flags & libc::O_ACCMODE != libc::O_RDONLY {
+                st.writers = st.writers.saturating_sub(1);
+            }
             if st.handles == 0 {
                 last = true;
                 out.hidden = st.hidden.take();
@@ -380,5 +428,50 @@ mod tests {
         s.release_file(handles[0]).unwrap();
         open(fits as InodeId + 1);
         assert!(kept(fits as InodeId + 1), "a release gave its room back");
+    }
+
+    /// Handles that may write are counted until released.
+    #[test]
+    fn writers_are_counted() {
+        let s = State::default();
+        let layout = Layout {
+            inline: false,
+            chunk_size: 1 << 20,
+        };
+        let writers = || s.inode(7).unwrap().lock().unwrap().writers;
+        let r = s.open_file(7, libc::O_RDONLY, layout);
+        assert_eq!(writers(), 0);
+        let w = s.open_file(7, libc::O_RDWR, layout);
+        let o = s.open_file(7, libc::O_WRONLY | libc::O_APPEND, layout);
+        assert_eq!(writers(), 2);
+        s.release_file(w).unwrap();
+        s.release_file(o).unwrap();
+        assert_eq!(writers(), 0);
+        s.release_file(r).unwrap();
+    }
+
+    /// A fence moves the gate's generation at once and returns only when the stores going
+    /// have landed; an idle gate is forgotten.
+    #[tokio::test]
+    async fn a_fence_waits_for_the_stores_going() {
+        let s = Arc::new(State::default());
+        s.fence_stores(7).await;
+        let gate = s.store_gate(7);
+        let gen = gate.gen.load(Ordering::SeqCst);
+        let store = gate.lock.clone().try_read_owned().unwrap();
+        let fence = tokio::spawn({
+            let s = s.clone();
+            async move { s.fence_stores(7).await }
+        });
+        while gate.gen.load(Ordering::SeqCst) == gen {
+            tokio::task::yield_now().await;
+        }
+        assert!(gate.lock.try_read().is_err(), "no new store while a fence waits");
+        tokio::task::yield_now().await;
+        assert!(!fence.is_finished(), "the fence waits for the store");
+        drop(store);
+        fence.await.unwrap();
+        s.drop_gate(7, gate);
+        assert!(s.stores.is_empty(), "an idle gate is forgotten");
     }
 }

@@ -20,6 +20,8 @@ pub const MAX_XATTR_TOTAL: usize = 1 << 20;
 pub const MAX_XATTR_COUNT: usize = 1024;
 /// Largest read-ahead window a FUSE mount may ask the kernel for, in KiB (256 MiB).
 pub const MAX_READAHEAD_KB: u32 = 256 << 10;
+/// Largest read-around block of a FUSE mount, in KiB.
+pub const MAX_READ_AROUND_KB: u32 = 1024;
 /// Files up to this size are stored inline in their inode record: most files of a source tree
 /// (94% of the 1,906 in the librocksdb-sys crate), which then cost no chunk files, no chunk
 /// syncs and no second round trip to read.
@@ -289,6 +291,16 @@ pub struct ClientConfig {
     /// nodes on a sequential read; a few MiB keep several chunks' reads going at once.
     /// 0 leaves the kernel's setting alone.
     pub readahead_kb: u32,
+    /// FUSE mount only: a read smaller than this many KiB (a random read: sequential ones come
+    /// in read-ahead windows) fetches the whole aligned block of this size around it, and the
+    /// rest of the block goes into the kernel's page cache, so random reads of a file that
+    /// fits in memory warm it up in blocks, not pages. Only while no handle of the file that
+    /// may write is open in the mount, and never for `O_DIRECT` reads. 0: reads fetch what is
+    /// asked. A multiple of 4, at most 1024.
+    pub read_around_kb: u32,
+    /// FUSE mount only: files larger than this many MiB are read as asked: random reads over
+    /// a file that cannot stay cached would fetch a block for every page they read.
+    pub read_around_max_file_mib: u64,
     /// Cluster secret and TLS.
     pub security: SecurityConfig,
 }
@@ -302,6 +314,8 @@ impl Default for ClientConfig {
             attr_ttl_ms: 1000,
             watched_ttl_ms: 10_000,
             readahead_kb: 8192,
+            read_around_kb: 128,
+            read_around_max_file_mib: 1024,
             security: SecurityConfig::default(),
         }
     }
@@ -333,6 +347,12 @@ impl ClientConfig {
             return Err(ConfigError::Invalid {
                 field: "readahead_kb",
                 msg: format!("must be at most {MAX_READAHEAD_KB} (KiB)"),
+            });
+        }
+        if self.read_around_kb > MAX_READ_AROUND_KB || !self.read_around_kb.is_multiple_of(4) {
+            return Err(ConfigError::Invalid {
+                field: "read_around_kb",
+                msg: format!("must be a multiple of 4 (KiB), at most {MAX_READ_AROUND_KB}"),
             });
         }
         Ok(())
@@ -498,6 +518,13 @@ mod tests {
             ..Default::default()
         };
         c.validate().unwrap();
+        for bad in [MAX_READ_AROUND_KB + 4, 6] {
+            let c = ClientConfig {
+                read_around_kb: bad,
+                ..Default::default()
+            };
+            assert!(c.validate().unwrap_err().to_string().contains("read_around_kb"));
+        }
         let c = NodeConfig {
             scrub_mib_per_sec: 0,
             ..Default::default()

@@ -1,7 +1,9 @@
 //! Two FUSE mounts of one cluster, each letting its kernel cache entries and attributes for five
 //! minutes while its change streams are live: each sees the other's changes (size, mode, rename,
 //! unlink, rmdir) as they commit, not when a cache time runs out; and a node they watch still stops
-//! cleanly.
+//! cleanly. Also the page cache a mount fills around small reads (`read_around_kb`): right bytes,
+//! none while the file is open for writing here, and kept right across another mount's change
+//! and a cut.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -341,4 +343,149 @@ fn own_changes_show_at_once(a: &Path) {
     drop((r, w));
     assert!(std::fs::read(&pieces).unwrap() == expect, "after close");
     std::fs::remove_file(&pieces).unwrap();
+}
+
+/// The test file's bytes: version `v` of the byte at `off`.
+fn pattern(off: u64, len: usize, v: u8) -> Vec<u8> {
+    (off..off + len as u64)
+        .map(|i| ((i / 4096) as u8).wrapping_mul(31) ^ (i as u8) ^ v)
+        .collect()
+}
+
+/// Which pages of `f`'s first `len` bytes the kernel's page cache holds (mincore).
+fn resident(f: &std::fs::File, len: u64) -> Vec<bool> {
+    use std::os::fd::AsRawFd;
+    let pages = len.div_ceil(4096) as usize;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a read-only shared mapping of a file this function holds open, only passed to
+    // mincore and unmapped before returning; `vec` has a byte for every page of it.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let r = libc::mincore(at, len as usize, vec.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::munmap(at, len as usize);
+        assert_eq!(r, 0, "mincore: {err}");
+    }
+    vec.iter().map(|b| b & 1 == 1).collect()
+}
+
+/// Drop `f`'s pages from the kernel's cache and tell it to read no more than it is asked.
+fn cold_and_random(f: &std::fs::File) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    posix_fadvise(f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+    posix_fadvise(f, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM).unwrap();
+}
+
+fn pread(f: &std::fs::File, off: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let n = f.read_at(&mut buf, off).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// A small read through a descriptor that cannot write brings its whole read-around block
+/// (128 KiB) into the kernel's page cache with the right bytes, and nothing past it; through
+/// one that can write it brings only what was asked (the mount's own writes then stay seen);
+/// a change another mount made is read after the next open, and a cut made meanwhile, here or
+/// by another mount, is not undone by the blocks read around it.
+#[test]
+fn small_reads_fill_the_page_cache_around_them_and_stay_right() {
+    const BLOCK: u64 = 128 << 10;
+    const PAGES: usize = (BLOCK / 4096) as usize;
+    let len = 8 * BLOCK;
+    let c = TestCluster::start(3, true);
+    let a = c.mnt();
+    let b_log = c.dir.path().join("logs/fuse-b.log");
+    let b_mount = SecondMount::start(&c, &c.dir.path().join("mnt-b"), &b_log);
+    let b = b_mount.mnt.clone();
+    let path = a.join("rand.dat");
+    std::fs::write(&path, pattern(0, len as usize, 1)).unwrap();
+    let block = |pages: &[bool], i: u64| {
+        let first = (i * BLOCK / 4096) as usize;
+        pages[first..first + PAGES].iter().filter(|r| **r).count()
+    };
+
+    // Read-only: one 4 KiB read in block 3 brings all of block 3, and only it.
+    let ro = std::fs::File::open(&path).unwrap();
+    cold_and_random(&ro);
+    assert!(resident(&ro, len).iter().all(|r| !r), "the pages are dropped first");
+    let at = 3 * BLOCK + 5 * 4096;
+    assert_eq!(pread(&ro, at, 4096), pattern(at, 4096, 1));
+    eventually("the rest of block 3 in the page cache", || {
+        block(&resident(&ro, len), 3) == PAGES
+    });
+    let pages = resident(&ro, len);
+    for i in (0..8).filter(|i| *i != 3) {
+        assert_eq!(block(&pages, i), 0, "block {i} was not read");
+    }
+    // What the kernel holds is the file's bytes.
+    assert_eq!(
+        pread(&ro, 3 * BLOCK, BLOCK as usize),
+        pattern(3 * BLOCK, BLOCK as usize, 1)
+    );
+
+    // A descriptor that may write is open: a read brings only what it asks for, and the
+    // writes through it are read back.
+    let rw = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    cold_and_random(&rw);
+    let at = 5 * BLOCK;
+    assert_eq!(pread(&rw, at, 4096), pattern(at, 4096, 1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(block(&resident(&rw, len), 5), 1, "only the page asked for");
+    std::os::unix::fs::FileExt::write_all_at(&rw, &pattern(at, 8192, 2), at).unwrap();
+    assert_eq!(pread(&ro, at, 8192), pattern(at, 8192, 2));
+    drop(rw);
+
+    // Another mount rewrites block 3; this one opens the file again and reads the new bytes,
+    // not the ones it read around before.
+    let other = std::fs::OpenOptions::new()
+        .write(true)
+        .open(b.join("rand.dat"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&other, &pattern(3 * BLOCK, BLOCK as usize, 3), 3 * BLOCK).unwrap();
+    drop(other);
+    drop(ro);
+    let ro = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        pread(&ro, 3 * BLOCK, BLOCK as usize),
+        pattern(3 * BLOCK, BLOCK as usize, 3)
+    );
+
+    // Cut by path in the middle of block 6 while a reader reads around there: the size stays
+    // cut, and the bytes before the cut are the file's.
+    cold_and_random(&ro);
+    let cut = 6 * BLOCK + 12 * 1024;
+    nix::unistd::truncate(&path, cut as i64).unwrap();
+    let got = pread(&ro, 6 * BLOCK, 4096);
+    assert_eq!(got, pattern(6 * BLOCK, 4096, 1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ro.metadata().unwrap().len(), cut, "the cut stays");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), cut);
+    let tail = pread(&ro, 6 * BLOCK, BLOCK as usize);
+    assert_eq!(tail, pattern(6 * BLOCK, (cut - 6 * BLOCK) as usize, 1));
+
+    // The other mount cuts it shorter while this one holds it open: once this one has seen
+    // the new size, a read around the new end does not grow the file back.
+    let cut = 4 * BLOCK + 8 * 1024;
+    nix::unistd::truncate(&b.join("rand.dat"), cut as i64).unwrap();
+    eventually("the other mount's cut", || {
+        std::fs::metadata(&path).unwrap().len() == cut
+    });
+    cold_and_random(&ro);
+    assert_eq!(pread(&ro, 4 * BLOCK, 4096), pattern(4 * BLOCK, 4096, 1));
+    std::thread::sleep(Duration::from_millis(500));
+    // A read to past the end first: a stat would ask the mount again.
+    let tail = pread(&ro, 4 * BLOCK, BLOCK as usize);
+    assert_eq!(tail.len() as u64, cut - 4 * BLOCK, "the other mount's cut stays");
+    assert_eq!(tail, pattern(4 * BLOCK, (cut - 4 * BLOCK) as usize, 1));
+    assert_eq!(ro.metadata().unwrap().len(), cut);
 }
