@@ -1404,9 +1404,9 @@ impl fuser::Filesystem for SealFs {
                 };
                 // Reads see this mount's own writes: let write-behind land first.
                 cx.settle(ino.0).await?;
-                let (layout, inline) = {
+                let (layout, inline, writers) = {
                     let g = st.lock().expect("inode state");
-                    (g.layout, g.inline.as_ref().map(|k| k.data.clone()))
+                    (g.layout, g.inline.as_ref().map(|k| k.data.clone()), g.writers)
                 };
                 if let (Some(l), Some(data)) = (layout, inline) {
                     if l.inline {
@@ -1422,7 +1422,8 @@ impl fuser::Filesystem for SealFs {
                     // Open here with a known layout, and the range within the size this mount
                     // knows (close-to-open): straight to the chunks, no round trip to the inode.
                     (Some(l), Some(known)) if !l.inline && end <= known => {
-                        if around && known <= cx.around.max_file {
+                        // With a handle that may write open, nothing read around could be kept.
+                        if around && writers == 0 && known <= cx.around.max_file {
                             return cx.read_around(&cred, &st, ino, offset, end, l.chunk_size).await;
                         }
                         cx.client.read_chunks(ino.0, offset, end, l.chunk_size).await
