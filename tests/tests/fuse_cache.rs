@@ -2,8 +2,8 @@
 //! minutes while its change streams are live: each sees the other's changes (size, mode, rename,
 //! unlink, rmdir) as they commit, not when a cache time runs out; and a node they watch still stops
 //! cleanly. Also the page cache a mount fills around small reads (`read_around_kb`): right bytes,
-//! none while the file is open for writing here, and kept right across another mount's change
-//! and a cut.
+//! none while the file is open for writing here, kept right across another mount's change and a
+//! cut, and never an older version after an open, with reads around going on throughout.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -488,4 +488,77 @@ fn small_reads_fill_the_page_cache_around_them_and_stay_right() {
     assert_eq!(tail.len() as u64, cut - 4 * BLOCK, "the other mount's cut stays");
     assert_eq!(tail, pattern(4 * BLOCK, (cut - 4 * BLOCK) as usize, 1));
     assert_eq!(ro.metadata().unwrap().len(), cut);
+}
+
+/// Readers read a file at random through one mount (each read bringing its block into the page
+/// cache) while another mount rewrites it whole again and again: every open after a rewrite
+/// reads the rewrite's bytes, none read around from a version before (a store must never land
+/// after the open that drops the old pages).
+#[test]
+fn an_open_after_another_mounts_rewrite_never_reads_an_older_version() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, RwLock};
+    const PAGES: u64 = 1024;
+    let version = |k: u8| -> Vec<u8> {
+        (0..PAGES * 4096)
+            .map(|i| ((i / 4096) as u8).wrapping_mul(7) ^ k)
+            .collect()
+    };
+    let c = TestCluster::start(3, true);
+    let b_log = c.dir.path().join("logs/fuse-b.log");
+    let b_mount = SecondMount::start(&c, &c.dir.path().join("mnt-b"), &b_log);
+    let (a, b) = (c.mnt().join("f"), b_mount.mnt.join("f"));
+    std::fs::write(&b, version(0)).unwrap();
+    let current = Arc::new(RwLock::new(Arc::new(std::fs::File::open(&a).unwrap())));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..3u64)
+        .map(|seed| {
+            let (current, stop, reads) = (current.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut buf = vec![0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    let f = current.read().unwrap().clone();
+                    random_advice(&f);
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let _ = f.read_at(&mut buf, (x % PAGES) * 4096);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for k in 1..=30u8 {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&b)
+            .unwrap()
+            .write_all_at(&version(k), 0)
+            .unwrap();
+        let f = Arc::new(std::fs::File::open(&a).unwrap());
+        *current.write().unwrap() = f.clone();
+        let want = version(k);
+        for i in (0..PAGES).step_by(37) {
+            let got = pread(&f, i * 4096, 4096);
+            assert!(
+                got[..] == want[(i * 4096) as usize..][..4096],
+                "rewrite {k}: page {i} reads an older version (first byte {}, want {})",
+                got[0],
+                want[(i * 4096) as usize]
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0);
+}
+
+/// Read no more than asked (no kernel read-ahead) through `f`.
+fn random_advice(f: &std::fs::File) {
+    let _ = nix::fcntl::posix_fadvise(f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
 }
