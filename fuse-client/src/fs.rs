@@ -69,22 +69,20 @@ impl SealFs {
     /// it replies for as long as `caches.ttl` says, answering getattr from `caches.attrs` and
     /// lookups of free names from `caches.names` when it can.
     pub fn new(client: SealClient, rt: Handle, caches: Caches) -> SealFs {
+        let config = client.router().config();
+        let around = ReadAround {
+            block: u64::from(config.read_around_kb) << 10,
+            max_file: config.read_around_max_file_mib.saturating_mul(1 << 20),
+        };
         SealFs {
+            client,
             rt,
             ttl: caches.ttl,
             attrs: caches.attrs,
             names: caches.names,
             state: Arc::new(State::default()),
             kernel: Arc::new(OnceLock::new()),
-            around: ReadAround {
-                block: u64::from(client.router().config().read_around_kb) << 10,
-                max_file: client
-                    .router()
-                    .config()
-                    .read_around_max_file_mib
-                    .saturating_mul(1 << 20),
-            },
-            client,
+            around,
         }
     }
 

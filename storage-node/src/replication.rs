@@ -194,6 +194,13 @@ fn digests(data: &[u8], block: usize) -> Vec<Bytes> {
         .collect()
 }
 
+/// [`digests`] on a blocking thread: a piece takes milliseconds to hash.
+async fn digests_off_runtime(data: Bytes, block: usize) -> FsResult<Vec<Bytes>> {
+    tokio::task::spawn_blocking(move || digests(&data, block))
+        .await
+        .map_err(|e| FsError::Io(format!("digest task failed: {e}")))
+}
+
 /// The byte ranges `[start, end)` of blocks `differ` (indexes of `block`-byte blocks from
 /// `offset`, the piece `len` bytes long), adjacent ones merged; an index past the piece is an
 /// error (a replica must not make the primary send what it does not have).
@@ -779,9 +786,7 @@ impl Node {
                 Bytes::new()
             }
         };
-        let ours = tokio::task::spawn_blocking(move || digests(&mine, block))
-            .await
-            .map_err(|e| FsError::Io(format!("digest task failed: {e}")))?;
+        let ours = digests_off_runtime(mine, block).await?;
         // A copy shorter here has fewer digests, or a last one over fewer bytes: those differ.
         let differ = (0..c.digests.len())
             .filter(|&i| ours.get(i) != Some(&c.digests[i]))
@@ -1005,10 +1010,7 @@ impl Node {
                 let n = piece.len() as u64;
                 let mut ranges = vec![(off, off + n)];
                 if ask && n > 0 {
-                    let data = piece.clone();
-                    let sums = tokio::task::spawn_blocking(move || digests(&data, COMPARE_BLOCK))
-                        .await
-                        .map_err(|e| FsError::Io(format!("digest task failed: {e}")))?;
+                    let sums = digests_off_runtime(piece.clone(), COMPARE_BLOCK).await?;
                     let cmp = pb::FillCompare {
                         chunk: Some(pb::ChunkId { ino, index }),
                         length: if n < want as u64 { off + n } else { len.max(off + n) },
